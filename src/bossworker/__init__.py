@@ -1,0 +1,39 @@
+"""bossworker: a Boss process and preforked workers you can feed jobs and
+drain results from at any time, interleaved, blocking or not.
+
+A Python take on Perl's Parallel::Fork::BossWorkerAsync::
+
+    from bossworker import BossWorkerAsync
+
+    def work(job):
+        return {"product": job["a"] * job["b"]}
+
+    with BossWorkerAsync(work, worker_count=2) as bw:
+        bw.add_work({"a": 3, "b": 4})
+        while bw.pending():
+            print(bw.get_result()["product"])
+"""
+
+from .errors import (
+    BossDiedError,
+    BossWorkerError,
+    InvalidArgumentError,
+    NoPendingResultsError,
+    SerializationError,
+    ShutDownError,
+    WorkerInitError,
+)
+from .pool import BossWorkerAsync
+
+__all__ = [
+    "BossDiedError",
+    "BossWorkerAsync",
+    "BossWorkerError",
+    "InvalidArgumentError",
+    "NoPendingResultsError",
+    "SerializationError",
+    "ShutDownError",
+    "WorkerInitError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,601 @@
+"""The Boss: one single-threaded event loop that owns every worker.
+
+Who talks to whom::
+
+      main process                      Boss process                 workers
+    +---------------+   socketpair   +------------------+  socketpair  +----------+
+    | client.Client | <------------> | Boss.run()       | <----------> | worker 1 |
+    |  (no threads) |  JOB, SHUTDOWN |  queue of frames | <----------> | worker 2 |
+    +---------------+  RESULT, ...   |  WorkerRecords   | <----------> | worker N |
+                                     +------------------+              +----------+
+
+The Boss reads jobs from main eagerly into its queue, hands them to workers,
+and writes answers back to main whenever main's socket takes them.  It never
+unpickles a job or a result: it reads frame headers and forwards the raw
+bytes, so no payload can crash it.
+
+It is the only owner of the pool's state (one loop, no threads, no locks).
+Each turn of the loop:
+
+1. dispatch queued jobs: idle workers first, then, when every worker is busy
+   and jobs are still waiting, a few more to each worker (pipelining), as
+   many as keep it from ever waiting for the next job;
+2. wait in ``select`` until a socket is ready or the nearest deadline is due;
+3. handle what is ready: frames from main, answers from workers, worker
+   exits (each worker's process sentinel is watched beside its socket, so a
+   death is noticed in the same wait as a result);
+4. expire deadlines: a job past its timeout (plus a grace period for the
+   worker's own SIGALRM to act) gets its worker killed; the job is answered
+   TIMED_OUT, its worker is replaced.  Killing works even on C code that
+   ignores signals;
+5. restart dead workers (with a back-off for workers that fail during
+   start-up), and check that main is still alive.
+
+Exactly-once: a job is in the queue, or in exactly one worker's ``inflight``
+deque, until its answer is put in main's send queue.  When a worker dies,
+the job it was running is answered with an ERROR naming the exit status, and
+the jobs sent ahead to it that it never started go back to the front of the
+queue.
+
+Shutting down gracefully: after main's SHUTDOWN, the Boss finishes the
+queue, tells each worker SHUTDOWN (they run their exit handler and leave),
+reaps them, sends BYE and leaves once main's socket has taken every byte.
+A SIGTERM, or main's death (end-of-file on main's socket, or a new parent
+process), makes the Boss kill its workers and leave at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import math
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from .process import (
+    Closable,
+    close_inherited,
+    exit_now,
+    ignore_interrupts,
+    signal_description,
+)
+from .protocol import Decoder, Frame, Kind, SendQueue, encode
+from .worker import WorkerSpec, run_worker
+
+__all__ = ["BossConfig", "run_boss"]
+
+log = logging.getLogger("bossworker")
+
+# How long after a job's deadline the worker's own SIGALRM gets to answer
+# before the Boss kills the worker.
+TIMEOUT_GRACE = 0.25
+# How long a worker may take to exit after its socket closed before it is killed.
+EXIT_GRACE = 1.0
+# How often the Boss checks that main is still its parent.
+PARENT_CHECK_INTERVAL = 0.5
+# Back-off for workers that die before they are ready: 0.1 s, 0.2 s, ... 5 s.
+RESPAWN_BACKOFF_FIRST = 0.1
+RESPAWN_BACKOFF_MAX = 5.0
+# Pipelining: keep about this much work queued in each busy worker, and
+# never more than MAX_DEPTH jobs.
+PIPELINE_SECONDS = 0.002
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BossConfig:
+    """Everything the Boss needs. Picklable when the worker spec is."""
+
+    worker: WorkerSpec
+    worker_count: int
+    start_method: str
+    main_pid: int
+
+
+class WorkerState(enum.Enum):
+    """Where a worker is in its life. Jobs go only to SERVING workers."""
+
+    STARTING = "starting"  # started; its READY (or INIT_FAILED) has not come
+    SERVING = "serving"  # ready; takes jobs (idle when ``inflight`` is empty)
+    STOPPING = "stopping"  # told to leave (shutdown or recycling); takes no jobs
+    DEAD = "dead"  # its socket is closed; waiting to reap the process
+
+
+@dataclass(eq=False, slots=True)
+class WorkerRecord:
+    """One worker process as the Boss sees it."""
+
+    process: BaseProcess
+    sock: socket.socket
+    pid: int
+    state: WorkerState = WorkerState.STARTING
+    decoder: Decoder = field(default_factory=Decoder)
+    out: SendQueue = field(default_factory=SendQueue)
+    # Jobs sent and not answered, oldest first.  The head is running; it
+    # started at ``started_at`` (the arrival of the previous answer).
+    inflight: deque[Frame] = field(default_factory=deque)
+    started_at: float = 0.0
+    jobs_done: int = 0
+    jobs_sent: int = 0
+    service_time: float = 0.0  # moving average of one job's run time
+    dead_since: float = 0.0
+    ever_ready: bool = False
+    init_error: str | None = None
+    answered_head: bool = False  # the head was already answered (timeout kill)
+
+    def deadline(self) -> float:
+        """When the running job's time is up, grace included (inf if none)."""
+        if self.state is not WorkerState.SERVING or not self.inflight:
+            return math.inf
+        timeout = self.inflight[0].timeout
+        if timeout <= 0:
+            return math.inf
+        return self.started_at + timeout + TIMEOUT_GRACE
+
+
+class _ForcedStop(BaseException):
+    """Raised by the SIGTERM handler: kill everything and leave now."""
+
+
+class Boss:
+    """The event loop. See the module docstring for the whole story."""
+
+    def __init__(self, main_sock: socket.socket, config: BossConfig) -> None:
+        self.config = config
+        self.ctx: BaseContext = multiprocessing.get_context(config.start_method)
+        self.main = main_sock
+        self.main.setblocking(False)
+        self.main_in = Decoder(config.worker.read_size)
+        self.main_out = SendQueue()
+        self.main_open = True  # main has not closed its side
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.main, selectors.EVENT_READ, self._on_main)
+        self.queue: deque[Frame] = deque()
+        self.workers: list[WorkerRecord] = []
+        self.respawn_at: list[float] = []  # one entry per slot waiting for a new worker
+        self.init_failures = 0  # in a row, since a worker last became ready
+        self.last_init_error = ""
+        self.draining = False  # main asked for a graceful shutdown
+        self.bye_sent = False
+        self.announced = False  # main has been told READY or INIT_FAILED
+        self.next_parent_check = 0.0
+        # Counters for STATS.
+        self.added = 0
+        self.completed = 0
+        self.failed = 0
+        self.timed_out = 0
+        self.workers_started = 0
+
+    # -- the loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until main shut the pool down and has every answer."""
+        for _ in range(self.config.worker_count):
+            self._start_worker()
+        while True:
+            self._announce()
+            self._dispatch()
+            self._finish_draining()
+            self._flush_main()
+            if self._finished():
+                break
+            for key, mask in self.selector.select(self._next_timeout()):
+                key.data(mask)
+            now = time.monotonic()
+            self._expire_deadlines(now)
+            self._kill_silent_dead(now)
+            self._respawn_due(now)
+            self._check_parent(now)
+        self.selector.close()
+
+    def _announce(self) -> None:
+        """Tell main, once, that the pool serves (a worker is ready) or
+        cannot (every initial worker failed to start)."""
+        if self.announced:
+            return
+        if any(w.ever_ready for w in self.workers):
+            self._send_to_main(encode(Kind.READY))
+            self.announced = True
+        elif self.init_failures >= self.config.worker_count:
+            self._send_to_main(encode(Kind.INIT_FAILED, 0, self.last_init_error.encode("utf-8", "replace")))
+            self.announced = True
+
+    def _finished(self) -> bool:
+        if not self.main_open:
+            return True  # nobody is left to answer
+        return self.bye_sent and not self.main_out
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        soonest = self.next_parent_check
+        for w in self.workers:
+            soonest = min(soonest, w.deadline())
+            if w.state is WorkerState.DEAD:
+                soonest = min(soonest, w.dead_since + EXIT_GRACE)
+        if self.respawn_at:
+            soonest = min(soonest, min(self.respawn_at))
+        return max(0.0, soonest - now)
+
+    # -- main's side ---------------------------------------------------------
+
+    def _on_main(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            self._read_main()
+        if mask & selectors.EVENT_WRITE:
+            self._flush_main()
+
+    def _read_main(self) -> None:
+        decoder = self.main_in
+        try:
+            n = self.main.recv_into(decoder.get_buffer())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if not n:
+            log.debug("main closed its socket; stopping")
+            self.main_open = False
+            return
+        decoder.buffer_updated(n)
+        for frame in decoder.take():
+            kind = frame.kind
+            if kind == Kind.JOB:
+                self.queue.append(frame)
+                self.added += 1
+            elif kind == Kind.SHUTDOWN:
+                self.draining = True
+            elif kind == Kind.STATS_REQUEST:
+                self._send_to_main(encode(Kind.STATS, 0, self._stats_json()))
+            else:
+                log.error("unexpected %s frame from main; ignored", Kind(kind).name)
+
+    def _send_to_main(self, data: bytes | bytearray) -> None:
+        self.main_out.append(data)
+
+    def _flush_main(self) -> None:
+        if self.main_out and self.main_open:
+            try:
+                self.main_out.consume(self.main.sendmsg(self.main_out.chunks()))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.main_open = False
+                return
+        self._watch(self.main, self._on_main, writing=bool(self.main_out))
+
+    def _watch(self, sock: socket.socket, callback: Callable[[int], None], writing: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+        if self.selector.get_key(sock).events != events:
+            self.selector.modify(sock, events, callback)
+
+    def _answer(self, job_id: int, kind: Kind, text: str = "") -> None:
+        """Answer a job on the Boss's own account (timeout, death, init failure)."""
+        self.completed += 1
+        self.failed += 1
+        if kind is Kind.TIMED_OUT:
+            self.timed_out += 1
+            self._send_to_main(encode(Kind.TIMED_OUT, job_id))
+        else:
+            self._send_to_main(encode(kind, job_id, text.encode("utf-8", "replace")))
+
+    def _stats_json(self) -> bytes:
+        alive = [w for w in self.workers if w.state is not WorkerState.DEAD]
+        return json.dumps(
+            {
+                "added": self.added,
+                "completed": self.completed,
+                "failed": self.failed,
+                "timed_out": self.timed_out,
+                "queued": len(self.queue) + sum(max(0, len(w.inflight) - 1) for w in alive),
+                "running": sum(1 for w in alive if w.inflight and w.state is WorkerState.SERVING),
+                "workers_alive": len(alive),
+                "workers_started": self.workers_started,
+                "jobs_per_worker": {str(w.pid): w.jobs_done for w in alive},
+            }
+        ).encode()
+
+    # -- workers: start, dispatch, answers -------------------------------------
+
+    def _start_worker(self) -> None:
+        boss_end, worker_end = socket.socketpair()
+        inherited: list[Closable] = []
+        if self.config.start_method == "fork":
+            # A forked worker inherits every descriptor the Boss has; it must
+            # drop the ones that are not its own (see process.close_inherited).
+            inherited = [self.main, self.selector, boss_end]
+            inherited += [w.sock for w in self.workers]
+        process = self.ctx.Process(
+            target=run_worker,
+            args=(worker_end, self.config.worker, os.getpid(), inherited),
+            name="bossworker-worker",
+            daemon=False,
+        )
+        try:
+            process.start()
+        finally:
+            worker_end.close()
+        boss_end.setblocking(False)
+        w = WorkerRecord(process, boss_end, process.pid or 0, decoder=Decoder(self.config.worker.read_size))
+        self.workers.append(w)
+        self.workers_started += 1
+        self.selector.register(boss_end, selectors.EVENT_READ, lambda mask: self._on_worker(w, mask))
+        self.selector.register(process.sentinel, selectors.EVENT_READ, lambda mask: self._on_exit(w))
+        log.info("worker %d started", w.pid)
+
+    def _budget(self, w: WorkerRecord) -> int:
+        """How many more jobs ``w`` may be sent (recycling after max_jobs)."""
+        limit = self.config.worker.max_jobs
+        return MAX_DEPTH if limit is None else limit - w.jobs_sent
+
+    def _depth(self, w: WorkerRecord) -> int:
+        """How many jobs to keep in flight on a busy worker (at least 1)."""
+        if w.service_time <= 0:
+            return 2
+        return max(1, min(MAX_DEPTH, 1 + int(PIPELINE_SECONDS / w.service_time)))
+
+    def _dispatch(self) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        serving = [w for w in self.workers if w.state is WorkerState.SERVING]
+        # Idle workers first, one job each, so work spreads before it deepens.
+        for w in serving:
+            if not queue:
+                return
+            if not w.inflight and self._budget(w) > 0:
+                self._send_jobs(w, 1)
+        if len(queue) == 0:
+            return
+        for w in serving:
+            if not queue:
+                break
+            room = min(self._depth(w), self._budget(w) + len(w.inflight)) - len(w.inflight)
+            if room > 0:
+                self._send_jobs(w, room)
+
+    def _send_jobs(self, w: WorkerRecord, count: int) -> None:
+        queue = self.queue
+        if not w.inflight:
+            w.started_at = time.monotonic()
+        for _ in range(min(count, len(queue))):
+            frame = queue.popleft()
+            w.inflight.append(frame)
+            w.out.append(frame.raw)
+            w.jobs_sent += 1
+        self._flush_worker(w)
+
+    def _flush_worker(self, w: WorkerRecord) -> None:
+        if w.state is WorkerState.DEAD:
+            return
+        if w.out:
+            try:
+                w.out.consume(w.sock.sendmsg(w.out.chunks()))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                return  # it died; its sentinel will tell
+        self._watch(w.sock, lambda mask: self._on_worker(w, mask), writing=bool(w.out))
+
+    def _on_worker(self, w: WorkerRecord, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush_worker(w)
+        if mask & selectors.EVENT_READ:
+            self._read_worker(w)
+
+    def _read_worker(self, w: WorkerRecord) -> bool:
+        """Read what ``w`` sent. True if bytes came (there may be more)."""
+        if w.state is WorkerState.DEAD:
+            return False
+        try:
+            n = w.sock.recv_into(w.decoder.get_buffer())
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            n = 0
+        if not n:
+            self._lose_socket(w)
+            return False
+        w.decoder.buffer_updated(n)
+        for frame in w.decoder.take():
+            self._on_worker_frame(w, frame)
+        return True
+
+    def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
+        kind = frame.kind
+        if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
+            if not w.inflight or w.inflight[0].job_id != frame.job_id:
+                log.error("worker %d answered job %d out of turn; killing it", w.pid, frame.job_id)
+                self._kill(w)
+                return
+            w.inflight.popleft()
+            now = time.monotonic()
+            ran = now - w.started_at
+            w.service_time = ran if w.jobs_done == 0 else 0.8 * w.service_time + 0.2 * ran
+            w.started_at = now  # the next job in flight starts now
+            w.jobs_done += 1
+            self.completed += 1
+            if kind != Kind.RESULT:
+                self.failed += 1
+                if kind == Kind.TIMED_OUT:
+                    self.timed_out += 1
+                    log.warning("job %d timed out in worker %d", frame.job_id, w.pid)
+            self._send_to_main(frame.raw)
+            if self.config.worker.max_jobs is not None and w.jobs_done >= self.config.worker.max_jobs:
+                w.state = WorkerState.STOPPING  # it exits by itself now
+        elif kind == Kind.READY:
+            w.ever_ready = True
+            self.init_failures = 0
+            if w.state is WorkerState.STARTING:
+                w.state = WorkerState.SERVING
+        elif kind == Kind.INIT_FAILED:
+            w.init_error = bytes(frame.payload).decode("utf-8", "replace")
+        else:
+            log.error("unexpected %s frame from worker %d", Kind(kind).name, w.pid)
+
+    # -- workers: death and replacement ----------------------------------------
+
+    def _lose_socket(self, w: WorkerRecord) -> None:
+        """The worker's socket is closed: stop listening; wait for its exit."""
+        if w.state is WorkerState.DEAD:
+            return
+        self.selector.unregister(w.sock)
+        w.sock.close()
+        w.out.clear()
+        w.state = WorkerState.DEAD
+        w.dead_since = time.monotonic()
+
+    def _kill(self, w: WorkerRecord) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.pid, signal.SIGKILL)
+        self._lose_socket(w)
+
+    def _on_exit(self, w: WorkerRecord) -> None:
+        """``w``'s process has exited: collect its last words, answer, replace."""
+        # Its last answers may still sit in the socket, read them first: the
+        # sentinel and the socket become ready together, in no set order.
+        while self._read_worker(w):
+            pass
+        # A grandchild may still hold the socket open; the worker is gone anyway.
+        self._lose_socket(w)
+        self.selector.unregister(w.process.sentinel)
+        w.process.join()
+        reason = signal_description(w.process.exitcode)
+        self.workers.remove(w)
+        w.process.close()
+        inflight = w.inflight
+        if inflight and w.answered_head:
+            inflight.popleft()
+        elif inflight:
+            head = inflight.popleft()
+            log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
+            self._answer(
+                head.job_id, Kind.ERROR, f"BossWorkerAsync: worker died ({reason}) while running this job"
+            )
+        # Jobs sent ahead that never started go back to the front, in order.
+        self.queue.extendleft(reversed(inflight))
+        inflight.clear()
+        if self.draining and not self.queue:
+            return  # no replacement needed to finish
+        if not w.ever_ready:
+            self.init_failures += 1
+            self.last_init_error = w.init_error or f"worker exited ({reason}) before it was ready"
+            delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2 ** (self.init_failures - 1))
+            log.warning("worker %d failed to start (%s); retrying in %.1f s", w.pid, reason, delay)
+            self.respawn_at.append(time.monotonic() + delay)
+            self._fail_if_no_worker_can_serve()
+        else:
+            if w.state is not WorkerState.STOPPING or reason != "exit code 0":
+                log.warning("worker %d exited (%s); starting a replacement", w.pid, reason)
+            self._start_worker()
+
+    def _fail_if_no_worker_can_serve(self) -> None:
+        """With every slot failing at start-up, answer the queue instead of
+        letting it wait forever."""
+        if any(w.state is not WorkerState.DEAD for w in self.workers):
+            return
+        text = f"BossWorkerAsync: no worker could start: {self.last_init_error}"
+        while self.queue:
+            self._answer(self.queue.popleft().job_id, Kind.ERROR, text)
+
+    def _respawn_due(self, now: float) -> None:
+        due = [t for t in self.respawn_at if t <= now]
+        if not due:
+            return
+        self.respawn_at = [t for t in self.respawn_at if t > now]
+        if self.draining and not self.queue:
+            return  # nothing left to do for them
+        for _ in due:
+            self._start_worker()
+
+    def _expire_deadlines(self, now: float) -> None:
+        for w in list(self.workers):
+            if w.deadline() <= now:
+                head = w.inflight[0]
+                log.warning("job %d overran its deadline in worker %d; killing it", head.job_id, w.pid)
+                self._answer(head.job_id, Kind.TIMED_OUT)
+                w.answered_head = True
+                self._kill(w)
+
+    def _kill_silent_dead(self, now: float) -> None:
+        """A worker whose socket closed but which has not exited is killed."""
+        for w in self.workers:
+            if w.state is WorkerState.DEAD and now - w.dead_since >= EXIT_GRACE:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
+                w.dead_since = math.inf  # killed once is enough
+
+    def _check_parent(self, now: float) -> None:
+        if now < self.next_parent_check:
+            return
+        self.next_parent_check = now + PARENT_CHECK_INTERVAL
+        # Under forkserver our parent is the fork server, not main; the
+        # closed socket is then the only sign of main's death.
+        if self.config.start_method != "forkserver" and os.getppid() != self.config.main_pid:
+            log.debug("main process is gone; stopping")
+            self.main_open = False
+
+    # -- shutting down ---------------------------------------------------------
+
+    def _finish_draining(self) -> None:
+        """After SHUTDOWN: once every job is answered, retire the workers,
+        then say BYE."""
+        if not self.draining or self.bye_sent or self.queue:
+            return
+        if any(w.inflight for w in self.workers):
+            return
+        self.respawn_at.clear()
+        for w in self.workers:
+            if w.state in (WorkerState.STARTING, WorkerState.SERVING):
+                w.state = WorkerState.STOPPING
+                w.out.append(encode(Kind.SHUTDOWN))
+                self._flush_worker(w)
+        if not self.workers:
+            self._send_to_main(encode(Kind.BYE))
+            self.bye_sent = True
+
+    def kill_all(self) -> None:
+        """Kill and reap every worker at once (forced stop, main gone)."""
+        for w in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                w.process.join()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _ForcedStop
+
+
+def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[Closable] = ()) -> None:
+    """The body of the Boss process. Never returns: it ends in ``os._exit``."""
+    close_inherited(inherited)
+    ignore_interrupts()
+    boss: Boss | None = None
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        boss = Boss(main_sock, config)
+        boss.run()
+    except _ForcedStop:
+        pass
+    except BaseException:  # noqa: BLE001 - a bug of ours: report it, leave no orphans
+        log.exception("the Boss failed")
+        code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if boss is not None:
+            boss.kill_all()
+    exit_now(code)

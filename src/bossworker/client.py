@@ -1,0 +1,348 @@
+"""Main's side of the conversation with the Boss. It owns no threads.
+
+Everything happens inside the calls the user makes: ``add_work`` writes
+frames, ``get_result`` reads them.  The client is safe to use from several
+threads at once (one thread adding work while another waits for results is
+the common case):
+
+* sending is serialised by ``_send_lock`` and never waits for a reader;
+* reading follows the *leader/followers* pattern: the first thread that
+  needs input becomes the reader, waits on the socket and files every frame
+  it decodes (results, stats replies, BYE) where its owner will find it;
+  the other threads wait on a condition variable and are woken after every
+  read.  So a thread blocked in ``get_result()`` never hides a ``stats()``
+  reply from another, and a waiter with a short timeout is never stuck
+  behind one with a long one.
+
+A closed socket without a BYE means the Boss died: every call that needs it
+raises :class:`~bossworker.errors.BossDiedError` instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .backend import BossHandle, forget_main_socket
+from .errors import BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
+from .protocol import HEADER, Decoder, Frame, Kind, SendQueue, encode
+
+__all__ = ["Client"]
+
+# While blocked on a full socket, look at the Boss process this often.
+_LIVENESS_INTERVAL = 0.5
+# Payloads smaller than this are joined into one buffer before sending.
+_JOIN_BELOW = 64 * 1024
+
+
+class Client:
+    """A connected main-side endpoint: frames out, frames in, bookkeeping."""
+
+    def __init__(self, sock: socket.socket, handle: BossHandle, read_size: int) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self.handle = handle
+        self._decoder = Decoder(read_size)
+        self._cond = threading.Condition()  # guards everything below
+        self._send_lock = threading.Lock()
+        self._results: deque[Frame] = deque()
+        self._reading = False  # a thread is the reader (leader)
+        self._pending = 0
+        self._next_id = 1
+        self._stats_asked = 0
+        self._stats_replies: dict[int, dict[str, Any]] = {}
+        self._stats_got = 0
+        self._ready = False
+        self._init_error: str | None = None
+        self._bye = False
+        self._eof = False
+        self._accepting = True  # add_work allowed
+        self._closed = False  # socket closed (or about to be)
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Jobs added whose results have not been retrieved."""
+        return self._pending
+
+    @property
+    def boss_died(self) -> bool:
+        """The socket closed before the Boss said BYE."""
+        return self._eof and not self._bye
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    # -- sending -------------------------------------------------------------
+
+    def add_jobs(self, payloads: Sequence[bytes], timeout: float) -> list[int]:
+        """Send one JOB frame per payload; return their ids.
+
+        Either every job is sent or :class:`BossDiedError` is raised.
+        """
+        with self._cond:
+            if not self._accepting:
+                raise ShutDownError("the pool has been shut down; it takes no more work")
+            if self._eof:
+                raise BossDiedError("the Boss process has died")
+            first = self._next_id
+            self._next_id += len(payloads)
+            self._pending += len(payloads)
+        ids = list(range(first, first + len(payloads)))
+        out = SendQueue()
+        small: list[bytes] = []
+        for job_id, payload in zip(ids, payloads, strict=True):
+            header = HEADER.pack(Kind.JOB, len(payload), job_id, timeout)
+            if len(payload) < _JOIN_BELOW:
+                small += (header, payload)
+            else:
+                out.append(b"".join(small) + header)
+                small = []
+                out.append(payload)
+        out.append(b"".join(small))
+        try:
+            self._send(out)
+        except BaseException:
+            with self._cond:
+                self._pending -= len(payloads)
+            raise
+        return ids
+
+    def send_control(self, kind: Kind) -> None:
+        out = SendQueue()
+        out.append(encode(kind))
+        self._send(out)
+
+    def _send(self, out: SendQueue) -> None:
+        with self._send_lock:
+            while out:
+                try:
+                    out.consume(self._sock.sendmsg(out.chunks()))
+                except (BlockingIOError, InterruptedError):
+                    self._wait_writable()
+                except OSError as exc:  # EPIPE, ECONNRESET, EBADF after close
+                    self._mark_eof()
+                    raise BossDiedError("the Boss process has died") from exc
+
+    def _wait_writable(self) -> None:
+        # The Boss reads main's socket eagerly, so this wait is short unless
+        # the Boss is gone; look at it now and then, so we never hang.
+        _, writable, _ = select.select([], [self._sock], [], _LIVENESS_INTERVAL)
+        if not writable and not self.handle.is_alive():
+            self._mark_eof()
+            raise BossDiedError("the Boss process has died")
+
+    # -- receiving -----------------------------------------------------------
+
+    def _mark_eof(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _file(self, frames: list[Frame]) -> None:
+        """Put decoded frames where their readers look (lock held)."""
+        for frame in frames:
+            kind = frame.kind
+            if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
+                self._results.append(frame)
+            elif kind == Kind.STATS:
+                self._stats_got += 1
+                self._stats_replies[self._stats_got] = json.loads(bytes(frame.payload))
+            elif kind == Kind.READY:
+                self._ready = True
+            elif kind == Kind.INIT_FAILED:
+                self._init_error = bytes(frame.payload).decode("utf-8", "replace")
+            elif kind == Kind.BYE:
+                self._bye = True
+
+    def _read(self, wait: float | None) -> None:
+        """As the reader: wait up to ``wait`` seconds (None: no limit) for
+        input, then read and decode all that is there.  Lock NOT held."""
+        if self._closed:
+            return
+        if wait is None or wait > 0:
+            try:
+                readable, _, _ = select.select([self._sock], [], [], wait)
+            except (OSError, ValueError):  # closed under us by a forced stop
+                return
+            if not readable:
+                return
+        frames: list[Frame] = []
+        eof = False
+        decoder = self._decoder
+        while True:
+            try:
+                n = self._sock.recv_into(decoder.get_buffer())
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                n = 0
+            if not n:
+                eof = True
+                break
+            decoder.buffer_updated(n)
+            frames += decoder.take()
+        with self._cond:
+            self._file(frames)
+            if eof:
+                self._eof = True
+
+    def wait_for(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Block until ``done()`` (evaluated with the lock held) is true, the
+        deadline passes (False), or the socket closes (then ``done()`` is
+        asked once more).  The caller holds the lock."""
+        cond = self._cond
+        while not done():
+            if self._eof or self._closed:
+                return done()
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return False
+            if self._reading:
+                cond.wait(wait)
+                continue
+            self._reading = True
+            cond.release()
+            try:
+                self._read(wait)
+            finally:
+                cond.acquire()
+                self._reading = False
+                cond.notify_all()
+        return True
+
+    def poll(self) -> None:
+        """Read whatever is there now, without waiting, unless a reader is
+        already at work (then it will file what comes)."""
+        with self._cond:
+            if self._reading or self._eof or self._closed:
+                return
+            self._reading = True
+        try:
+            self._read(0)
+        finally:
+            with self._cond:
+                self._reading = False
+                self._cond.notify_all()
+
+    def next_result(self, blocking: bool, timeout: float | None) -> Frame | None:
+        """The next result frame, oldest first, or None (see get_result)."""
+        if not blocking:
+            with self._cond:
+                if self._results:
+                    return self._take_result()
+            self.poll()
+            with self._cond:
+                return self._take_result() if self._results else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if timeout is None:
+
+                def ready() -> bool:
+                    if self._results:
+                        return True
+                    if self._pending == 0:
+                        raise NoPendingResultsError("no results are pending: get_result() would wait forever")
+                    return False
+
+            else:
+
+                def ready() -> bool:
+                    return bool(self._results)
+
+            if self.wait_for(ready, deadline):
+                return self._take_result()
+            if self.boss_died and self._pending > 0:
+                raise BossDiedError(f"the Boss process has died with {self._pending} result(s) pending")
+            return None
+
+    def _take_result(self) -> Frame:
+        self._pending -= 1
+        return self._results.popleft()
+
+    def take_result_nowait(self) -> Frame | None:
+        """A result already read, if any (no I/O)."""
+        with self._cond:
+            return self._take_result() if self._results else None
+
+    # -- start-up, stats, shut-down ---------------------------------------------
+
+    def wait_ready(self) -> None:
+        """Block until the Boss says a worker is serving; raise if none can."""
+        with self._cond:
+            self.wait_for(lambda: self._ready or self._init_error is not None, None)
+            if self._init_error is not None:
+                raise WorkerInitError(f"no worker could run init_handler:\n{self._init_error}")
+            if not self._ready:
+                raise BossDiedError("the Boss process died while starting")
+
+    def stats(self) -> dict[str, Any]:
+        """Ask the Boss for its counters and wait for the answer."""
+        with self._cond:
+            if self._eof:
+                raise BossDiedError("the Boss process has died")
+            if not self._accepting:
+                raise ShutDownError("the pool has been shut down")
+            self._stats_asked += 1
+            mine = self._stats_asked
+        self.send_control(Kind.STATS_REQUEST)
+        with self._cond:
+            if not self.wait_for(lambda: mine in self._stats_replies, None):
+                raise BossDiedError("the Boss process died before it answered")
+            if mine not in self._stats_replies:
+                raise BossDiedError("the Boss process died before it answered")
+            return self._stats_replies.pop(mine)
+
+    def stop_accepting(self) -> bool:
+        """No more add_work. Returns False if it had already stopped."""
+        with self._cond:
+            was, self._accepting = self._accepting, False
+            return was
+
+    def drain(self) -> None:
+        """Ask the Boss to finish, and read every result until its BYE."""
+        try:
+            self.send_control(Kind.SHUTDOWN)
+        except BossDiedError:
+            pass
+        with self._cond:
+            self.wait_for(lambda: self._bye, None)
+
+    def discard_results(self) -> None:
+        with self._cond:
+            self._results.clear()
+            self._pending = 0
+
+    def close(self) -> None:
+        """Close the socket. A reader blocked on it wakes up at once."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        forget_main_socket(self._sock)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+def unpickle_result(frame: Frame) -> Any:
+    """Turn a result frame into the value get_result() hands out."""
+    if frame.kind == Kind.RESULT:
+        try:
+            return pickle.loads(frame.payload)
+        except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
+            return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
+    if frame.kind == Kind.TIMED_OUT:
+        return {"ERROR": "BossWorkerAsync: timed out"}
+    return {"ERROR": bytes(frame.payload).decode("utf-8", "replace")}

@@ -1,0 +1,300 @@
+"""The public class: :class:`BossWorkerAsync`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Literal, overload
+
+from .backend import Backend, BossHandle, LocalBackend, default_start_method
+from .boss import BossConfig
+from .client import Client, unpickle_result
+from .errors import (
+    BossDiedError,
+    InvalidArgumentError,
+    SerializationError,
+    ShutDownError,
+)
+from .worker import PICKLE_PROTOCOL, WorkerSpec
+
+__all__ = ["BossWorkerAsync"]
+
+log = logging.getLogger("bossworker")
+
+# How long a graceful stop waits for the Boss to exit after its BYE, and a
+# forced stop waits after SIGTERM, before killing it.
+_JOIN_TIMEOUT = 5.0
+_FORCE_TIMEOUT = 1.0
+
+
+class BossWorkerAsync:
+    """A Boss process and ``worker_count`` preforked workers.
+
+    Feed it jobs with :meth:`add_work` and collect results with
+    :meth:`get_result` at any time, interleaved, blocking or not.  See the
+    README for the full contract; in short:
+
+    * results come back in completion order; ``with_id=True`` pairs each with
+      the id :meth:`add_work` returned for its job;
+    * an exception in a handler, a timeout or a worker's death is that job's
+      result, ``{"ERROR": "..."}``; the pool carries on;
+    * every job added gets exactly one result unless you force-stop the pool
+      or the Boss itself dies (then :class:`BossDiedError` is raised);
+    * :meth:`shut_down` waits for the work in hand; every result stays
+      retrievable afterwards.
+
+    The constructor returns once one worker has run its ``init_handler``; if
+    every initial worker fails there, it raises :class:`WorkerInitError`.
+    """
+
+    def __init__(
+        self,
+        work_handler: Callable[[Any], Any],
+        *,
+        result_handler: Callable[[Any], Any] | None = None,
+        init_handler: Callable[[], Any] | None = None,
+        exit_handler: Callable[[], Any] | None = None,
+        global_timeout: float | None = 0,
+        worker_count: int = 3,
+        read_size: int = 1024 * 1024,
+        start_method: str | None = None,
+        max_jobs_per_worker: int | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        _check_callable("work_handler", work_handler, required=True)
+        _check_callable("result_handler", result_handler)
+        _check_callable("init_handler", init_handler)
+        _check_callable("exit_handler", exit_handler)
+        self._global_timeout = _check_timeout("global_timeout", global_timeout)
+        _check_int("worker_count", worker_count, minimum=1)
+        _check_int("read_size", read_size, minimum=4096)
+        if max_jobs_per_worker is not None:
+            _check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
+        method = default_start_method() if start_method is None else start_method
+        if method not in multiprocessing.get_all_start_methods():
+            raise InvalidArgumentError(
+                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
+            )
+        spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker)
+        if method != "fork":
+            # A spawned Boss gets its handlers by pickling (by reference):
+            # find out now, with a clear message, rather than in the child.
+            try:
+                pickle.dumps(spec, protocol=PICKLE_PROTOCOL)
+            except Exception as exc:
+                raise SerializationError(
+                    f"under start_method={method!r} the handlers must be importable module-level "
+                    f"functions (lambdas and closures need 'fork'): {exc}"
+                ) from exc
+        self._result_handler = result_handler
+        self._start_method = method
+        config = BossConfig(spec, worker_count, method, os.getpid())
+        sock, handle = (backend or LocalBackend()).start(config)
+        self._client = Client(sock, handle, read_size)
+        self._handle: BossHandle = handle
+        self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
+        self._stopped = False
+        try:
+            self._client.wait_ready()
+        except BaseException:
+            self.shut_down(force=True)
+            raise
+        log.info("pool started: Boss %s, %d workers, start method %s", handle.pid, worker_count, method)
+
+    # -- facts ---------------------------------------------------------------
+
+    @property
+    def boss_pid(self) -> int:
+        """The Boss process's id."""
+        return self._handle.pid or 0
+
+    @property
+    def start_method(self) -> str:
+        """The multiprocessing start method in use."""
+        return self._start_method
+
+    def pending(self) -> int:
+        """Jobs added whose results have not been retrieved yet.
+
+        Says nothing of readiness: the results may still be in the making.
+        """
+        return self._client.pending
+
+    # -- work in -------------------------------------------------------------
+
+    def add_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
+        """Queue jobs; return one id per job, in order, unique to this pool.
+
+        ``timeout`` (seconds) overrides ``global_timeout`` for these jobs;
+        0 means no limit.  Every job is pickled before any is sent: if one
+        cannot be, :class:`SerializationError` is raised and none is queued.
+        Raises :class:`ShutDownError` after :meth:`shut_down`, and
+        :class:`BossDiedError` if the Boss is gone.
+        """
+        if not jobs:
+            raise InvalidArgumentError("add_work() needs at least one job")
+        limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
+        payloads = []
+        for index, job in enumerate(jobs):
+            try:
+                payloads.append(pickle.dumps(job, protocol=PICKLE_PROTOCOL))
+            except Exception as exc:
+                raise SerializationError(
+                    f"job #{index} of this add_work() call cannot be pickled; no job was queued: {exc}"
+                ) from exc
+        return self._client.add_jobs(payloads, limit)
+
+    # -- results out ---------------------------------------------------------
+
+    @overload
+    def get_result(
+        self, blocking: bool = ..., timeout: float | None = ..., *, with_id: Literal[False] = ...
+    ) -> Any: ...
+
+    @overload
+    def get_result(
+        self, blocking: bool = ..., timeout: float | None = ..., *, with_id: Literal[True]
+    ) -> tuple[int, Any] | None: ...
+
+    def get_result(self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False) -> Any:
+        """The next result, in completion order.
+
+        It is the work handler's return value (``{}`` for ``None``), passed
+        through ``result_handler`` in this process if one was given; for a
+        failed job, ``{"ERROR": "..."}``.  With ``with_id=True``, a
+        ``(job_id, result)`` pair.
+
+        * ``blocking=False``: return None at once if no result is ready.
+        * ``timeout=None`` (blocking): wait as long as it takes; raise
+          :class:`NoPendingResultsError` at once if nothing is pending.
+        * ``timeout=t``: wait up to ``t`` seconds, also for work another
+          thread adds meanwhile; None if no result came.
+
+        An exception from ``result_handler`` propagates; that result counts
+        as retrieved.
+        """
+        if timeout is not None:
+            timeout = _check_timeout("timeout", timeout, allow_zero=True)
+        frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
+        if frame is None:
+            return None
+        return self._deliver(frame.job_id, unpickle_result(frame), with_id)
+
+    def get_result_nb(self, *, with_id: bool = False) -> Any:
+        """``get_result(blocking=False)``: a result, or None at once."""
+        return self.get_result(blocking=False, with_id=with_id)
+
+    def results(self, *, with_id: bool = False) -> Iterator[Any]:
+        """Yield results as they come until none is pending."""
+        while self._client.pending > 0:
+            yield self.get_result(with_id=with_id)
+
+    def _deliver(self, job_id: int, value: Any, with_id: bool) -> Any:
+        if value is None:
+            value = {}
+        if self._result_handler is not None:
+            value = self._result_handler(value)
+            if value is None:
+                value = {}
+        return (job_id, value) if with_id else value
+
+    # -- shutting down ---------------------------------------------------------
+
+    def shut_down(self, force: bool = False) -> None:
+        """Stop the Boss and the workers. Harmless to call again.
+
+        Graceful (default): the jobs in hand are finished first, each
+        worker's ``exit_handler`` runs, and every result stays retrievable
+        with :meth:`get_result` afterwards.  ``force=True``: kill the Boss and
+        every worker at once; unretrieved results are discarded and
+        :meth:`pending` becomes 0.  Either way no process of the pool is left
+        when this returns.
+        """
+        client = self._client
+        if not client.stop_accepting() and not force:
+            return
+        died = False
+        if force:
+            _force_stop(client, self._handle)
+            client.discard_results()
+        elif not client.boss_died:
+            client.drain()
+            died = client.boss_died
+            self._handle.join(_JOIN_TIMEOUT)
+            if self._handle.is_alive():
+                log.error("the Boss did not exit after its BYE; killing it")
+                _force_stop(client, self._handle)
+        else:
+            died = True
+            _force_stop(client, self._handle)
+        client.close()
+        self._finalizer.detach()
+        if died and client.pending:
+            raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
+
+    def __enter__(self) -> BossWorkerAsync:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shut_down(force=exc_type is not None)
+
+    def __repr__(self) -> str:
+        return f"<BossWorkerAsync boss_pid={self.boss_pid} pending={self.pending()} start_method={self._start_method!r}>"
+
+
+def _force_stop(client: Client, handle: BossHandle) -> None:
+    """SIGTERM the Boss (it kills its workers), then SIGKILL it if it lingers."""
+    if handle.is_alive():
+        handle.terminate()
+        handle.join(_FORCE_TIMEOUT)
+        if handle.is_alive():
+            handle.kill()
+            handle.join(_FORCE_TIMEOUT)
+    else:
+        handle.join(0)
+    client.close()
+
+
+def _emergency_stop(client: Client, handle: BossHandle) -> None:
+    """The pool was dropped (or the interpreter exits) without shut_down()."""
+    try:
+        _force_stop(client, handle)
+    except Exception:  # noqa: BLE001 - never raise from a finalizer
+        pass
+
+
+def _check_callable(name: str, value: object, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not callable(value):
+        raise InvalidArgumentError(f"{name} must be callable, not {type(value).__name__}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be at least {minimum}, not {value}")
+
+
+def _check_timeout(name: str, value: object, allow_zero: bool = True) -> float:
+    """Seconds as a float; None and 0 mean no limit (0.0)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
+        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    return seconds

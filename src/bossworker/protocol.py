@@ -1,0 +1,266 @@
+"""The wire protocol: frames, an incremental decoder and a send queue. No I/O.
+
+Every message between main, the Boss and a worker is one *frame*::
+
+    offset  size  field
+    0       1     kind      (Kind)
+    1       7     padding   (zero)
+    8       8     length    of the payload, in bytes
+    16      8     job_id    (0 when the frame is not about a job)
+    24      8     timeout   seconds, float; 0.0 = none (JOB frames only)
+    32      ...   payload   opaque bytes (a pickle, UTF-8 text or JSON)
+
+The header is fixed-size and little-endian, so a reader knows how many bytes
+to wait for before it looks at a payload, and any byte string is a valid
+payload (the Perl original split on a delimiter, which payloads had to avoid
+and which cost a quadratic re-scan of the buffer at every read).
+
+Nothing here touches a socket (the h11/wsproto style): the Boss's event
+loop, the worker's blocking loop, main's blocking client and the asyncio
+front end all share the same :class:`Decoder` and :class:`SendQueue`, and the
+codec is tested alone.  The Boss only ever reads headers: it forwards the
+``raw`` bytes of a frame untouched and never unpickles a job or a result, so
+a hostile or broken payload cannot crash it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from enum import IntEnum
+from typing import NamedTuple, TypeAlias
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "Buffer",
+    "Decoder",
+    "Frame",
+    "Kind",
+    "ProtocolError",
+    "SendQueue",
+    "encode",
+]
+
+HEADER = struct.Struct("<B7xQQd")
+HEADER_SIZE = HEADER.size  # 32
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+# A frame larger than this is handed out as the very bytearray it was read
+# into, instead of being copied out of the shared read buffer.
+_DEFAULT_CHUNK = 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A peer sent bytes that are not a valid frame. Always a bug (ours)."""
+
+
+class Kind(IntEnum):
+    """What a frame means. The direction is given as sender -> receiver."""
+
+    JOB = 1  # main -> Boss -> worker: payload = pickled job
+    RESULT = 2  # worker -> Boss -> main: payload = pickled return value
+    ERROR = 3  # worker/Boss -> main: payload = UTF-8 text of the job's ERROR
+    TIMED_OUT = 4  # worker/Boss -> main: the job ran out of time; no payload
+    SHUTDOWN = 5  # main -> Boss, Boss -> worker: finish what you have, then exit
+    BYE = 6  # Boss -> main: every result has been sent; the Boss is exiting
+    READY = 7  # worker -> Boss: init done; Boss -> main: the pool is serving
+    INIT_FAILED = 8  # worker -> Boss, Boss -> main: payload = UTF-8 traceback
+    STATS_REQUEST = 9  # main -> Boss: please send a STATS frame
+    STATS = 10  # Boss -> main: payload = JSON object of counters
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+class Frame(NamedTuple):
+    """One decoded frame. ``raw`` is the whole frame, header included."""
+
+    kind: int
+    job_id: int
+    timeout: float
+    raw: bytes | bytearray
+
+    @property
+    def payload(self) -> memoryview:
+        """The payload, without a copy."""
+        return memoryview(self.raw)[HEADER_SIZE:]
+
+
+def encode(kind: Kind, job_id: int = 0, payload: Buffer = b"", timeout: float = 0.0) -> bytes:
+    """Return one complete frame as bytes."""
+    return HEADER.pack(kind, len(payload), job_id, timeout) + payload
+
+
+class Decoder:
+    """Turns a byte stream into frames, however the stream is chunked.
+
+    Two ways to feed it:
+
+    * ``feed(data)`` copies ``data`` in (simple; used by tests);
+    * ``get_buffer()`` / ``buffer_updated(n)`` let a reader ``recv_into`` the
+      decoder's own buffer, as asyncio's ``BufferedProtocol`` does, so bytes
+      are copied once from the kernel and once out into the frame.  A frame
+      larger than the chunk size gets a buffer of exactly its own size,
+      which becomes the frame's ``raw`` without another copy.
+
+    Decoded frames wait in the decoder until :meth:`take` collects them.
+    ``at_frame_boundary`` tells a clean end of stream (between frames) from a
+    torn one.
+    """
+
+    __slots__ = ("_big", "_big_filled", "_buf", "_end", "_frames", "_start")
+
+    def __init__(self, chunk_size: int = _DEFAULT_CHUNK) -> None:
+        if chunk_size < HEADER_SIZE:
+            raise ValueError(f"chunk_size must be at least {HEADER_SIZE}")
+        self._buf = bytearray(chunk_size)
+        self._start = 0  # first byte not yet decoded
+        self._end = 0  # one past the last byte received
+        self._big: bytearray | None = None  # a large frame being filled
+        self._big_filled = 0
+        self._frames: list[Frame] = []
+
+    # -- input -----------------------------------------------------------
+
+    def get_buffer(self) -> memoryview:
+        """Return writable space to receive into; call :meth:`buffer_updated` next."""
+        if self._big is not None:
+            return memoryview(self._big)[self._big_filled :]
+        if self._end == len(self._buf):
+            self._compact()
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record that ``nbytes`` were written into the last :meth:`get_buffer`."""
+        if self._big is not None:
+            self._big_filled += nbytes
+            if self._big_filled == len(self._big):
+                big, self._big = self._big, None
+                kind, _length, job_id, timeout = HEADER.unpack_from(big)
+                self._frames.append(Frame(kind, job_id, timeout, big))
+            return
+        self._end += nbytes
+        self._parse()
+
+    def feed(self, data: Buffer) -> None:
+        """Copy ``data`` in and decode what is complete."""
+        view = memoryview(data).cast("B")
+        while view:
+            target = self.get_buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            target.release()
+            self.buffer_updated(n)
+            view = view[n:]
+
+    # -- output ----------------------------------------------------------
+
+    def take(self) -> list[Frame]:
+        """Return the frames decoded so far, oldest first, and forget them."""
+        frames, self._frames = self._frames, []
+        return frames
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        """True when no partial frame is buffered (a clean place for EOF)."""
+        return self._big is None and self._start == self._end
+
+    # -- internals -------------------------------------------------------
+
+    def _compact(self) -> None:
+        pending = self._end - self._start
+        if self._start:
+            self._buf[:pending] = self._buf[self._start : self._end]
+            self._start, self._end = 0, pending
+
+    def _parse(self) -> None:
+        buf = self._buf
+        start, end = self._start, self._end
+        append = self._frames.append
+        unpack_from = HEADER.unpack_from
+        with memoryview(buf) as view:
+            while end - start >= HEADER_SIZE:
+                kind, length, job_id, timeout = unpack_from(buf, start)
+                if kind not in _KINDS:
+                    raise ProtocolError(f"unknown frame kind {kind} at offset {start}")
+                total = HEADER_SIZE + length
+                if end - start < total:
+                    if total > len(buf):
+                        # Too big for the shared buffer: give it one of its own.
+                        big = bytearray(total)
+                        have = end - start
+                        big[:have] = view[start:end]
+                        self._big, self._big_filled = big, have
+                        start = end = 0
+                    break
+                append(Frame(kind, job_id, timeout, view[start : start + total].tobytes()))
+                start += total
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
+
+
+class SendQueue:
+    """Bytes waiting to be sent, kept as a list of buffers (no concatenation).
+
+    A writer asks for :meth:`chunks` and passes them to ``socket.sendmsg``
+    (one system call for many frames), then reports how much went out with
+    :meth:`consume`.
+    """
+
+    __slots__ = ("_chunks", "_nbytes")
+
+    # sendmsg accepts at most IOV_MAX (1024 on Linux) buffers per call.
+    MAX_CHUNKS = 512
+
+    def __init__(self) -> None:
+        self._chunks: list[Buffer] = []
+        self._nbytes = 0
+
+    def __len__(self) -> int:
+        """The number of bytes waiting."""
+        return self._nbytes
+
+    def __bool__(self) -> bool:
+        return self._nbytes > 0
+
+    def append(self, data: Buffer) -> None:
+        """Queue ``data`` after everything already queued."""
+        n = len(data)
+        if n:
+            self._chunks.append(data)
+            self._nbytes += n
+
+    def extend(self, items: Iterable[Buffer]) -> None:
+        """Queue each of ``items`` in order."""
+        for item in items:
+            self.append(item)
+
+    def chunks(self) -> list[Buffer]:
+        """The next buffers to send, in order (at most :attr:`MAX_CHUNKS`)."""
+        return self._chunks[: self.MAX_CHUNKS]
+
+    def consume(self, nbytes: int) -> None:
+        """Drop the first ``nbytes`` queued bytes: they have been sent."""
+        if nbytes > self._nbytes:
+            raise ValueError("consumed more than was queued")
+        self._nbytes -= nbytes
+        chunks = self._chunks
+        i = 0
+        while nbytes:
+            size = len(chunks[i])
+            if nbytes >= size:
+                nbytes -= size
+                i += 1
+            else:
+                chunks[i] = memoryview(chunks[i])[nbytes:]
+                nbytes = 0
+        if i:
+            del chunks[:i]
+
+    def clear(self) -> None:
+        """Forget everything queued."""
+        self._chunks.clear()
+        self._nbytes = 0

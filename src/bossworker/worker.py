@@ -1,0 +1,198 @@
+"""The worker process: run jobs one at a time, answer each at once.
+
+A worker talks only to its Boss, over one blocking socket::
+
+    Boss --JOB, JOB, ..., SHUTDOWN-->  worker
+    Boss <--READY | INIT_FAILED-----  worker   (once, after init_handler)
+    Boss <--RESULT | ERROR | TIMED_OUT  worker   (one per JOB, in order)
+
+The Boss may send several jobs ahead (pipelining).  The worker still
+answers each job *before it starts the next one*: the Boss learns that the
+next job has started from the arrival of the previous answer (which keeps its
+deadlines exact), and a worker that dies mid-job can never take an
+already-finished answer down with it.
+
+Timeouts are enforced twice.  Here, gently: SIGALRM interrupts Python code
+and the worker lives on.  In the Boss, firmly: if no answer comes shortly
+after the deadline (C code that ignores signals), the Boss kills the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from .process import (
+    Closable,
+    close_inherited,
+    exit_now,
+    ignore_interrupts,
+    set_parent_death_signal,
+)
+from .protocol import HEADER, Decoder, Frame, Kind, SendQueue, encode
+
+__all__ = ["WorkerSpec", "describe_exception", "run_worker"]
+
+PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+TIMED_OUT_TEXT = "BossWorkerAsync: timed out"
+
+# Exit codes a worker uses on purpose, so the Boss can tell them from a crash.
+EXIT_OK = 0
+EXIT_INIT_FAILED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a worker needs to know. Picklable when its handlers are."""
+
+    work_handler: Callable[[Any], Any]
+    init_handler: Callable[[], Any] | None
+    exit_handler: Callable[[], Any] | None
+    read_size: int
+    max_jobs: int | None
+
+
+class _JobTimeout(BaseException):
+    """Raised by SIGALRM inside a job. A BaseException, so that a handler's
+    ``except Exception`` does not swallow it."""
+
+
+class _Alarm:
+    """The worker-side timeout: SIGALRM that only bites while a job runs."""
+
+    __slots__ = ("armed", "fired")
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.fired = False
+        signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self.armed:
+            self.fired = True
+            raise _JobTimeout
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"ValueError: rattle"`` then the traceback, as the ERROR text."""
+    head = "".join(traceback.format_exception_only(exc)).strip()
+    return f"{head}\n{''.join(traceback.format_exception(exc))}"
+
+
+def _send_all(sock: socket.socket, queue: SendQueue) -> None:
+    while queue:
+        queue.consume(sock.sendmsg(queue.chunks()))
+
+
+def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | memoryview]:
+    """Run one job and return the answer frame as buffers to send."""
+    job_id = frame.job_id
+    timeout = frame.timeout
+    alarm.fired = False
+    try:
+        job = pickle.loads(frame.payload)
+        alarm.armed = True
+        try:
+            if timeout > 0:
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+            value = spec.work_handler(job)
+        finally:
+            # An alarm that fires in here still raises _JobTimeout: fine, the
+            # job did run out of time.
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            alarm.armed = False
+    except _JobTimeout:
+        return [encode(Kind.TIMED_OUT, job_id)]
+    except BaseException as exc:  # noqa: BLE001 - one bad job must not kill the worker
+        if alarm.fired:  # the handler swallowed our _JobTimeout, then failed
+            return [encode(Kind.TIMED_OUT, job_id)]
+        return [encode(Kind.ERROR, job_id, describe_exception(exc).encode("utf-8", "replace"))]
+    if alarm.fired:  # the handler caught _JobTimeout itself and went on
+        return [encode(Kind.TIMED_OUT, job_id)]
+    try:
+        payload = pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    except BaseException as exc:  # noqa: BLE001
+        text = f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}"
+        return [encode(Kind.ERROR, job_id, text.encode("utf-8", "replace"))]
+    header = HEADER.pack(Kind.RESULT, len(payload), job_id, 0.0)
+    if len(payload) < 65536:
+        return [header + payload]
+    return [header, payload]
+
+
+def _leave(spec: WorkerSpec) -> None:
+    """Run the exit handler (its failure is reported, not raised) and exit."""
+    if spec.exit_handler is not None:
+        try:
+            spec.exit_handler()
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+    exit_now(EXIT_OK)
+
+
+def run_worker(
+    sock: socket.socket,
+    spec: WorkerSpec,
+    boss_pid: int,
+    inherited: Sequence[Closable] = (),
+) -> None:
+    """The body of a worker process. Never returns: it ends in ``os._exit``."""
+    close_inherited(inherited)
+    ignore_interrupts()
+    if os.getppid() == boss_pid:  # not so under forkserver
+        set_parent_death_signal(boss_pid)
+    my_pid = os.getpid()
+    sock.setblocking(True)
+    out = SendQueue()
+
+    if spec.init_handler is not None:
+        try:
+            spec.init_handler()
+        except BaseException as exc:  # noqa: BLE001
+            text = describe_exception(exc).encode("utf-8", "replace")
+            out.append(encode(Kind.INIT_FAILED, 0, text))
+            try:
+                _send_all(sock, out)
+            finally:
+                exit_now(EXIT_INIT_FAILED)
+    alarm = _Alarm()
+    out.append(encode(Kind.READY))
+    decoder = Decoder(spec.read_size)
+    todo: deque[Frame] = deque()
+    done = 0
+    try:
+        while True:
+            _send_all(sock, out)  # answer before starting the next job
+            if not todo:
+                n = sock.recv_into(decoder.get_buffer())
+                if not n:  # the Boss is gone
+                    exit_now(EXIT_OK)
+                decoder.buffer_updated(n)
+                todo.extend(decoder.take())
+                continue
+            frame = todo.popleft()
+            if frame.kind == Kind.SHUTDOWN:
+                _leave(spec)
+            out.extend(_run_job(spec, alarm, frame))
+            if os.getpid() != my_pid:
+                # The handler forked and its child returned into our loop:
+                # that child must not speak on the Boss's socket.
+                exit_now(EXIT_OK)
+            done += 1
+            if spec.max_jobs is not None and done >= spec.max_jobs:
+                _send_all(sock, out)
+                _leave(spec)
+    except (BrokenPipeError, ConnectionResetError):
+        exit_now(EXIT_OK)  # the Boss is gone; nobody is left to answer
+    except BaseException:  # noqa: BLE001 - our own bug: say so and die
+        traceback.print_exc(file=sys.stderr)
+        exit_now(1)
