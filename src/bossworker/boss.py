@@ -341,9 +341,11 @@ class Boss:
 
     def _depth(self, w: WorkerRecord) -> int:
         """How many jobs to keep in flight on a busy worker (at least 1)."""
-        if w.service_time <= 0:
-            return 2
-        return max(1, min(MAX_DEPTH, 1 + int(PIPELINE_SECONDS / w.service_time)))
+        # Until a job has been timed, assume it is long: a second job queued
+        # behind a long one would wait while another worker may sit idle.
+        if w.jobs_done == 0 or w.service_time >= PIPELINE_SECONDS:
+            return 1
+        return min(MAX_DEPTH, 1 + int(PIPELINE_SECONDS / max(w.service_time, 1e-6)))
 
     def _dispatch(self) -> None:
         queue = self.queue

@@ -1,0 +1,140 @@
+"""Module-level handlers, importable by spawned Boss and worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def multiply(job: dict[str, Any]) -> dict[str, Any]:
+    return {"product": job["a"] * job["b"]}
+
+
+def add_string(result: dict[str, Any]) -> dict[str, Any]:
+    if "product" in result:
+        result["string"] = f"the answer is: {result['product']}"
+    return result
+
+
+def echo(job: Any) -> Any:
+    return job
+
+
+def return_none(job: Any) -> None:
+    return None
+
+
+def raise_value_error(job: Any) -> Any:
+    raise ValueError("rattle")
+
+
+def sleep_for(job: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(job["seconds"])
+    return {"slept": job["seconds"], "pid": os.getpid()}
+
+
+def pid_of_worker(job: Any) -> int:
+    return os.getpid()
+
+
+def run_subprocess(job: Any) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True, check=True)
+    return {"out": out.stdout.strip()}
+
+
+def fork_and_wait(job: Any) -> dict[str, Any]:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    return {"child_status": os.waitstatus_to_exitcode(status)}
+
+
+def fork_and_return(job: Any) -> dict[str, Any]:
+    """A careless handler: its child returns into the worker's loop."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+    return {"parent": pid != 0}
+
+
+def unpicklable_result(job: Any) -> Any:
+    return lambda: None
+
+
+def chatty(job: Any) -> dict[str, Any]:
+    print("noise on stdout " * 100)
+    print("noise on stderr " * 100, file=sys.stderr)
+    sys.stdout.flush()
+    os.write(1, b"\x00raw bytes on fd 1\x00" * 100)
+    return {"ok": job}
+
+
+def failing_init() -> None:
+    raise RuntimeError("init exploded")
+
+
+def write_marker_init() -> None:
+    path = os.environ.get("BW_MARKER_DIR")
+    if path:
+        with open(os.path.join(path, f"init-{os.getpid()}"), "w") as f:
+            f.write("x")
+
+
+def write_marker_exit() -> None:
+    path = os.environ.get("BW_MARKER_DIR")
+    if path:
+        with open(os.path.join(path, f"exit-{os.getpid()}"), "w") as f:
+            f.write("x")
+
+
+def exit_hard(job: Any) -> Any:
+    os._exit(job.get("code", 9))
+
+
+def kill_self(job: Any) -> Any:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(job: Any) -> Any:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def spin_with_alarm_blocked(job: dict[str, Any]) -> Any:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        end = time.monotonic() + job["seconds"]
+        while time.monotonic() < end:
+            pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return {"done": True}
+
+
+def long_c_call(job: dict[str, Any]) -> Any:
+    import hashlib
+
+    return hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", job["iterations"]).hex()
+
+
+def raise_base(job: dict[str, Any]) -> Any:
+    kind = job["kind"]
+    if kind == "SystemExit":
+        raise SystemExit(3)
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    raise GeneratorExit
+
+
+def swallow_everything(job: dict[str, Any]) -> Any:
+    try:
+        time.sleep(job["seconds"])
+    except BaseException:  # noqa: BLE001 - a careless handler, on purpose
+        pass
+    return {"swallowed": True}
