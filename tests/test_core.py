@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import handlers
 import psutil
 import pytest
 
 import bossworker
+import handlers
 from bossworker import (
     BossDiedError,
     BossWorkerAsync,
@@ -74,7 +74,9 @@ def test_large_data(start_method: str) -> None:
 
 
 def test_alarm_timeout(start_method: str) -> None:
-    with BossWorkerAsync(handlers.sleep_for, global_timeout=0.5, worker_count=1, start_method=start_method) as bw:
+    with BossWorkerAsync(
+        handlers.sleep_for, global_timeout=0.5, worker_count=1, start_method=start_method
+    ) as bw:
         bw.add_work({"seconds": 5})
         assert bw.get_result(timeout=10) == {"ERROR": "BossWorkerAsync: timed out"}
         # The worker goes on serving jobs.
@@ -274,8 +276,9 @@ def test_context_manager_forces_on_exception() -> None:
     assert not boss.is_running()
 
 
-def test_init_and_exit_handlers_run_once_per_worker(tmp_path: Path, start_method: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_and_exit_handlers_run_once_per_worker(
+    tmp_path: Path, start_method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BW_MARKER_DIR", str(tmp_path))
     with BossWorkerAsync(
         handlers.pid_of_worker,
@@ -295,8 +298,9 @@ def test_init_and_exit_handlers_run_once_per_worker(tmp_path: Path, start_method
 def test_init_failure_raises_worker_init_error(start_method: str) -> None:
     start = time.monotonic()
     with pytest.raises(WorkerInitError, match="init exploded"):
-        BossWorkerAsync(handlers.echo, init_handler=handlers.failing_init, worker_count=2,
-                        start_method=start_method)
+        BossWorkerAsync(
+            handlers.echo, init_handler=handlers.failing_init, worker_count=2, start_method=start_method
+        )
     assert time.monotonic() - start < 30
 
 
@@ -353,8 +357,14 @@ def test_bad_call_arguments() -> None:
 
 
 def test_exception_hierarchy() -> None:
-    for exc in (SerializationError, ShutDownError, NoPendingResultsError, BossDiedError,
-                WorkerInitError, InvalidArgumentError):
+    for exc in (
+        SerializationError,
+        ShutDownError,
+        NoPendingResultsError,
+        BossDiedError,
+        WorkerInitError,
+        InvalidArgumentError,
+    ):
         assert issubclass(exc, BossWorkerError)
         assert exc.__name__ in bossworker.__all__
     assert issubclass(InvalidArgumentError, ValueError)

@@ -24,6 +24,7 @@ from .errors import (
     WorkerInitError,
 )
 from .pool import BossWorkerAsync
+from .stats import Stats
 
 __all__ = [
     "BossDiedError",
@@ -33,6 +34,7 @@ __all__ = [
     "NoPendingResultsError",
     "SerializationError",
     "ShutDownError",
+    "Stats",
     "WorkerInitError",
 ]
 

@@ -593,7 +593,7 @@ def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[C
         boss.run()
     except _ForcedStop:
         pass
-    except BaseException:  # noqa: BLE001 - a bug of ours: report it, leave no orphans
+    except BaseException:
         log.exception("the Boss failed")
         code = 1
     finally:

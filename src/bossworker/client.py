@@ -20,6 +20,7 @@ raises :class:`~bossworker.errors.BossDiedError` instead of waiting forever.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import select
@@ -55,7 +56,7 @@ class Client:
         self._results: deque[Frame] = deque()
         self._reading = False  # a thread is the reader (leader)
         self._pending = 0
-        self._next_id = 1
+        self._next_id = 1  # the next job id; also 1 + the number of jobs added
         self._stats_asked = 0
         self._stats_replies: dict[int, dict[str, Any]] = {}
         self._stats_got = 0
@@ -72,6 +73,11 @@ class Client:
     def pending(self) -> int:
         """Jobs added whose results have not been retrieved."""
         return self._pending
+
+    @property
+    def added(self) -> int:
+        """Jobs sent to the Boss so far."""
+        return self._next_id - 1
 
     @property
     def boss_died(self) -> bool:
@@ -309,10 +315,8 @@ class Client:
 
     def drain(self) -> None:
         """Ask the Boss to finish, and read every result until its BYE."""
-        try:
+        with contextlib.suppress(BossDiedError):
             self.send_control(Kind.SHUTDOWN)
-        except BossDiedError:
-            pass
         with self._cond:
             self.wait_for(lambda: self._bye, None)
 
@@ -329,10 +333,8 @@ class Client:
             self._closed = True
             self._cond.notify_all()
         forget_main_socket(self._sock)
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
 
 

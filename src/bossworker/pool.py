@@ -19,8 +19,8 @@ from .errors import (
     BossDiedError,
     InvalidArgumentError,
     SerializationError,
-    ShutDownError,
 )
+from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
 
 __all__ = ["BossWorkerAsync"]
@@ -126,6 +126,14 @@ class BossWorkerAsync:
         """
         return self._client.pending
 
+    def stats(self) -> Stats:
+        """A snapshot of the pool's counters (one round trip to the Boss).
+
+        Raises :class:`ShutDownError` after :meth:`shut_down` and
+        :class:`BossDiedError` if the Boss is gone.
+        """
+        return Stats.from_boss(self._client.added, self._client.stats())
+
     # -- work in -------------------------------------------------------------
 
     def add_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
@@ -162,7 +170,9 @@ class BossWorkerAsync:
         self, blocking: bool = ..., timeout: float | None = ..., *, with_id: Literal[True]
     ) -> tuple[int, Any] | None: ...
 
-    def get_result(self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False) -> Any:
+    def get_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
+    ) -> Any:
         """The next result, in completion order.
 
         It is the work handler's return value (``{}`` for ``None``), passed
