@@ -24,7 +24,7 @@ def no_leftover_processes() -> Iterator[None]:
     yield
     left = [p for p in me.children(recursive=True) if p.pid not in before and not _is_mp_helper(p)]
     # Give processes already told to exit a moment to be reaped.
-    gone, alive = psutil.wait_procs(left, timeout=5)
+    _gone, alive = psutil.wait_procs(left, timeout=5)
     assert not alive, f"processes left behind: {[(p.pid, p.name()) for p in alive]}"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import socket
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 from .boss import BossConfig, run_boss
 from .process import Closable
@@ -59,7 +59,7 @@ class LocalBackend:
     """A Boss process on this machine, started with ``config.start_method``."""
 
     def start(self, config: BossConfig) -> tuple[socket.socket, BossHandle]:
-        ctx = multiprocessing.get_context(config.start_method)
+        ctx: Any = multiprocessing.get_context(config.start_method)  # typeshed lacks .Process
         main_end, boss_end = socket.socketpair()
         inherited: list[Closable] = []
         if config.start_method == "fork":

@@ -60,9 +60,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from .process import (
     Closable,
@@ -154,7 +154,8 @@ class Boss:
 
     def __init__(self, main_sock: socket.socket, config: BossConfig) -> None:
         self.config = config
-        self.ctx: BaseContext = multiprocessing.get_context(config.start_method)
+        # typeshed's BaseContext lacks Process; every concrete context has it.
+        self.ctx: Any = multiprocessing.get_context(config.start_method)
         self.main = main_sock
         self.main.setblocking(False)
         self.main_in = Decoder(config.worker.read_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -10,7 +11,7 @@ import pickle
 import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any
 
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
@@ -160,16 +161,6 @@ class BossWorkerAsync:
 
     # -- results out ---------------------------------------------------------
 
-    @overload
-    def get_result(
-        self, blocking: bool = ..., timeout: float | None = ..., *, with_id: Literal[False] = ...
-    ) -> Any: ...
-
-    @overload
-    def get_result(
-        self, blocking: bool = ..., timeout: float | None = ..., *, with_id: Literal[True]
-    ) -> tuple[int, Any] | None: ...
-
     def get_result(
         self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
     ) -> Any:
@@ -260,7 +251,10 @@ class BossWorkerAsync:
         self.shut_down(force=exc_type is not None)
 
     def __repr__(self) -> str:
-        return f"<BossWorkerAsync boss_pid={self.boss_pid} pending={self.pending()} start_method={self._start_method!r}>"
+        return (
+            f"<BossWorkerAsync boss_pid={self.boss_pid} pending={self.pending()} "
+            f"start_method={self._start_method!r}>"
+        )
 
 
 def _force_stop(client: Client, handle: BossHandle) -> None:
@@ -278,10 +272,8 @@ def _force_stop(client: Client, handle: BossHandle) -> None:
 
 def _emergency_stop(client: Client, handle: BossHandle) -> None:
     """The pool was dropped (or the interpreter exits) without shut_down()."""
-    try:
+    with contextlib.suppress(Exception):  # never raise from a finalizer
         _force_stop(client, handle)
-    except Exception:  # noqa: BLE001 - never raise from a finalizer
-        pass
 
 
 def _check_callable(name: str, value: object, required: bool = False) -> None:
