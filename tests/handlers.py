@@ -138,3 +138,72 @@ def swallow_everything(job: dict[str, Any]) -> Any:
     except BaseException:  # noqa: BLE001 - a careless handler, on purpose
         pass
     return {"swallowed": True}
+
+
+# -- added for the fault-injection tests (tests/test_faults.py) -------------------
+
+
+def crash_on_demand(job: Any) -> Any:
+    """Echo ``job`` with this worker's pid, unless ``job`` asks to die.
+
+    ``{"crash": "exit"}`` leaves through ``os._exit(job["code"])``;
+    ``"kill"`` SIGKILLs itself; ``"segfault"`` reads address 0;
+    ``"wait"`` writes its pid to ``job["pid_file"]`` and sleeps (for the
+    test to kill it from outside).  Anything else sleeps ``job["seconds"]``.
+    """
+    how = job.get("crash") if isinstance(job, dict) else None
+    if how == "exit":
+        exit_hard(job)
+    elif how == "kill":
+        kill_self(job)
+    elif how == "segfault":
+        segfault(job)
+    elif how == "wait":
+        write_pid_then_sleep(job)
+    elif isinstance(job, dict) and job.get("seconds"):
+        time.sleep(job["seconds"])
+    return {"job": job, "pid": os.getpid()}
+
+
+def write_pid_then_sleep(job: dict[str, Any]) -> dict[str, Any]:
+    """Tell the test which worker runs this job (by file), then sleep."""
+    path = job["pid_file"]
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)  # the test never sees a half-written file
+    time.sleep(job.get("seconds", 60))
+    return {"slept": job.get("seconds", 60), "pid": os.getpid()}
+
+
+def init_fails_if_marker() -> None:
+    """An init_handler that fails while the file $BW_INIT_FAIL_FILE exists."""
+    path = os.environ.get("BW_INIT_FAIL_FILE")
+    if path and os.path.exists(path):
+        raise RuntimeError("init refused: the marker file exists")
+
+
+def init_marker_then_fail_if_marker() -> None:
+    write_marker_init()
+    init_fails_if_marker()
+
+
+def start_stray_thread(job: Any) -> int:
+    """A careless handler: leaves a non-daemon thread running for a minute."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(60,), daemon=False).start()
+    return os.getpid()
+
+
+def make_bytes(n: int) -> bytes:
+    """A result of ``n`` bytes (a small job, a big answer)."""
+    return b"\xab" * n
+
+
+def length_of(job: bytes) -> int:
+    """A small answer to a big job."""
+    return len(job)
+
+
+def echo_with_pid(job: Any) -> tuple[Any, int]:
+    return job, os.getpid()

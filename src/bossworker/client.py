@@ -5,7 +5,8 @@ frames, ``get_result`` reads them.  The client is safe to use from several
 threads at once (one thread adding work while another waits for results is
 the common case):
 
-* sending is serialised by ``_send_lock`` and never waits for a reader;
+* senders queue whole frames and flush them (see "sending" below); a
+  sender never waits for a reader;
 * reading follows the *leader/followers* pattern: the first thread that
   needs input becomes the reader, waits on the socket and files every frame
   it decodes (results, stats replies, BYE) where its owner will find it;
@@ -52,7 +53,9 @@ class Client:
         self.handle = handle
         self._decoder = Decoder(read_size)
         self._cond = threading.Condition()  # guards everything below
-        self._send_lock = threading.Lock()
+        self._out = SendQueue()  # frames queued for the Boss
+        self._queued_total = 0  # bytes ever queued
+        self._sent_total = 0  # bytes ever sent
         self._results: deque[Frame] = deque()
         self._reading = False  # a thread is the reader (leader)
         self._pending = 0
@@ -84,16 +87,26 @@ class Client:
         """The socket closed before the Boss said BYE."""
         return self._eof and not self._bye
 
+    @property
+    def eof_or_closed(self) -> bool:
+        """Nothing more will ever be read."""
+        return self._eof or self._closed
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
     # -- sending -------------------------------------------------------------
+    #
+    # Senders append whole frames to one shared queue under the lock, so
+    # frames from different threads (or tasks) never interleave; then each
+    # sender flushes until the bytes it queued are out.  The lock is only
+    # held for non-blocking system calls: waiting for a writable socket
+    # happens outside it, in select() for blocking callers and in the event
+    # loop for asyncio ones.
 
-    def add_jobs(self, payloads: Sequence[bytes], timeout: float) -> list[int]:
-        """Send one JOB frame per payload; return their ids.
-
-        Either every job is sent or :class:`BossDiedError` is raised.
-        """
+    def queue_jobs(self, payloads: Sequence[bytes], timeout: float) -> tuple[list[int], int]:
+        """Queue one JOB frame per payload. Returns their ids and the send
+        target to pass to :meth:`flush` or :meth:`aflush`."""
         with self._cond:
             if not self._accepting:
                 raise ShutDownError("the pool has been shut down; it takes no more work")
@@ -102,53 +115,79 @@ class Client:
             first = self._next_id
             self._next_id += len(payloads)
             self._pending += len(payloads)
-        ids = list(range(first, first + len(payloads)))
-        out = SendQueue()
-        small: list[bytes] = []
-        for job_id, payload in zip(ids, payloads, strict=True):
-            header = HEADER.pack(Kind.JOB, len(payload), job_id, timeout)
-            if len(payload) < _JOIN_BELOW:
-                small += (header, payload)
-            else:
-                out.append(b"".join(small) + header)
-                small = []
-                out.append(payload)
-        out.append(b"".join(small))
+            ids = list(range(first, first + len(payloads)))
+            small: list[bytes] = []
+            for job_id, payload in zip(ids, payloads, strict=True):
+                header = HEADER.pack(Kind.JOB, len(payload), job_id, timeout)
+                if len(payload) < _JOIN_BELOW:
+                    small += (header, payload)
+                else:
+                    self._queue_bytes(b"".join(small) + header)
+                    small = []
+                    self._queue_bytes(payload)
+            self._queue_bytes(b"".join(small))
+            return ids, self._queued_total
+
+    def forget_jobs(self, count: int) -> None:
+        """Undo the pending count of jobs whose sending failed."""
+        with self._cond:
+            self._pending -= count
+
+    def queue_control(self, kind: Kind) -> int:
+        """Queue a control frame; returns the send target."""
+        with self._cond:
+            self._queue_bytes(encode(kind))
+            return self._queued_total
+
+    def _queue_bytes(self, data: bytes) -> None:
+        self._out.append(data)
+        self._queued_total += len(data)
+
+    def try_send(self, target: int) -> bool:
+        """Send what the socket takes now; True once ``target`` bytes are out."""
+        with self._cond:
+            while self._sent_total < target:
+                try:
+                    n = self._sock.sendmsg(self._out.chunks())
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError as exc:  # EPIPE, ECONNRESET, EBADF after close
+                    self._eof = True
+                    self._cond.notify_all()
+                    raise BossDiedError("the Boss process has died") from exc
+                self._out.consume(n)
+                self._sent_total += n
+            return True
+
+    def flush(self, target: int) -> None:
+        """Block until the first ``target`` bytes ever queued have been sent."""
+        while not self.try_send(target):
+            # The Boss reads main's socket eagerly, so this wait is short
+            # unless the Boss is gone: look at it now and then, never hang.
+            _, writable, _ = select.select([], [self._sock], [], _LIVENESS_INTERVAL)
+            if not writable and not self.handle.is_alive():
+                self.mark_eof()
+                raise BossDiedError("the Boss process has died")
+
+    def add_jobs(self, payloads: Sequence[bytes], timeout: float) -> list[int]:
+        """Send one JOB frame per payload; return their ids.
+
+        Either every job is sent or :class:`BossDiedError` is raised.
+        """
+        ids, target = self.queue_jobs(payloads, timeout)
         try:
-            self._send(out)
-        except BaseException:
-            with self._cond:
-                self._pending -= len(payloads)
+            self.flush(target)
+        except BossDiedError:
+            self.forget_jobs(len(ids))
             raise
         return ids
 
     def send_control(self, kind: Kind) -> None:
-        out = SendQueue()
-        out.append(encode(kind))
-        self._send(out)
-
-    def _send(self, out: SendQueue) -> None:
-        with self._send_lock:
-            while out:
-                try:
-                    out.consume(self._sock.sendmsg(out.chunks()))
-                except (BlockingIOError, InterruptedError):
-                    self._wait_writable()
-                except OSError as exc:  # EPIPE, ECONNRESET, EBADF after close
-                    self._mark_eof()
-                    raise BossDiedError("the Boss process has died") from exc
-
-    def _wait_writable(self) -> None:
-        # The Boss reads main's socket eagerly, so this wait is short unless
-        # the Boss is gone; look at it now and then, so we never hang.
-        _, writable, _ = select.select([], [self._sock], [], _LIVENESS_INTERVAL)
-        if not writable and not self.handle.is_alive():
-            self._mark_eof()
-            raise BossDiedError("the Boss process has died")
+        self.flush(self.queue_control(kind))
 
     # -- receiving -----------------------------------------------------------
 
-    def _mark_eof(self) -> None:
+    def mark_eof(self) -> None:
         with self._cond:
             self._eof = True
             self._cond.notify_all()
@@ -274,10 +313,25 @@ class Client:
         self._pending -= 1
         return self._results.popleft()
 
-    def take_result_nowait(self) -> Frame | None:
-        """A result already read, if any (no I/O)."""
+    def result_or_verdict(self, must_be_pending: bool) -> tuple[Frame | None, bool]:
+        """A result already read, if any (no I/O), and whether waiting is
+        pointless (the socket is closed).  With ``must_be_pending``, raise
+        :class:`NoPendingResultsError` when a wait could never end."""
         with self._cond:
-            return self._take_result() if self._results else None
+            if self._results:
+                return self._take_result(), True
+            if must_be_pending and self._pending == 0:
+                raise NoPendingResultsError("no results are pending: get_result() would wait forever")
+            if self._eof or self._closed:
+                if self.boss_died and self._pending > 0:
+                    raise BossDiedError(f"the Boss process has died with {self._pending} result(s) pending")
+                return None, True
+            return None, False
+
+    @property
+    def bye(self) -> bool:
+        """The Boss said every answer was sent."""
+        return self._bye
 
     # -- start-up, stats, shut-down ---------------------------------------------
 

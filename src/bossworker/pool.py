@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import multiprocessing
 import os
 import pickle
+import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
+from . import aio
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client, unpickle_result
@@ -21,6 +24,7 @@ from .errors import (
     InvalidArgumentError,
     SerializationError,
 )
+from .protocol import Kind
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
 
@@ -99,8 +103,8 @@ class BossWorkerAsync:
         sock, handle = (backend or LocalBackend()).start(config)
         self._client = Client(sock, handle, read_size)
         self._handle: BossHandle = handle
+        self._waiter = aio.SocketWaiter(self._client)
         self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
-        self._stopped = False
         try:
             self._client.wait_ready()
         except BaseException:
@@ -146,6 +150,10 @@ class BossWorkerAsync:
         Raises :class:`ShutDownError` after :meth:`shut_down`, and
         :class:`BossDiedError` if the Boss is gone.
         """
+        payloads, limit = self._pickle_jobs(jobs, timeout)
+        return self._client.add_jobs(payloads, limit)
+
+    def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[bytes], float]:
         if not jobs:
             raise InvalidArgumentError("add_work() needs at least one job")
         limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
@@ -157,7 +165,7 @@ class BossWorkerAsync:
                 raise SerializationError(
                     f"job #{index} of this add_work() call cannot be pickled; no job was queued: {exc}"
                 ) from exc
-        return self._client.add_jobs(payloads, limit)
+        return payloads, limit
 
     # -- results out ---------------------------------------------------------
 
@@ -181,7 +189,7 @@ class BossWorkerAsync:
         as retrieved.
         """
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout, allow_zero=True)
+            timeout = _check_timeout("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
         if frame is None:
             return None
@@ -215,25 +223,27 @@ class BossWorkerAsync:
         with :meth:`get_result` afterwards.  ``force=True``: kill the Boss and
         every worker at once; unretrieved results are discarded and
         :meth:`pending` becomes 0.  Either way no process of the pool is left
-        when this returns.
+        when this returns.  Raises :class:`BossDiedError` if the Boss had
+        died with results still to come.
         """
-        client = self._client
-        if not client.stop_accepting() and not force:
+        if not self._begin_shut_down(force):
             return
-        died = False
-        if force:
-            _force_stop(client, self._handle)
-            client.discard_results()
-        elif not client.boss_died:
+        client, handle = self._client, self._handle
+        if not force and not client.boss_died:
             client.drain()
-            died = client.boss_died
-            self._handle.join(_JOIN_TIMEOUT)
-            if self._handle.is_alive():
-                log.error("the Boss did not exit after its BYE; killing it")
-                _force_stop(client, self._handle)
-        else:
-            died = True
-            _force_stop(client, self._handle)
+            _join_or_kill(handle, _JOIN_TIMEOUT)
+        self._end_shut_down(force)
+
+    def _begin_shut_down(self, force: bool) -> bool:
+        """Stop taking work. False if there is nothing (more) to do."""
+        return self._client.stop_accepting() or force
+
+    def _end_shut_down(self, force: bool) -> None:
+        client = self._client
+        died = client.boss_died
+        _force_stop(client, self._handle)  # a no-op for a Boss that has exited
+        if force:
+            client.discard_results()
         client.close()
         self._finalizer.detach()
         if died and client.pending:
@@ -250,11 +260,80 @@ class BossWorkerAsync:
     ) -> None:
         self.shut_down(force=exc_type is not None)
 
+    # -- asyncio ---------------------------------------------------------------
+    #
+    # The same pool from async code, never blocking the event loop: these
+    # wait on main's socket with loop.add_reader / add_writer (see aio.py).
+
+    async def aadd_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
+        """:meth:`add_work` that waits in the event loop when the socket is full."""
+        payloads, limit = self._pickle_jobs(jobs, timeout)
+        ids, target = self._client.queue_jobs(payloads, limit)
+        try:
+            await aio.aflush(self._client, target)
+        except BossDiedError:
+            self._client.forget_jobs(len(ids))
+            raise
+        return ids
+
+    async def aget_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
+    ) -> Any:
+        """:meth:`get_result` for async code: same options, same results."""
+        if timeout is not None:
+            timeout = _check_timeout("timeout", timeout)
+        frame = await aio.anext_result(self._client, self._waiter, bool(blocking), timeout)
+        if frame is None:
+            return None
+        return self._deliver(frame.job_id, unpickle_result(frame), with_id)
+
+    async def aresults(self, *, with_id: bool = False) -> AsyncIterator[Any]:
+        """``async for`` over results until none is pending."""
+        while self._client.pending > 0:
+            yield await self.aget_result(with_id=with_id)
+
+    async def ashut_down(self, force: bool = False) -> None:
+        """:meth:`shut_down` that waits in the event loop."""
+        if not self._begin_shut_down(force):
+            return
+        client, handle = self._client, self._handle
+        if not force and not client.boss_died:
+            target = client.queue_control(Kind.SHUTDOWN)
+            with contextlib.suppress(BossDiedError):
+                await aio.aflush(client, target)
+            await aio.await_condition(client, self._waiter, lambda: client.bye)
+            deadline = time.monotonic() + _JOIN_TIMEOUT
+            while handle.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # the Boss exits right after its BYE
+        elif handle.is_alive():
+            handle.terminate()  # the Boss kills its workers and exits at once
+            deadline = time.monotonic() + _FORCE_TIMEOUT
+            while handle.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        self._end_shut_down(force)
+
+    async def __aenter__(self) -> BossWorkerAsync:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.ashut_down(force=exc_type is not None)
+
     def __repr__(self) -> str:
         return (
             f"<BossWorkerAsync boss_pid={self.boss_pid} pending={self.pending()} "
             f"start_method={self._start_method!r}>"
         )
+
+
+def _join_or_kill(handle: BossHandle, timeout: float) -> None:
+    handle.join(timeout)
+    if handle.is_alive():
+        log.error("the Boss did not exit after its BYE; killing it")
 
 
 def _force_stop(client: Client, handle: BossHandle) -> None:
@@ -290,7 +369,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise InvalidArgumentError(f"{name} must be at least {minimum}, not {value}")
 
 
-def _check_timeout(name: str, value: object, allow_zero: bool = True) -> float:
+def _check_timeout(name: str, value: object) -> float:
     """Seconds as a float; None and 0 mean no limit (0.0)."""
     if value is None:
         return 0.0
