@@ -1,0 +1,108 @@
+"""The sans-IO frame codec, alone: no sockets, no processes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bossworker.protocol import HEADER_SIZE, Decoder, Kind, ProtocolError, SendQueue, encode
+
+frames_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(list(Kind)),
+        st.integers(min_value=0, max_value=2**64 - 1),
+        st.binary(max_size=300),
+        st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    ),
+    max_size=8,
+)
+
+
+def decoded(stream: bytes, chunk_size: int, cuts: list[int]) -> list[tuple[int, int, bytes, float]]:
+    decoder = Decoder(chunk_size)
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        decoder.feed(stream[start:cut])
+        start = max(start, cut)
+    assert decoder.at_frame_boundary
+    return [(f.kind, f.job_id, bytes(f.payload), f.timeout) for f in decoder.take()]
+
+
+@given(frames=frames_strategy, chunk_size=st.integers(min_value=HEADER_SIZE, max_value=200), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_any_split_of_any_frames_round_trips(
+    frames: list[tuple[Kind, int, bytes, float]], chunk_size: int, data: st.DataObject
+) -> None:
+    stream = b"".join(encode(k, i, p, t) for k, i, p, t in frames)
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(stream)), max_size=10))
+    assert decoded(stream, chunk_size, cuts) == [(int(k), i, p, t) for k, i, p, t in frames]
+
+
+@pytest.mark.parametrize("chunk_size", [HEADER_SIZE, 40, 64, 4096])
+def test_every_single_byte_boundary(chunk_size: int) -> None:
+    frames = [
+        (Kind.JOB, 1, b"a" * 70, 1.5),
+        (Kind.RESULT, 2, b"", 0.0),
+        (Kind.ERROR, 3, bytes(range(256)), 0.0),
+    ]
+    stream = b"".join(encode(*f[:3], timeout=f[3]) for f in frames)
+    expected = [(int(k), i, p, t) for k, i, p, t in frames]
+    for cut in range(len(stream) + 1):
+        assert decoded(stream, chunk_size, [cut]) == expected
+    # and one byte at a time
+    assert decoded(stream, chunk_size, list(range(len(stream)))) == expected
+
+
+def test_recv_into_style_and_big_frames_are_not_copied_out() -> None:
+    payload = bytes(range(256)) * 1000  # larger than the chunk size
+    stream = encode(Kind.RESULT, 9, payload) + encode(Kind.BYE)
+    decoder = Decoder(1024)
+    pos = 0
+    while pos < len(stream):
+        buf = decoder.get_buffer()
+        n = min(len(buf), 700, len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        buf.release()
+        decoder.buffer_updated(n)
+        pos += n
+    big, bye = decoder.take()
+    assert isinstance(big.raw, bytearray)  # its own buffer, handed over as is
+    assert bytes(big.payload) == payload and big.job_id == 9
+    assert bye.kind == Kind.BYE
+    assert decoder.at_frame_boundary
+
+
+def test_torn_frame_is_visible() -> None:
+    decoder = Decoder(64)
+    decoder.feed(encode(Kind.JOB, 1, b"abc")[:-1])
+    assert decoder.take() == []
+    assert not decoder.at_frame_boundary
+
+
+def test_unknown_kind_is_a_protocol_error() -> None:
+    decoder = Decoder(64)
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\xff" + bytes(HEADER_SIZE - 1))
+
+
+def test_chunk_size_must_hold_a_header() -> None:
+    with pytest.raises(ValueError):
+        Decoder(HEADER_SIZE - 1)
+
+
+@given(parts=st.lists(st.binary(min_size=0, max_size=50), max_size=20), sends=st.lists(st.integers(1, 40)))
+def test_send_queue_keeps_order_across_partial_sends(parts: list[bytes], sends: list[int]) -> None:
+    queue = SendQueue()
+    queue.extend(parts)
+    expected = b"".join(parts)
+    assert len(queue) == len(expected)
+    sent = b""
+    for n in [*sends, len(expected)]:
+        n = min(n, len(queue))
+        sent += b"".join(bytes(c) for c in queue.chunks())[:n]
+        queue.consume(n)
+    assert sent == expected
+    assert not queue
+    with pytest.raises(ValueError):
+        queue.consume(1)
