@@ -478,6 +478,9 @@ class Boss:
         self.workers.remove(w)
         w.process.close()
         inflight = w.inflight
+        if inflight:
+            # Now that the process is gone, nothing can still write its segments.
+            self.config.worker.segments.discard(inflight[0].job_id)
         if inflight and w.answered_head:
             inflight.popleft()
         elif inflight:
@@ -510,7 +513,9 @@ class Boss:
             return
         text = f"BossWorkerAsync: no worker could start: {self.last_init_error}"
         while self.queue:
-            self._answer(self.queue.popleft().job_id, Kind.ERROR, text)
+            job_id = self.queue.popleft().job_id
+            self.config.worker.segments.discard(job_id)
+            self._answer(job_id, Kind.ERROR, text)
 
     def _respawn_due(self, now: float) -> None:
         due = [t for t in self.respawn_at if t <= now]
@@ -601,4 +606,8 @@ def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[C
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if boss is not None:
             boss.kill_all()
+            if not boss.bye_sent:
+                # Main is gone or stopped us by force: nobody will read the
+                # segments still waiting.
+                config.worker.segments.discard_all()
     exit_now(code)

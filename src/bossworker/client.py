@@ -34,7 +34,8 @@ from typing import Any
 
 from .backend import BossHandle, forget_main_socket
 from .errors import BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
-from .protocol import HEADER, Decoder, Frame, Kind, SendQueue, encode
+from .payload import Pickled, Segments
+from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
 
 __all__ = ["Client"]
 
@@ -47,8 +48,9 @@ _JOIN_BELOW = 64 * 1024
 class Client:
     """A connected main-side endpoint: frames out, frames in, bookkeeping."""
 
-    def __init__(self, sock: socket.socket, handle: BossHandle, read_size: int) -> None:
+    def __init__(self, sock: socket.socket, handle: BossHandle, read_size: int, segments: Segments) -> None:
         sock.setblocking(False)
+        self.segments = segments
         self._sock = sock
         self.handle = handle
         self._decoder = Decoder(read_size)
@@ -104,27 +106,34 @@ class Client:
     # happens outside it, in select() for blocking callers and in the event
     # loop for asyncio ones.
 
-    def queue_jobs(self, payloads: Sequence[bytes], timeout: float) -> tuple[list[int], int]:
-        """Queue one JOB frame per payload. Returns their ids and the send
-        target to pass to :meth:`flush` or :meth:`aflush`."""
+    def queue_jobs(self, pickles: Sequence[Pickled], timeout: float) -> tuple[list[int], int]:
+        """Queue one JOB frame per pickled job. Returns their ids and the
+        send target to pass to :meth:`flush` or :meth:`aflush`."""
         with self._cond:
             if not self._accepting:
                 raise ShutDownError("the pool has been shut down; it takes no more work")
             if self._eof:
                 raise BossDiedError("the Boss process has died")
             first = self._next_id
-            self._next_id += len(payloads)
-            self._pending += len(payloads)
-            ids = list(range(first, first + len(payloads)))
-            small: list[bytes] = []
-            for job_id, payload in zip(ids, payloads, strict=True):
-                header = HEADER.pack(Kind.JOB, len(payload), job_id, timeout)
-                if len(payload) < _JOIN_BELOW:
-                    small += (header, payload)
+            self._next_id += len(pickles)
+            self._pending += len(pickles)
+            ids = list(range(first, first + len(pickles)))
+            # Small frames are joined into one buffer (one copy of a few
+            # bytes each); large pickles are queued as they are, uncopied.
+            small: list[bytes | bytearray | memoryview] = []
+            for job_id, pickled in zip(ids, pickles, strict=True):
+                if self.segments.store(job_id, "j", pickled):
+                    small.append(HEADER.pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
+                    continue
+                chunks, size = pickled
+                small.append(HEADER.pack(Kind.JOB, 0, size, job_id, timeout))
+                if size < _JOIN_BELOW:
+                    small += chunks
                 else:
-                    self._queue_bytes(b"".join(small) + header)
+                    self._queue_bytes(b"".join(small))
                     small = []
-                    self._queue_bytes(payload)
+                    for chunk in chunks:
+                        self._queue_bytes(chunk)
             self._queue_bytes(b"".join(small))
             return ids, self._queued_total
 
@@ -139,7 +148,7 @@ class Client:
             self._queue_bytes(encode(kind))
             return self._queued_total
 
-    def _queue_bytes(self, data: bytes) -> None:
+    def _queue_bytes(self, data: bytes | bytearray | memoryview) -> None:
         self._out.append(data)
         self._queued_total += len(data)
 
@@ -169,12 +178,12 @@ class Client:
                 self.mark_eof()
                 raise BossDiedError("the Boss process has died")
 
-    def add_jobs(self, payloads: Sequence[bytes], timeout: float) -> list[int]:
+    def add_jobs(self, pickles: Sequence[Pickled], timeout: float) -> list[int]:
         """Send one JOB frame per payload; return their ids.
 
         Either every job is sent or :class:`BossDiedError` is raised.
         """
-        ids, target = self.queue_jobs(payloads, timeout)
+        ids, target = self.queue_jobs(pickles, timeout)
         try:
             self.flush(target)
         except BossDiedError:
@@ -224,17 +233,23 @@ class Client:
         eof = False
         decoder = self._decoder
         while True:
+            buffer = decoder.get_buffer()
+            room = len(buffer)
             try:
-                n = self._sock.recv_into(decoder.get_buffer())
+                n = self._sock.recv_into(buffer)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 n = 0
+            finally:
+                buffer.release()
             if not n:
                 eof = True
                 break
             decoder.buffer_updated(n)
             frames += decoder.take()
+            if n < room:
+                break  # drained for now: spare the system call that says so
         with self._cond:
             self._file(frames)
             if eof:
@@ -375,9 +390,11 @@ class Client:
             self.wait_for(lambda: self._bye, None)
 
     def discard_results(self) -> None:
+        """Forget every result (after a forced stop: the Boss is gone)."""
         with self._cond:
             self._results.clear()
             self._pending = 0
+        self.segments.discard_all()
 
     def close(self) -> None:
         """Close the socket. A reader blocked on it wakes up at once."""
@@ -391,14 +408,15 @@ class Client:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
-
-def unpickle_result(frame: Frame) -> Any:
-    """Turn a result frame into the value get_result() hands out."""
-    if frame.kind == Kind.RESULT:
-        try:
-            return pickle.loads(frame.payload)
-        except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
-            return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
-    if frame.kind == Kind.TIMED_OUT:
-        return {"ERROR": "BossWorkerAsync: timed out"}
-    return {"ERROR": bytes(frame.payload).decode("utf-8", "replace")}
+    def unpickle_result(self, frame: Frame) -> Any:
+        """Turn a result frame into the value get_result() hands out."""
+        if frame.kind == Kind.RESULT:
+            try:
+                if frame.flags & Flag.SEGMENT:
+                    return self.segments.load(frame.job_id, "r")
+                return pickle.loads(frame.payload)
+            except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
+                return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
+        if frame.kind == Kind.TIMED_OUT:
+            return {"ERROR": "BossWorkerAsync: timed out"}
+        return {"ERROR": bytes(frame.payload).decode("utf-8", "replace")}

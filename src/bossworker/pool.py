@@ -18,12 +18,13 @@ from typing import Any
 from . import aio
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
-from .client import Client, unpickle_result
+from .client import Client
 from .errors import (
     BossDiedError,
     InvalidArgumentError,
     SerializationError,
 )
+from .payload import Pickled, Segments, dump, new_prefix
 from .protocol import Kind
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
@@ -86,7 +87,8 @@ class BossWorkerAsync:
             raise InvalidArgumentError(
                 f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
             )
-        spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker)
+        segments = Segments(new_prefix())
+        spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments)
         if method != "fork":
             # A spawned Boss gets its handlers by pickling (by reference):
             # find out now, with a clear message, rather than in the child.
@@ -101,7 +103,7 @@ class BossWorkerAsync:
         self._start_method = method
         config = BossConfig(spec, worker_count, method, os.getpid())
         sock, handle = (backend or LocalBackend()).start(config)
-        self._client = Client(sock, handle, read_size)
+        self._client = Client(sock, handle, read_size, segments)
         self._handle: BossHandle = handle
         self._waiter = aio.SocketWaiter(self._client)
         self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
@@ -153,14 +155,14 @@ class BossWorkerAsync:
         payloads, limit = self._pickle_jobs(jobs, timeout)
         return self._client.add_jobs(payloads, limit)
 
-    def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[bytes], float]:
+    def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
         if not jobs:
             raise InvalidArgumentError("add_work() needs at least one job")
         limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
         payloads = []
         for index, job in enumerate(jobs):
             try:
-                payloads.append(pickle.dumps(job, protocol=PICKLE_PROTOCOL))
+                payloads.append(dump(job))
             except Exception as exc:
                 raise SerializationError(
                     f"job #{index} of this add_work() call cannot be pickled; no job was queued: {exc}"
@@ -193,7 +195,7 @@ class BossWorkerAsync:
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
         if frame is None:
             return None
-        return self._deliver(frame.job_id, unpickle_result(frame), with_id)
+        return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
 
     def get_result_nb(self, *, with_id: bool = False) -> Any:
         """``get_result(blocking=False)``: a result, or None at once."""
@@ -245,7 +247,6 @@ class BossWorkerAsync:
         if force:
             client.discard_results()
         client.close()
-        self._finalizer.detach()
         if died and client.pending:
             raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
 
@@ -285,7 +286,7 @@ class BossWorkerAsync:
         frame = await aio.anext_result(self._client, self._waiter, bool(blocking), timeout)
         if frame is None:
             return None
-        return self._deliver(frame.job_id, unpickle_result(frame), with_id)
+        return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
 
     async def aresults(self, *, with_id: bool = False) -> AsyncIterator[Any]:
         """``async for`` over results until none is pending."""
@@ -350,9 +351,11 @@ def _force_stop(client: Client, handle: BossHandle) -> None:
 
 
 def _emergency_stop(client: Client, handle: BossHandle) -> None:
-    """The pool was dropped (or the interpreter exits) without shut_down()."""
+    """The pool was dropped, or the interpreter exits: stop whatever still
+    runs (nothing, after shut_down()) and free unretrieved results."""
     with contextlib.suppress(Exception):  # never raise from a finalizer
         _force_stop(client, handle)
+        client.segments.discard_all()
 
 
 def _check_callable(name: str, value: object, required: bool = False) -> None:

@@ -4,7 +4,8 @@ Every message between main, the Boss and a worker is one *frame*::
 
     offset  size  field
     0       1     kind      (Kind)
-    1       7     padding   (zero)
+    1       1     flags     (Flag: how the payload is stored)
+    2       6     padding   (zero)
     8       8     length    of the payload, in bytes
     16      8     job_id    (0 when the frame is not about a job)
     24      8     timeout   seconds, float; 0.0 = none (JOB frames only)
@@ -35,6 +36,7 @@ __all__ = [
     "HEADER_SIZE",
     "Buffer",
     "Decoder",
+    "Flag",
     "Frame",
     "Kind",
     "ProtocolError",
@@ -42,7 +44,7 @@ __all__ = [
     "encode",
 ]
 
-HEADER = struct.Struct("<B7xQQd")
+HEADER = struct.Struct("<BB6xQQd")
 HEADER_SIZE = HEADER.size  # 32
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -71,6 +73,15 @@ class Kind(IntEnum):
     STATS = 10  # Boss -> main: payload = JSON object of counters
 
 
+class Flag(IntEnum):
+    """Bits of a frame's ``flags`` byte."""
+
+    # The payload is not in the frame: it waits in a shared-memory segment
+    # named after the job (see bossworker.segments).  Only the Boss's
+    # clean-up ever needs to know.
+    SEGMENT = 1
+
+
 _KINDS = frozenset(int(k) for k in Kind)
 
 
@@ -78,6 +89,7 @@ class Frame(NamedTuple):
     """One decoded frame. ``raw`` is the whole frame, header included."""
 
     kind: int
+    flags: int
     job_id: int
     timeout: float
     raw: bytes | bytearray
@@ -88,9 +100,9 @@ class Frame(NamedTuple):
         return memoryview(self.raw)[HEADER_SIZE:]
 
 
-def encode(kind: Kind, job_id: int = 0, payload: Buffer = b"", timeout: float = 0.0) -> bytes:
+def encode(kind: Kind, job_id: int = 0, payload: Buffer = b"", timeout: float = 0.0, flags: int = 0) -> bytes:
     """Return one complete frame as bytes."""
-    return HEADER.pack(kind, len(payload), job_id, timeout) + payload
+    return HEADER.pack(kind, flags, len(payload), job_id, timeout) + payload
 
 
 class Decoder:
@@ -138,8 +150,8 @@ class Decoder:
             self._big_filled += nbytes
             if self._big_filled == len(self._big):
                 big, self._big = self._big, None
-                kind, _length, job_id, timeout = HEADER.unpack_from(big)
-                self._frames.append(Frame(kind, job_id, timeout, big))
+                kind, flags, _length, job_id, timeout = HEADER.unpack_from(big)
+                self._frames.append(Frame(kind, flags, job_id, timeout, big))
             return
         self._end += nbytes
         self._parse()
@@ -182,7 +194,7 @@ class Decoder:
         unpack_from = HEADER.unpack_from
         with memoryview(buf) as view:
             while end - start >= HEADER_SIZE:
-                kind, length, job_id, timeout = unpack_from(buf, start)
+                kind, flags, length, job_id, timeout = unpack_from(buf, start)
                 if kind not in _KINDS:
                     raise ProtocolError(f"unknown frame kind {kind} at offset {start}")
                 total = HEADER_SIZE + length
@@ -195,7 +207,7 @@ class Decoder:
                         self._big, self._big_filled = big, have
                         start = end = 0
                     break
-                append(Frame(kind, job_id, timeout, view[start : start + total].tobytes()))
+                append(Frame(kind, flags, job_id, timeout, view[start : start + total].tobytes()))
                 start += total
         if start == end:
             start = end = 0

@@ -27,10 +27,11 @@ import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from .payload import PICKLE_PROTOCOL, Segments, dump
 from .process import (
     Closable,
     close_inherited,
@@ -38,11 +39,10 @@ from .process import (
     ignore_interrupts,
     set_parent_death_signal,
 )
-from .protocol import HEADER, Decoder, Frame, Kind, SendQueue, encode
+from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
 
-__all__ = ["WorkerSpec", "describe_exception", "run_worker"]
+__all__ = ["PICKLE_PROTOCOL", "WorkerSpec", "describe_exception", "run_worker"]
 
-PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 TIMED_OUT_TEXT = "BossWorkerAsync: timed out"
 
 # Exit codes a worker uses on purpose, so the Boss can tell them from a crash.
@@ -59,6 +59,7 @@ class WorkerSpec:
     exit_handler: Callable[[], Any] | None
     read_size: int
     max_jobs: int | None
+    segments: Segments = field(default_factory=lambda: Segments(None))
 
 
 class _JobTimeout(BaseException):
@@ -93,13 +94,14 @@ def _send_all(sock: socket.socket, queue: SendQueue) -> None:
         queue.consume(sock.sendmsg(queue.chunks()))
 
 
-def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | memoryview]:
+def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send."""
     job_id = frame.job_id
     timeout = frame.timeout
     alarm.fired = False
     try:
-        job = pickle.loads(frame.payload)
+        in_segment = frame.flags & Flag.SEGMENT
+        job = spec.segments.load(job_id, "j") if in_segment else pickle.loads(frame.payload)
         alarm.armed = True
         try:
             if timeout > 0:
@@ -119,14 +121,17 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | memo
     if alarm.fired:  # the handler caught _JobTimeout itself and went on
         return [encode(Kind.TIMED_OUT, job_id)]
     try:
-        payload = pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
         text = f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}"
         return [encode(Kind.ERROR, job_id, text.encode("utf-8", "replace"))]
-    header = HEADER.pack(Kind.RESULT, len(payload), job_id, 0.0)
-    if len(payload) < 65536:
-        return [header + payload]
-    return [header, payload]
+    if spec.segments.store(job_id, "r", pickled):
+        return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, 0.0)]
+    chunks, size = pickled
+    header = HEADER.pack(Kind.RESULT, 0, size, job_id, 0.0)
+    if len(chunks) == 1 and size < 65536:
+        return [header + chunks[0]]
+    return [header, *chunks]
 
 
 def _leave(spec: WorkerSpec) -> None:
