@@ -300,8 +300,8 @@ class Client:
                 if self._results:
                     return self._take_result()
             self.poll()
-            with self._cond:
-                return self._take_result() if self._results else None
+            frame, _final = self.result_or_verdict(must_be_pending=False)
+            return frame  # None, or BossDiedError if the Boss died with results due
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             if timeout is None:
@@ -395,6 +395,12 @@ class Client:
             self._results.clear()
             self._pending = 0
         self.segments.discard_all()
+
+    def discard_orphan_segments(self) -> None:
+        """After the Boss died: free every segment but those of results held here."""
+        with self._cond:
+            held = frozenset(f.job_id for f in self._results if f.flags & Flag.SEGMENT)
+        self.segments.discard_all(keep_results=held)
 
     def close(self) -> None:
         """Close the socket. A reader blocked on it wakes up at once."""

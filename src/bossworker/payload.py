@@ -27,8 +27,10 @@ job    (``-j``)        the worker, as it starts the job   the Boss, when it answ
                                                           worker) or leaves because main died;
                                                           main, after a forced stop
 result (``-r``)        main, in ``get_result()``          the Boss, when the worker died before
-                                                          answering; main, after a forced stop
-                                                          or when the pool is garbage-collected
+                                                          answering; main, after a forced stop,
+                                                          after the Boss died (but for results
+                                                          it holds) or when the pool is
+                                                          garbage-collected
 =====================  =================================  ======================================
 
 Where there is no writable ``/dev/shm`` (or it is full), payloads simply
@@ -165,13 +167,15 @@ class Segments:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.prefix}{job_id}-{direction}")
 
-    def discard_all(self) -> None:
-        """Remove every segment of this pool."""
+    def discard_all(self, keep_results: frozenset[int] = frozenset()) -> None:
+        """Remove every segment of this pool but the results of ``keep_results``."""
         if self.prefix is None:
             return
+        keep = {self.path(job_id, "r") for job_id in keep_results}
         for path in glob.glob(glob.escape(self.prefix) + "*"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if path not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
 
 def _write_all(fd: int, chunks: list[bytes | bytearray | memoryview]) -> None:

@@ -246,6 +246,8 @@ class BossWorkerAsync:
         _force_stop(client, self._handle)  # a no-op for a Boss that has exited
         if force:
             client.discard_results()
+        elif died:
+            client.discard_orphan_segments()
         client.close()
         if died and client.pending:
             raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
