@@ -163,7 +163,9 @@ class Boss:
         self.main_open = True  # main has not closed its side
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.main, selectors.EVENT_READ, self._on_main)
-        self.queue: deque[Frame] = deque()
+        # Jobs waiting for a worker, as raw frames: a bytes object each and
+        # nothing more, so a million queued tiny jobs stay small.
+        self.queue: deque[bytes | bytearray] = deque()
         self.workers: list[WorkerRecord] = []
         self.respawn_at: list[float] = []  # one entry per slot waiting for a new worker
         self.init_failures = 0  # in a row, since a worker last became ready
@@ -253,7 +255,7 @@ class Boss:
         for frame in decoder.take():
             kind = frame.kind
             if kind == Kind.JOB:
-                self.queue.append(frame)
+                self.queue.append(frame.raw)
                 self.added += 1
             elif kind == Kind.SHUTDOWN:
                 self.draining = True
@@ -373,9 +375,9 @@ class Boss:
         if not w.inflight:
             w.started_at = time.monotonic()
         for _ in range(min(count, len(queue))):
-            frame = queue.popleft()
-            w.inflight.append(frame)
-            w.out.append(frame.raw)
+            raw = queue.popleft()
+            w.inflight.append(Frame.parse(raw))
+            w.out.append(raw)
             w.jobs_sent += 1
         self._flush_worker(w)
 
@@ -490,7 +492,7 @@ class Boss:
                 head.job_id, Kind.ERROR, f"BossWorkerAsync: worker died ({reason}) while running this job"
             )
         # Jobs sent ahead that never started go back to the front, in order.
-        self.queue.extendleft(reversed(inflight))
+        self.queue.extendleft(reversed([frame.raw for frame in inflight]))
         inflight.clear()
         if self.draining and not self.queue:
             return  # no replacement needed to finish
@@ -513,7 +515,7 @@ class Boss:
             return
         text = f"BossWorkerAsync: no worker could start: {self.last_init_error}"
         while self.queue:
-            job_id = self.queue.popleft().job_id
+            job_id = Frame.parse(self.queue.popleft()).job_id
             self.config.worker.segments.discard(job_id)
             self._answer(job_id, Kind.ERROR, text)
 

@@ -94,6 +94,12 @@ class Frame(NamedTuple):
     timeout: float
     raw: bytes | bytearray
 
+    @classmethod
+    def parse(cls, raw: bytes | bytearray) -> Frame:
+        """The frame whose complete bytes (header included) are ``raw``."""
+        kind, flags, _length, job_id, timeout = HEADER.unpack_from(raw)
+        return cls(kind, flags, job_id, timeout, raw)
+
     @property
     def payload(self) -> memoryview:
         """The payload, without a copy."""
@@ -150,8 +156,7 @@ class Decoder:
             self._big_filled += nbytes
             if self._big_filled == len(self._big):
                 big, self._big = self._big, None
-                kind, flags, _length, job_id, timeout = HEADER.unpack_from(big)
-                self._frames.append(Frame(kind, flags, job_id, timeout, big))
+                self._frames.append(Frame.parse(big))
             return
         self._end += nbytes
         self._parse()
