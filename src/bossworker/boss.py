@@ -69,6 +69,7 @@ from .process import (
     close_inherited,
     exit_now,
     ignore_interrupts,
+    preload_parent_death_signal,
     signal_description,
 )
 from .protocol import Decoder, Frame, Kind, SendQueue, encode
@@ -593,6 +594,7 @@ def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[C
     """The body of the Boss process. Never returns: it ends in ``os._exit``."""
     close_inherited(inherited)
     ignore_interrupts()
+    preload_parent_death_signal()
     boss: Boss | None = None
     code = 0
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -13,9 +12,11 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import aio
+if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
+    from . import aio
+
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
@@ -105,7 +106,7 @@ class BossWorkerAsync:
         sock, handle = (backend or LocalBackend()).start(config)
         self._client = Client(sock, handle, read_size, segments)
         self._handle: BossHandle = handle
-        self._waiter = aio.SocketWaiter(self._client)
+        self._waiter: aio.SocketWaiter | None = None  # made on first async use
         self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
         try:
             self._client.wait_ready()
@@ -270,6 +271,8 @@ class BossWorkerAsync:
 
     async def aadd_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
         """:meth:`add_work` that waits in the event loop when the socket is full."""
+        from . import aio
+
         payloads, limit = self._pickle_jobs(jobs, timeout)
         ids, target = self._client.queue_jobs(payloads, limit)
         try:
@@ -285,7 +288,9 @@ class BossWorkerAsync:
         """:meth:`get_result` for async code: same options, same results."""
         if timeout is not None:
             timeout = _check_timeout("timeout", timeout)
-        frame = await aio.anext_result(self._client, self._waiter, bool(blocking), timeout)
+        from . import aio
+
+        frame = await aio.anext_result(self._client, self._socket_waiter(), bool(blocking), timeout)
         if frame is None:
             return None
         return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
@@ -297,6 +302,10 @@ class BossWorkerAsync:
 
     async def ashut_down(self, force: bool = False) -> None:
         """:meth:`shut_down` that waits in the event loop."""
+        import asyncio
+
+        from . import aio
+
         if not self._begin_shut_down(force):
             return
         client, handle = self._client, self._handle
@@ -304,7 +313,7 @@ class BossWorkerAsync:
             target = client.queue_control(Kind.SHUTDOWN)
             with contextlib.suppress(BossDiedError):
                 await aio.aflush(client, target)
-            await aio.await_condition(client, self._waiter, lambda: client.bye)
+            await aio.await_condition(client, self._socket_waiter(), lambda: client.bye)
             deadline = time.monotonic() + _JOIN_TIMEOUT
             while handle.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)  # the Boss exits right after its BYE
@@ -314,6 +323,13 @@ class BossWorkerAsync:
             while handle.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
         self._end_shut_down(force)
+
+    def _socket_waiter(self) -> aio.SocketWaiter:
+        from . import aio
+
+        if self._waiter is None:
+            self._waiter = aio.SocketWaiter(self._client)
+        return self._waiter
 
     async def __aenter__(self) -> BossWorkerAsync:
         return self

@@ -10,17 +10,19 @@ hook of the parent's can hold it up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 from collections.abc import Iterable
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 __all__ = [
     "Closable",
     "close_inherited",
     "exit_now",
     "ignore_interrupts",
+    "preload_parent_death_signal",
     "set_parent_death_signal",
     "signal_description",
 ]
@@ -32,6 +34,25 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, or None. Loaded once: a Boss loads it before it forks
+    its workers, so they inherit it instead of importing ctypes each."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def preload_parent_death_signal() -> None:
+    """Load what :func:`set_parent_death_signal` needs, ahead of forking."""
+    _prctl()
+
+
 def set_parent_death_signal(expected_parent: int) -> bool:
     """Ask Linux to SIGKILL us when our parent dies; exit if it already has.
 
@@ -40,15 +61,8 @@ def set_parent_death_signal(expected_parent: int) -> bool:
     parent *thread*, so it is only made by processes whose parent is
     single-threaded (workers under their Boss), never for the Boss itself.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    if prctl is None or prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return False
     # The parent may have died before the request was made: then nobody
     # will ever signal us, so leave now.
