@@ -15,6 +15,7 @@ A Python take on Perl's Parallel::Fork::BossWorkerAsync::
 """
 
 from .errors import (
+    TIMED_OUT_ERROR,
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
@@ -27,6 +28,7 @@ from .pool import BossWorkerAsync
 from .stats import Stats
 
 __all__ = [
+    "TIMED_OUT_ERROR",
     "BossDiedError",
     "BossWorkerAsync",
     "BossWorkerError",

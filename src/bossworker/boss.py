@@ -89,10 +89,16 @@ PARENT_CHECK_INTERVAL = 0.5
 # Back-off for workers that die before they are ready: 0.1 s, 0.2 s, ... 5 s.
 RESPAWN_BACKOFF_FIRST = 0.1
 RESPAWN_BACKOFF_MAX = 5.0
+# Start-up failures in a row (no worker became ready in between) after which,
+# while no worker is alive, queued jobs are answered with an ERROR instead of
+# waiting: one death during start-up (a stray SIGKILL) is not a broken pool.
+PERSISTENT_FAILURES = 3
 # Pipelining: keep about this much work queued in each busy worker, and
-# never more than MAX_DEPTH jobs.
-PIPELINE_SECONDS = 0.002
-MAX_DEPTH = 64
+# never more than MAX_DEPTH jobs.  Enough to hide the Boss<->worker round
+# trip (~0.1 ms here) for tiny jobs; small, because a job sent ahead waits
+# behind its worker's running job even if that one turns out to be slow.
+PIPELINE_SECONDS = 0.001
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,10 @@ class WorkerRecord:
     started_at: float = 0.0
     jobs_done: int = 0
     jobs_sent: int = 0
-    service_time: float = 0.0  # moving average of one job's run time
+    # A pessimistic estimate of one job's run time: jumps up to a slow job's
+    # time at once and comes down 10 % per job, so a worker that just ran a
+    # slow job is not sent jobs ahead for a while.
+    service_time: float = 0.0
     dead_since: float = 0.0
     ever_ready: bool = False
     init_error: str | None = None
@@ -362,14 +371,17 @@ class Boss:
                 return
             if not w.inflight and self._budget(w) > 0:
                 self._send_jobs(w, 1)
-        if len(queue) == 0:
+        if not queue or any(not w.inflight for w in serving):
             return
+        # Every worker is busy and jobs still wait: send some ahead, but no
+        # worker more than its fair share of the queue (counting workers
+        # still starting), so the tail of a batch stays spread out.
+        starting = sum(1 for w in self.workers if w.state is WorkerState.STARTING)
         for w in serving:
-            if not queue:
-                break
+            share = len(queue) // (len(serving) + starting)
             room = min(self._depth(w), self._budget(w) + len(w.inflight)) - len(w.inflight)
-            if room > 0:
-                self._send_jobs(w, room)
+            if min(room, share) > 0:
+                self._send_jobs(w, min(room, share))
 
     def _send_jobs(self, w: WorkerRecord, count: int) -> None:
         queue = self.queue
@@ -428,7 +440,7 @@ class Boss:
             w.inflight.popleft()
             now = time.monotonic()
             ran = now - w.started_at
-            w.service_time = ran if w.jobs_done == 0 else 0.8 * w.service_time + 0.2 * ran
+            w.service_time = max(ran, 0.9 * w.service_time)
             w.started_at = now  # the next job in flight starts now
             w.jobs_done += 1
             self.completed += 1
@@ -503,7 +515,8 @@ class Boss:
             delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2 ** (self.init_failures - 1))
             log.warning("worker %d failed to start (%s); retrying in %.1f s", w.pid, reason, delay)
             self.respawn_at.append(time.monotonic() + delay)
-            self._fail_if_no_worker_can_serve()
+            if self.init_failures >= max(PERSISTENT_FAILURES, self.config.worker_count):
+                self._fail_if_no_worker_can_serve()
         else:
             if w.state is not WorkerState.STOPPING or reason != "exit code 0":
                 log.warning("worker %d exited (%s); starting a replacement", w.pid, reason)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backend import BossHandle, forget_main_socket
-from .errors import BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
+from .errors import TIMED_OUT_ERROR, BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
 from .payload import Pickled, Segments
 from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
 
@@ -424,5 +424,5 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
                 return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
         if frame.kind == Kind.TIMED_OUT:
-            return {"ERROR": "BossWorkerAsync: timed out"}
+            return {"ERROR": TIMED_OUT_ERROR}
         return {"ERROR": bytes(frame.payload).decode("utf-8", "replace")}

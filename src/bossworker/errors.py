@@ -13,12 +13,14 @@ catches all of them::
     └── WorkerInitError             no worker could finish its init_handler
 
 A failure *inside one job* is never raised: it travels back as that job's
-result, ``{"ERROR": "..."}``, so one bad job never poisons the pool.
+result, ``{"ERROR": "..."}``, so one bad job never poisons the pool.  A job
+that ran out of time gets exactly ``{"ERROR": TIMED_OUT_ERROR}``.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "TIMED_OUT_ERROR",
     "BossDiedError",
     "BossWorkerError",
     "InvalidArgumentError",
@@ -27,6 +29,10 @@ __all__ = [
     "ShutDownError",
     "WorkerInitError",
 ]
+
+
+#: The ERROR text of a job that ran out of time (the Perl original's, verbatim).
+TIMED_OUT_ERROR = "BossWorkerAsync: timed out"
 
 
 class BossWorkerError(Exception):

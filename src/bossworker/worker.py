@@ -43,7 +43,6 @@ from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
 
 __all__ = ["PICKLE_PROTOCOL", "WorkerSpec", "describe_exception", "run_worker"]
 
-TIMED_OUT_TEXT = "BossWorkerAsync: timed out"
 
 # Exit codes a worker uses on purpose, so the Boss can tell them from a crash.
 EXIT_OK = 0
