@@ -182,9 +182,15 @@ def init_fails_if_marker() -> None:
         raise RuntimeError("init refused: the marker file exists")
 
 
-def init_marker_then_fail_if_marker() -> None:
+def init_marker_then_hold() -> None:
+    """An init_handler that leaves its marker, then waits while the file
+    $BW_INIT_HOLD_FILE exists (at most a minute): a worker the test can
+    catch in the middle of its start-up."""
     write_marker_init()
-    init_fails_if_marker()
+    path = os.environ.get("BW_INIT_HOLD_FILE")
+    deadline = time.monotonic() + 60
+    while path and os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def start_stray_thread(job: Any) -> int:
@@ -207,3 +213,18 @@ def length_of(job: bytes) -> int:
 
 def echo_with_pid(job: Any) -> tuple[Any, int]:
     return job, os.getpid()
+
+
+def size_probe(job: tuple[str, Any]) -> Any:
+    """``("make", n)``: answer ``n`` bytes; ``("len", data)``: answer
+    ``len(data)``; ``("sleep", s)``: sleep ``s`` seconds; ``("echo", x)``:
+    answer ``x``."""
+    op, arg = job
+    if op == "sleep":
+        time.sleep(arg)
+        return os.getpid()
+    if op == "make":
+        return make_bytes(arg)
+    if op == "len":
+        return length_of(arg)
+    return arg
