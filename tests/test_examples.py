@@ -1,0 +1,56 @@
+"""The README's examples and its main-job command run as documented."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_synopsis_prints_12_and_the_answer() -> None:
+    out = run(sys.executable, "examples/synopsis.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["12", "the answer is: 12"]
+
+
+def test_quick_start_main_job() -> None:
+    out = run(
+        sys.executable,
+        "-m",
+        "bossworker",
+        "run",
+        "examples/synopsis.py:work",
+        "--input",
+        "examples/jobs.jsonl",
+    )
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    jobs = [json.loads(line) for line in (ROOT / "examples/jobs.jsonl").read_text().splitlines()]
+    assert sorted(r["line"] for r in records) == list(range(1, len(jobs) + 1))
+    for r in records:
+        job = jobs[r["line"] - 1]
+        assert r["result"] == {"product": job["a"] * job["b"]}
+    assert "0 errors" in out.stderr
+
+
+def test_asyncio_example() -> None:
+    out = run(sys.executable, "examples/asyncio_example.py")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert sorted(int(line.split()[1]) for line in lines[:-1]) == [2 * i for i in range(10)]
+    assert lines[-1] == "None"
+
+
+def test_stats_example() -> None:
+    out = run(sys.executable, "examples/stats_example.py")
+    assert out.returncode == 0, out.stderr
+    assert "completed=20" in out.stdout.splitlines()[-1]
