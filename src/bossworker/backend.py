@@ -43,7 +43,11 @@ class BossHandle(Protocol):
 
 
 class Backend(Protocol):
-    """Starts a Boss and returns main's end of its socket and a handle."""
+    """Starts a Boss and returns main's end of its socket and a handle.
+
+    A backend may set ``shares_memory = False`` when its workers cannot see
+    this machine's ``/dev/shm``: large payloads then travel inside frames.
+    """
 
     def start(self, config: BossConfig) -> tuple[socket.socket, BossHandle]: ...
 
@@ -76,8 +80,15 @@ class LocalBackend:
             # Main must not keep the Boss's end: the Boss's death has to show
             # as end-of-file on main's end.
             boss_end.close()
-        _LIVE_MAIN_SOCKETS.add(main_end)
+        register_main_socket(main_end)
         return main_end, process
+
+
+def register_main_socket(sock: socket.socket) -> None:
+    """Have Bosses forked from now on close ``sock`` (see _LIVE_MAIN_SOCKETS).
+
+    Every backend registers main's end of its socket with this."""
+    _LIVE_MAIN_SOCKETS.add(sock)
 
 
 def forget_main_socket(sock: socket.socket) -> None:

@@ -88,7 +88,8 @@ class BossWorkerAsync:
             raise InvalidArgumentError(
                 f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
             )
-        segments = Segments(new_prefix())
+        backend = LocalBackend() if backend is None else backend
+        segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
         spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments)
         if method != "fork":
             # A spawned Boss gets its handlers by pickling (by reference):
@@ -103,7 +104,7 @@ class BossWorkerAsync:
         self._result_handler = result_handler
         self._start_method = method
         config = BossConfig(spec, worker_count, method, os.getpid())
-        sock, handle = (backend or LocalBackend()).start(config)
+        sock, handle = backend.start(config)
         self._client = Client(sock, handle, read_size, segments)
         self._handle: BossHandle = handle
         self._waiter: aio.SocketWaiter | None = None  # made on first async use
