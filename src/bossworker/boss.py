@@ -136,9 +136,7 @@ class WorkerRecord:
     started_at: float = 0.0
     jobs_done: int = 0
     jobs_sent: int = 0
-    # A pessimistic estimate of one job's run time: jumps up to a slow job's
-    # time at once and comes down 10 % per job, so a worker that just ran a
-    # slow job is not sent jobs ahead for a while.
+    # A moving average of one job's run time, as the worker measured it.
     service_time: float = 0.0
     dead_since: float = 0.0
     ever_ready: bool = False
@@ -439,8 +437,10 @@ class Boss:
                 return
             w.inflight.popleft()
             now = time.monotonic()
-            ran = now - w.started_at
-            w.service_time = max(ran, 0.9 * w.service_time)
+            # The worker says how long the job took; the time since the last
+            # answer would also count time the worker spent waiting for work.
+            ran = frame.timeout if frame.timeout > 0 else now - w.started_at
+            w.service_time = ran if w.jobs_done == 0 else 0.8 * w.service_time + 0.2 * ran
             w.started_at = now  # the next job in flight starts now
             w.jobs_done += 1
             self.completed += 1

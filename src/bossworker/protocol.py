@@ -8,7 +8,8 @@ Every message between main, the Boss and a worker is one *frame*::
     2       6     padding   (zero)
     8       8     length    of the payload, in bytes
     16      8     job_id    (0 when the frame is not about a job)
-    24      8     timeout   seconds, float; 0.0 = none (JOB frames only)
+    24      8     timeout   seconds, float: in a JOB, its time limit (0.0 = none);
+                            in a worker's answer, how long the job took
     32      ...   payload   opaque bytes (a pickle, UTF-8 text or JSON)
 
 The header is fixed-size and little-endian, so a reader knows how many bytes

@@ -24,6 +24,7 @@ import pickle
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -94,9 +95,15 @@ def _send_all(sock: socket.socket, queue: SendQueue) -> None:
 
 
 def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | bytearray | memoryview]:
-    """Run one job and return the answer frame as buffers to send."""
+    """Run one job and return the answer frame as buffers to send.
+
+    The answer's ``timeout`` field carries how long the job took (wall
+    time, loading and pickling included): the Boss sizes its pipelining on
+    it, without counting the time a worker waited for work.
+    """
     job_id = frame.job_id
     timeout = frame.timeout
+    started = time.perf_counter()
     alarm.fired = False
     try:
         in_segment = frame.flags & Flag.SEGMENT
@@ -112,22 +119,25 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
             signal.setitimer(signal.ITIMER_REAL, 0)
             alarm.armed = False
     except _JobTimeout:
-        return [encode(Kind.TIMED_OUT, job_id)]
+        return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
     except BaseException as exc:  # noqa: BLE001 - one bad job must not kill the worker
         if alarm.fired:  # the handler swallowed our _JobTimeout, then failed
-            return [encode(Kind.TIMED_OUT, job_id)]
-        return [encode(Kind.ERROR, job_id, describe_exception(exc).encode("utf-8", "replace"))]
+            return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
+        text = describe_exception(exc).encode("utf-8", "replace")
+        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
     if alarm.fired:  # the handler caught _JobTimeout itself and went on
-        return [encode(Kind.TIMED_OUT, job_id)]
+        return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
     try:
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
-        text = f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}"
-        return [encode(Kind.ERROR, job_id, text.encode("utf-8", "replace"))]
+        text = f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}".encode(
+            "utf-8", "replace"
+        )
+        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
     if spec.segments.store(job_id, "r", pickled):
-        return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, 0.0)]
+        return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, time.perf_counter() - started)]
     chunks, size = pickled
-    header = HEADER.pack(Kind.RESULT, 0, size, job_id, 0.0)
+    header = HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started)
     if len(chunks) == 1 and size < 65536:
         return [header + chunks[0]]
     return [header, *chunks]
