@@ -295,6 +295,9 @@ class Client:
 
     def next_result(self, blocking: bool, timeout: float | None) -> Frame | None:
         """The next result frame, oldest first, or None (see get_result)."""
+        with self._cond:  # the common case: a result was read already
+            if self._results:
+                return self._take_result()
         if not blocking:
             with self._cond:
                 if self._results:

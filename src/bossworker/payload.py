@@ -63,20 +63,31 @@ Direction = Literal["j", "r"]
 Pickled = tuple[list[bytes | bytearray | memoryview], int]
 
 _BIG = THRESHOLD // 2
-_BUFFER_TYPES = (bytes, bytearray, str, memoryview)
+_BUFFER_TYPES = frozenset({bytes, bytearray, str, memoryview})
 
 
 def _looks_big(obj: object) -> bool:
-    """A cheap, shallow guess: is this object's pickle likely to be large?"""
-    if isinstance(obj, _BUFFER_TYPES):
-        return len(obj) >= _BIG
-    nbytes = getattr(obj, "nbytes", None)  # numpy arrays and the like
-    if isinstance(nbytes, int):
-        return nbytes >= _BIG
-    if isinstance(obj, dict) and len(obj) <= 32:
-        return any(isinstance(v, _BUFFER_TYPES) and len(v) >= _BIG for v in obj.values())
-    if isinstance(obj, (list, tuple)) and len(obj) <= 32:
-        return any(isinstance(v, _BUFFER_TYPES) and len(v) >= _BIG for v in obj)
+    """A cheap, shallow guess: is this object's pickle likely to be large?
+
+    It runs for every job and result, so it looks at exact types only and
+    one level down; a big pickle it misses still goes to a segment, with
+    one more copy.
+    """
+    kind = type(obj)
+    if kind in _BUFFER_TYPES:
+        return len(obj) >= _BIG  # type: ignore[arg-type]
+    if kind is dict:
+        values: Any = obj.values()  # type: ignore[attr-defined]
+    elif kind is list or kind is tuple:
+        values = obj
+    else:
+        nbytes = getattr(obj, "nbytes", None)  # numpy arrays and the like
+        return isinstance(nbytes, int) and nbytes >= _BIG
+    if len(values) > 32:
+        return False
+    for value in values:  # noqa: SIM110 - a plain loop is faster than any(genexpr) here
+        if type(value) in _BUFFER_TYPES and len(value) >= _BIG:
+            return True
     return False
 
 

@@ -198,6 +198,7 @@ class Decoder:
         start, end = self._start, self._end
         append = self._frames.append
         unpack_from = HEADER.unpack_from
+        new = tuple.__new__  # Frame(...) without its Python-level __new__
         with memoryview(buf) as view:
             while end - start >= HEADER_SIZE:
                 kind, flags, length, job_id, timeout = unpack_from(buf, start)
@@ -213,7 +214,7 @@ class Decoder:
                         self._big, self._big_filled = big, have
                         start = end = 0
                     break
-                append(Frame(kind, flags, job_id, timeout, view[start : start + total].tobytes()))
+                append(new(Frame, (kind, flags, job_id, timeout, view[start : start + total].tobytes())))
                 start += total
         if start == end:
             start = end = 0
