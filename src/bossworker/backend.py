@@ -15,7 +15,7 @@ import weakref
 from typing import Any, Protocol
 
 from .boss import BossConfig, run_boss
-from .process import Closable
+from .process import Closable, preload_parent_death_signal
 
 __all__ = ["Backend", "BossHandle", "LocalBackend", "default_start_method"]
 
@@ -68,6 +68,8 @@ class LocalBackend:
         inherited: list[Closable] = []
         if config.start_method == "fork":
             inherited = [main_end, *_LIVE_MAIN_SOCKETS]
+            # Load it here, once per program, rather than in every new Boss.
+            preload_parent_death_signal()
         process = ctx.Process(
             target=run_boss,
             args=(boss_end, config, inherited),

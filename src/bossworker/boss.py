@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import json
 import logging
 import math
@@ -607,6 +608,9 @@ def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[C
     """The body of the Boss process. Never returns: it ends in ``os._exit``."""
     close_inherited(inherited)
     ignore_interrupts()
+    # Never walk the objects inherited from main: under fork they can be
+    # many (a large program's), and walking them costs the Boss ~15 %.
+    gc.freeze()
     preload_parent_death_signal()
     boss: Boss | None = None
     code = 0

@@ -19,6 +19,7 @@ after the deadline (C code that ignores signals), the Boss kills the worker.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -116,7 +117,8 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
         finally:
             # An alarm that fires in here still raises _JobTimeout: fine, the
             # job did run out of time.
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            if timeout > 0:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             alarm.armed = False
     except _JobTimeout:
         return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
@@ -153,6 +155,28 @@ def _leave(spec: WorkerSpec) -> None:
     exit_now(EXIT_OK)
 
 
+class _ForkFlag:
+    """True in a child that a handler forked (and that returned into our loop)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def __bool__(self) -> bool:
+        return self.value
+
+    def set(self) -> None:
+        self.value = True
+
+
+def _watch_forks() -> _ForkFlag:
+    # Cheaper than comparing os.getpid() after every job: a system call.
+    flag = _ForkFlag()
+    os.register_at_fork(after_in_child=flag.set)
+    return flag
+
+
 def run_worker(
     sock: socket.socket,
     spec: WorkerSpec,
@@ -164,7 +188,8 @@ def run_worker(
     ignore_interrupts()
     if os.getppid() == boss_pid:  # not so under forkserver
         set_parent_death_signal(boss_pid)
-    my_pid = os.getpid()
+    gc.freeze()  # never walk the objects inherited from the Boss (and main)
+    forked = _watch_forks()
     sock.setblocking(True)
     out = SendQueue()
 
@@ -197,7 +222,7 @@ def run_worker(
             if frame.kind == Kind.SHUTDOWN:
                 _leave(spec)
             out.extend(_run_job(spec, alarm, frame))
-            if os.getpid() != my_pid:
+            if forked:
                 # The handler forked and its child returned into our loop:
                 # that child must not speak on the Boss's socket.
                 exit_now(EXIT_OK)
