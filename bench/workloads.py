@@ -66,6 +66,12 @@ def wait_or_multiply(job: dict[str, Any]) -> dict[str, Any]:
     return {"waited": True}
 
 
+def run_share(fn: Any, jobs: list[Any]) -> None:
+    """Run ``jobs`` one after another: one process's share of a static split."""
+    for job in jobs:
+        fn(job)
+
+
 # -- mpire unpacks dicts into keyword arguments and tuples into positional
 # ones, so the benchmark hands it one-element tuples: func(job).
 
@@ -80,8 +86,13 @@ def wait_or_multiply(job: dict[str, Any]) -> dict[str, Any]:
 FRAME_HEADER = struct.Struct("<Q")
 
 
-def echo_server(sock: socket.socket) -> None:
-    """Echo length-prefixed frames until the other side closes."""
+def echo_server(sock: socket.socket, other_end: socket.socket | None = None) -> None:
+    """Echo length-prefixed frames until the other side closes.
+
+    ``other_end`` is main's end, inherited by fork: closed first, or main's
+    close would never reach us as end-of-file."""
+    if other_end is not None:
+        other_end.close()
     buf = bytearray(1 << 16)
     view = memoryview(buf)
     start = end = 0
@@ -128,7 +139,7 @@ def start_echo_server() -> tuple[socket.socket, Any]:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else methods[0])
     mine, theirs = socket.socketpair()
-    process = ctx.Process(target=echo_server, args=(theirs,), daemon=True)
+    process = ctx.Process(target=echo_server, args=(theirs, mine), daemon=True)
     process.start()
     theirs.close()
     return mine, process
