@@ -29,8 +29,10 @@ def no_leftover_processes() -> Iterator[None]:
 
 
 def _is_mp_helper(p: psutil.Process) -> bool:
-    """multiprocessing's own long-lived helpers (spawn's resource tracker)."""
+    """multiprocessing's own long-lived helpers: the resource tracker and the
+    fork server (which outlive every pool by design)."""
     try:
-        return "resource_tracker" in " ".join(p.cmdline())
+        cmdline = " ".join(p.cmdline())
+        return "resource_tracker" in cmdline or "forkserver import main" in cmdline
     except psutil.Error:
         return False

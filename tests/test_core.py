@@ -5,6 +5,7 @@ The first five tests port the Perl distribution's own tests.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -394,3 +395,18 @@ def test_logging_uses_the_bossworker_logger(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level("INFO", logger="bossworker"), BossWorkerAsync(handlers.echo, worker_count=1):
         pass
     assert any(r.name == "bossworker" and "pool started" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+def test_forkserver_start_method_works() -> None:
+    with BossWorkerAsync(
+        handlers.multiply, result_handler=handlers.add_string, start_method="forkserver", worker_count=2
+    ) as bw:
+        bw.add_work({"a": 3, "b": 4})
+        assert bw.get_result()["string"] == "the answer is: 12"
+    with BossWorkerAsync(
+        handlers.spin_with_alarm_blocked, start_method="forkserver", worker_count=1, global_timeout=0.3
+    ) as bw:
+        bw.add_work({"seconds": 20}, {"seconds": 0})
+        results = [bw.get_result(timeout=30) for _ in range(2)]
+    assert {"ERROR": "BossWorkerAsync: timed out"} in results and {"done": True} in results

@@ -14,6 +14,8 @@ A Python take on Perl's Parallel::Fork::BossWorkerAsync::
             print(bw.get_result()["product"])
 """
 
+import logging
+
 from .errors import (
     TIMED_OUT_ERROR,
     BossDiedError,
@@ -41,3 +43,6 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# A library's logger stays silent unless the program configures logging.
+logging.getLogger("bossworker").addHandler(logging.NullHandler())
