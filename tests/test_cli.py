@@ -22,6 +22,8 @@ from typing import IO, Any
 import psutil
 import pytest
 
+from waiting import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS = "tests/cli_handlers.py"
 JOBS = "examples/jobs.jsonl"
@@ -430,16 +432,6 @@ def live() -> Iterator[list[LiveCLI]]:
     yield started
     for cli in started:
         cli.close()
-
-
-def wait_until(condition: Any, timeout: float = 30, what: Any = "condition") -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds
-    (``what`` may be a callable, for a message made at that moment)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what() if callable(what) else what}")
-        time.sleep(0.02)
 
 
 def session_members(sid: int) -> list[psutil.Process]:

@@ -34,7 +34,8 @@ import dask_handlers
 import handlers
 from bossworker import BossWorkerAsync, NoPendingResultsError, ShutDownError, WorkerInitError
 from bossworker.dask import DaskBackend
-from dask_cluster import DaskCluster, wait_until
+from dask_cluster import DaskCluster
+from waiting import wait_until
 
 TIMED_OUT = {"ERROR": "BossWorkerAsync: timed out"}
 

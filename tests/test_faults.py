@@ -29,17 +29,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
 
 import handlers
 from bossworker import BossDiedError, BossWorkerAsync, WorkerInitError
-
-T = TypeVar("T")
+from waiting import wait_until
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TIMED_OUT = {"ERROR": "BossWorkerAsync: timed out"}
@@ -50,19 +49,6 @@ def died(reason: str) -> dict[str, str]:
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], T], timeout: float, what: str = "the condition") -> T:
-    """Poll ``condition`` until it returns something truthy (returned) or
-    ``timeout`` seconds pass (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.01)
 
 
 def is_gone(p: psutil.Process) -> bool:
