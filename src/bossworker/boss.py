@@ -141,6 +141,7 @@ class WorkerRecord:
     service_time: float = 0.0
     dead_since: float = 0.0
     ever_ready: bool = False
+    retiring: bool = False  # told to leave, or leaving after max_jobs: exit 0 is expected
     init_error: str | None = None
     answered_head: bool = False  # the head was already answered (timeout kill)
 
@@ -453,6 +454,7 @@ class Boss:
             self._send_to_main(frame.raw)
             if self.config.worker.max_jobs is not None and w.jobs_done >= self.config.worker.max_jobs:
                 w.state = WorkerState.STOPPING  # it exits by itself now
+                w.retiring = True
         elif kind == Kind.READY:
             w.ever_ready = True
             self.init_failures = 0
@@ -491,6 +493,10 @@ class Boss:
         self.selector.unregister(w.process.sentinel)
         w.process.join()
         reason = signal_description(w.process.exitcode)
+        if w.retiring and w.process.exitcode == 0:
+            log.info("worker %d exited", w.pid)
+        else:
+            log.warning("worker %d exited (%s)", w.pid, reason)
         self.workers.remove(w)
         w.process.close()
         inflight = w.inflight
@@ -519,8 +525,6 @@ class Boss:
             if self.init_failures >= max(PERSISTENT_FAILURES, self.config.worker_count):
                 self._fail_if_no_worker_can_serve()
         else:
-            if w.state is not WorkerState.STOPPING or reason != "exit code 0":
-                log.warning("worker %d exited (%s); starting a replacement", w.pid, reason)
             self._start_worker()
 
     def _fail_if_no_worker_can_serve(self) -> None:
@@ -584,6 +588,7 @@ class Boss:
         for w in self.workers:
             if w.state in (WorkerState.STARTING, WorkerState.SERVING):
                 w.state = WorkerState.STOPPING
+                w.retiring = True
                 w.out.append(encode(Kind.SHUTDOWN))
                 self._flush_worker(w)
         if not self.workers:
