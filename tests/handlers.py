@@ -228,3 +228,8 @@ def size_probe(job: tuple[str, Any]) -> Any:
     if op == "len":
         return length_of(arg)
     return arg
+
+
+def hang_forever() -> None:
+    """An exit (or init) handler that never returns."""
+    time.sleep(3600)

@@ -882,3 +882,25 @@ def test_threads_adding_and_collecting_at_once() -> None:
     assert set(counts) == set(added)
     assert max(counts.values()) == 1, "a job came back twice"
     assert all(value == added[job_id] for job_id, value in collected)
+
+
+@pytest.mark.timeout(60)
+def test_graceful_shutdown_does_not_wait_forever_for_a_hung_exit_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A graceful stop waits for exit handlers, but not forever: a worker still
+    there HANDLER_EXIT_LIMIT after being told to leave is killed (the limit is
+    30 s; a forked Boss inherits this test's smaller one)."""
+    import bossworker.boss
+
+    monkeypatch.setattr(bossworker.boss, "HANDLER_EXIT_LIMIT", 0.5)
+    bw = BossWorkerAsync(
+        handlers.echo, exit_handler=handlers.hang_forever, worker_count=2, start_method="fork"
+    )
+    workers = workers_of(bw)
+    bw.add_work(1, 2, 3)
+    start = time.monotonic()
+    bw.shut_down()
+    assert time.monotonic() - start < 10
+    assert sorted(bw.results()) == [1, 2, 3]  # nothing lost
+    assert not wait_gone(workers, 5)

@@ -85,6 +85,10 @@ log = logging.getLogger("bossworker")
 TIMEOUT_GRACE = 0.25
 # How long a worker may take to exit after its socket closed before it is killed.
 EXIT_GRACE = 1.0
+# How long a worker told to leave (shutdown, recycling) may take to finish its
+# init_handler and exit_handler before it is killed: a handler that never
+# returns must not hold a graceful shutdown forever.
+HANDLER_EXIT_LIMIT = 30.0
 # How often the Boss checks that main is still its parent.
 PARENT_CHECK_INTERVAL = 0.5
 # Back-off for workers that die before they are ready: 0.1 s, 0.2 s, ... 5 s.
@@ -142,6 +146,7 @@ class WorkerRecord:
     dead_since: float = 0.0
     ever_ready: bool = False
     retiring: bool = False  # told to leave, or leaving after max_jobs: exit 0 is expected
+    leave_by: float = math.inf  # when a retiring worker is killed if it is still there
     init_error: str | None = None
     answered_head: bool = False  # the head was already answered (timeout kill)
 
@@ -208,7 +213,7 @@ class Boss:
                 key.data(mask)
             now = time.monotonic()
             self._expire_deadlines(now)
-            self._kill_silent_dead(now)
+            self._kill_overdue(now)
             self._respawn_due(now)
             self._check_parent(now)
         self.selector.close()
@@ -237,6 +242,8 @@ class Boss:
             soonest = min(soonest, w.deadline())
             if w.state is WorkerState.DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
+            elif w.state is WorkerState.STOPPING:
+                soonest = min(soonest, w.leave_by)
         if self.respawn_at:
             soonest = min(soonest, min(self.respawn_at))
         return max(0.0, soonest - now)
@@ -454,7 +461,7 @@ class Boss:
             self._send_to_main(frame.raw)
             if self.config.worker.max_jobs is not None and w.jobs_done >= self.config.worker.max_jobs:
                 w.state = WorkerState.STOPPING  # it exits by itself now
-                w.retiring = True
+                self._retire(w)
         elif kind == Kind.READY:
             w.ever_ready = True
             self.init_failures = 0
@@ -557,13 +564,26 @@ class Boss:
                 w.answered_head = True
                 self._kill(w)
 
-    def _kill_silent_dead(self, now: float) -> None:
-        """A worker whose socket closed but which has not exited is killed."""
+    def _retire(self, w: WorkerRecord) -> None:
+        w.retiring = True
+        w.leave_by = time.monotonic() + HANDLER_EXIT_LIMIT
+
+    def _kill_overdue(self, now: float) -> None:
+        """Kill a worker whose socket closed but which has not exited, and a
+        retiring worker whose handlers did not let it leave in time."""
         for w in self.workers:
             if w.state is WorkerState.DEAD and now - w.dead_since >= EXIT_GRACE:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.pid, signal.SIGKILL)
                 w.dead_since = math.inf  # killed once is enough
+            elif w.state is WorkerState.STOPPING and now >= w.leave_by:
+                log.warning(
+                    "worker %d did not exit within %.0f s of being told to; killing it",
+                    w.pid,
+                    HANDLER_EXIT_LIMIT,
+                )
+                w.retiring = False  # its death is not a clean exit
+                self._kill(w)
 
     def _check_parent(self, now: float) -> None:
         if now < self.next_parent_check:
@@ -588,7 +608,7 @@ class Boss:
         for w in self.workers:
             if w.state in (WorkerState.STARTING, WorkerState.SERVING):
                 w.state = WorkerState.STOPPING
-                w.retiring = True
+                self._retire(w)
                 w.out.append(encode(Kind.SHUTDOWN))
                 self._flush_worker(w)
         if not self.workers:
