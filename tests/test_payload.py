@@ -5,12 +5,13 @@ from __future__ import annotations
 import gc
 import glob
 import os
+import pickle
 
 import pytest
 
 import handlers
 from bossworker import BossWorkerAsync
-from bossworker.payload import THRESHOLD, Segments, dump, new_prefix
+from bossworker.payload import THRESHOLD, Segments, chunks_of, dump, new_prefix
 
 BIG = os.urandom(THRESHOLD * 4)
 
@@ -30,11 +31,12 @@ def no_leaked_segments() -> None:
 
 
 def test_dump_does_not_copy_big_buffers() -> None:
-    chunks, size = dump({"data": BIG})
+    chunks, size = chunks_of(dump({"data": BIG}))
     assert any(c is BIG for c in chunks)
     assert size > len(BIG)
-    small_chunks, small_size = dump({"a": 1})
-    assert len(small_chunks) == 1 and small_size == len(small_chunks[0])
+    assert pickle.loads(b"".join(chunks)) == {"data": BIG}
+    small = dump({"a": 1})
+    assert type(small) is bytes and pickle.loads(small) == {"a": 1}
 
 
 def test_segment_round_trip_and_inline_fallback(tmp_path: object) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from .backend import BossHandle, forget_main_socket
 from .errors import TIMED_OUT_ERROR, BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
-from .payload import Pickled, Segments
+from .payload import THRESHOLD, Pickled, Segments, chunks_of
 from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
 
 __all__ = ["Client"]
@@ -121,12 +121,16 @@ class Client:
             # Small frames are joined into one buffer (one copy of a few
             # bytes each); large pickles are queued as they are, uncopied.
             small: list[bytes | bytearray | memoryview] = []
+            pack = HEADER.pack
             for job_id, pickled in zip(ids, pickles, strict=True):
-                if self.segments.store(job_id, "j", pickled):
-                    small.append(HEADER.pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
+                if type(pickled) is bytes and len(pickled) < THRESHOLD:  # the usual case, made cheap
+                    small += (pack(Kind.JOB, 0, len(pickled), job_id, timeout), pickled)
                     continue
-                chunks, size = pickled
-                small.append(HEADER.pack(Kind.JOB, 0, size, job_id, timeout))
+                if self.segments.store(job_id, "j", pickled):
+                    small.append(pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
+                    continue
+                chunks, size = chunks_of(pickled)
+                small.append(pack(Kind.JOB, 0, size, job_id, timeout))
                 if size < _JOIN_BELOW:
                     small += chunks
                 else:

@@ -47,7 +47,7 @@ import pickle
 import secrets
 from typing import Any, Literal
 
-__all__ = ["THRESHOLD", "Pickled", "Segments", "dump", "new_prefix"]
+__all__ = ["THRESHOLD", "Chunked", "Pickled", "Segments", "chunks_of", "dump", "new_prefix"]
 
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -59,8 +59,30 @@ _SHM_DIR = "/dev/shm"
 
 Direction = Literal["j", "r"]
 
-# A pickle as the chunks the pickler wrote, and their total size.
-Pickled = tuple[list[bytes | bytearray | memoryview], int]
+Chunk = bytes | bytearray | memoryview
+
+
+class Chunked:
+    """A pickle kept as the chunks the pickler wrote (big buffers uncopied)."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self, chunks: list[Chunk], size: int) -> None:
+        self.chunks = chunks
+        self.size = size
+
+
+# What dump() returns: plain bytes for the usual small object (no wrapper to
+# allocate, per job), or Chunked for one that looked big.
+Pickled = bytes | Chunked
+
+
+def chunks_of(pickled: Pickled) -> tuple[list[Chunk], int]:
+    """A pickle's chunks and total size, whichever form it has."""
+    if isinstance(pickled, Chunked):
+        return pickled.chunks, pickled.size
+    return [pickled], len(pickled)
+
 
 _BIG = THRESHOLD // 2
 _BUFFER_TYPES = frozenset({bytes, bytearray, str, memoryview})
@@ -91,14 +113,15 @@ def _looks_big(obj: object) -> bool:
     return False
 
 
-class _ChunkWriter:
-    __slots__ = ("chunks", "size")
+class _ChunkWriter(Chunked):
+    """The file a Pickler writes to: it keeps each chunk as it is given."""
+
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.chunks: list[bytes | bytearray | memoryview] = []
-        self.size = 0
+        super().__init__([], 0)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: Chunk) -> int:
         self.chunks.append(data)
         n = len(data)
         self.size += n
@@ -110,9 +133,8 @@ def dump(obj: object) -> Pickled:
     if _looks_big(obj):
         writer = _ChunkWriter()
         pickle.Pickler(writer, protocol=PICKLE_PROTOCOL).dump(obj)
-        return writer.chunks, writer.size
-    data = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
-    return [data], len(data)
+        return writer
+    return pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
 
 
 def new_prefix() -> str | None:
@@ -139,7 +161,7 @@ class Segments:
 
         Returns False when the caller should send it inline instead.
         """
-        chunks, size = pickled
+        chunks, size = chunks_of(pickled)
         if self.prefix is None or size < THRESHOLD:
             return False
         path = self.path(job_id, direction)
@@ -189,7 +211,7 @@ class Segments:
                     os.unlink(path)
 
 
-def _write_all(fd: int, chunks: list[bytes | bytearray | memoryview]) -> None:
+def _write_all(fd: int, chunks: list[Chunk]) -> None:
     pending = [memoryview(c).cast("B") for c in chunks]
     while pending:
         n = os.writev(fd, pending[:512])

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from .payload import PICKLE_PROTOCOL, Segments, dump
+from .payload import PICKLE_PROTOCOL, Segments, chunks_of, dump
 from .process import (
     Closable,
     close_inherited,
@@ -138,11 +138,10 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
         return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
     if spec.segments.store(job_id, "r", pickled):
         return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, time.perf_counter() - started)]
-    chunks, size = pickled
-    header = HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started)
-    if len(chunks) == 1 and size < 65536:
-        return [header + chunks[0]]
-    return [header, *chunks]
+    if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
+        return [HEADER.pack(Kind.RESULT, 0, len(pickled), job_id, time.perf_counter() - started) + pickled]
+    chunks, size = chunks_of(pickled)
+    return [HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started), *chunks]
 
 
 def _leave(spec: WorkerSpec) -> None:
