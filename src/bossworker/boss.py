@@ -96,8 +96,13 @@ RESPAWN_BACKOFF_FIRST = 0.1
 RESPAWN_BACKOFF_MAX = 5.0
 # Start-up failures in a row (no worker became ready in between) after which,
 # while no worker is alive, queued jobs are answered with an ERROR instead of
-# waiting: one death during start-up (a stray SIGKILL) is not a broken pool.
+# waiting.  A worker that reports an init_handler failure, or exits with a
+# code before it is ready (an import error under spawn), counts towards the
+# first number; one killed by a signal while starting (an operator, the OOM
+# killer, a test's random killer) is not proof of a broken pool, so only many
+# of those in a row count.
 PERSISTENT_FAILURES = 3
+PERSISTENT_KILLS = 10
 # Pipelining: keep about this much work queued in each busy worker, and
 # never more than MAX_DEPTH jobs.  Enough to hide the Boss<->worker round
 # trip (~0.1 ms here) for tiny jobs; small, because a job sent ahead waits
@@ -183,7 +188,8 @@ class Boss:
         self.queue: deque[bytes | bytearray] = deque()
         self.workers: list[WorkerRecord] = []
         self.respawn_at: list[float] = []  # one entry per slot waiting for a new worker
-        self.init_failures = 0  # in a row, since a worker last became ready
+        self.init_failures = 0  # start-up deaths in a row, since a worker last became ready
+        self.init_errors = 0  # of those, the ones that were not kills by a signal
         self.last_init_error = ""
         self.draining = False  # main asked for a graceful shutdown
         self.bye_sent = False
@@ -464,7 +470,7 @@ class Boss:
                 self._retire(w)
         elif kind == Kind.READY:
             w.ever_ready = True
-            self.init_failures = 0
+            self.init_failures = self.init_errors = 0
             if w.state is WorkerState.STARTING:
                 w.state = WorkerState.SERVING
         elif kind == Kind.INIT_FAILED:
@@ -499,8 +505,9 @@ class Boss:
         self._lose_socket(w)
         self.selector.unregister(w.process.sentinel)
         w.process.join()
-        reason = signal_description(w.process.exitcode)
-        if w.retiring and w.process.exitcode == 0:
+        exitcode = w.process.exitcode
+        reason = signal_description(exitcode)
+        if w.retiring and exitcode == 0:
             log.info("worker %d exited", w.pid)
         else:
             log.warning("worker %d exited (%s)", w.pid, reason)
@@ -525,11 +532,16 @@ class Boss:
             return  # no replacement needed to finish
         if not w.ever_ready:
             self.init_failures += 1
+            killed = w.init_error is None and (exitcode or 0) < 0
             self.last_init_error = w.init_error or f"worker exited ({reason}) before it was ready"
             delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2 ** (self.init_failures - 1))
             log.warning("worker %d failed to start (%s); retrying in %.1f s", w.pid, reason, delay)
             self.respawn_at.append(time.monotonic() + delay)
-            if self.init_failures >= max(PERSISTENT_FAILURES, self.config.worker_count):
+            self.init_errors += not killed
+            if (
+                self.init_errors >= max(PERSISTENT_FAILURES, self.config.worker_count)
+                or self.init_failures >= PERSISTENT_KILLS
+            ):
                 self._fail_if_no_worker_can_serve()
         else:
             self._start_worker()
