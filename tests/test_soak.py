@@ -48,11 +48,15 @@ def _is_mp_helper(p: psutil.Process) -> bool:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs a random worker every 5-50 ms until stopped."""
+    """SIGKILLs a random worker every 5-50 ms until stopped, sparing workers
+    younger than ``min_age`` seconds (under spawn a worker needs ~0.2 s to
+    start; a killer faster than that makes every worker die before it is
+    ready, and the pool rightly answers the queue "no worker could start")."""
 
-    def __init__(self, boss: psutil.Process, seed: int) -> None:
+    def __init__(self, boss: psutil.Process, seed: int, min_age: float = 0.0) -> None:
         super().__init__(name="soak-killer", daemon=True)
         self.boss = boss
+        self.min_age = min_age
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.kills = 0
@@ -65,7 +69,9 @@ class Killer(threading.Thread):
                     workers = [
                         p
                         for p in self.boss.children()
-                        if p.status() != psutil.STATUS_ZOMBIE and not _is_mp_helper(p)
+                        if p.status() != psutil.STATUS_ZOMBIE
+                        and not _is_mp_helper(p)
+                        and time.time() - p.create_time() >= self.min_age
                     ]
                 except psutil.Error:
                     continue
@@ -95,7 +101,7 @@ def test_soak_tiny_jobs_with_random_worker_kills(capsys: pytest.CaptureFixture[s
     with BossWorkerAsync(handlers.echo, worker_count=WORKERS, start_method=method) as bw:
         boss = psutil.Process(bw.boss_pid)
         rss.append((0, boss.memory_info().rss))
-        killer = Killer(boss, seed)
+        killer = Killer(boss, seed, min_age=0.0 if method == "fork" else 1.0)
         killer.start()
         try:
             while results < jobs:
