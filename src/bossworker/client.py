@@ -303,33 +303,20 @@ class Client:
             if self._results:
                 return self._take_result()
         if not blocking:
-            with self._cond:
-                if self._results:
-                    return self._take_result()
             self.poll()
             frame, _final = self.result_or_verdict(must_be_pending=False)
             return frame  # None, or BossDiedError if the Boss died with results due
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            if timeout is None:
-
-                def ready() -> bool:
-                    if self._results:
-                        return True
-                    if self._pending == 0:
-                        raise NoPendingResultsError("no results are pending: get_result() would wait forever")
-                    return False
-
-            else:
-
-                def ready() -> bool:
-                    return bool(self._results)
-
-            if self.wait_for(ready, deadline):
-                return self._take_result()
-            if self.boss_died and self._pending > 0:
-                raise BossDiedError(f"the Boss process has died with {self._pending} result(s) pending")
-            return None
+        must_be_pending = timeout is None  # else work may still come from another thread
+        with self._cond:  # re-entrant: result_or_verdict takes it again
+            while True:
+                frame, final = self.result_or_verdict(must_be_pending)
+                if frame is not None or final:
+                    return frame
+                if not self.wait_for(
+                    lambda: bool(self._results) or (must_be_pending and self._pending == 0), deadline
+                ):
+                    return self.result_or_verdict(must_be_pending=False)[0]
 
     def _take_result(self) -> Frame:
         self._pending -= 1
