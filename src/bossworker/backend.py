@@ -12,12 +12,13 @@ from __future__ import annotations
 import multiprocessing
 import socket
 import weakref
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from .boss import BossConfig, run_boss
 from .process import Closable, preload_parent_death_signal
 
-__all__ = ["Backend", "BossHandle", "LocalBackend", "default_start_method"]
+__all__ = ["Backend", "BossHandle", "LocalBackend", "LocalBossHandle", "default_start_method"]
 
 # The main-side sockets of every live pool in this process.  A Boss forked
 # for a new pool closes them, so that it cannot hide an older pool's main
@@ -40,6 +41,12 @@ class BossHandle(Protocol):
 
     def kill(self) -> None:
         """Kill the Boss outright."""
+
+    def close(self) -> None:
+        """Release what the handle holds (descriptors) once the Boss has
+        exited; afterwards :meth:`is_alive` is False and :meth:`join`,
+        :meth:`terminate` and :meth:`kill` do nothing.  Does nothing while
+        the Boss still runs.  Harmless to call again."""
 
 
 class Backend(Protocol):
@@ -83,7 +90,50 @@ class LocalBackend:
             # as end-of-file on main's end.
             boss_end.close()
         register_main_socket(main_end)
-        return main_end, process
+        return main_end, LocalBossHandle(process)
+
+
+class LocalBossHandle:
+    """A :class:`BossHandle` for a Boss started by :mod:`multiprocessing`.
+
+    A ``Process`` keeps two pipe descriptors (its sentinel) until it is
+    closed or garbage-collected: a program that keeps many shut-down pools
+    would run out of descriptors, so :meth:`close` releases them as soon as
+    the Boss has been reaped.
+    """
+
+    __slots__ = ("_closed", "_pid", "_process")
+
+    def __init__(self, process: BaseProcess) -> None:
+        self._process = process
+        self._pid = process.pid
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def is_alive(self) -> bool:
+        return not self._closed and self._process.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if not self._closed:
+            self._process.join(timeout)
+
+    def terminate(self) -> None:
+        if not self._closed:
+            self._process.terminate()
+
+    def kill(self) -> None:
+        if not self._closed:
+            self._process.kill()
+
+    def close(self) -> None:
+        if self._closed or self._process.is_alive():
+            return
+        self._process.join(0)  # reaps it: exitcode is known from here on
+        self._process.close()
+        self._closed = True
 
 
 def register_main_socket(sock: socket.socket) -> None:

@@ -219,6 +219,9 @@ class _ProcessHandle:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
 
+    def close(self) -> None:
+        """Nothing to release: the Popen's only pipe (stdin) is closed at start."""
+
     @property
     def exitcode(self) -> int | None:
         return self._proc.returncode

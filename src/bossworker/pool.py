@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import pickle
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
@@ -33,6 +34,10 @@ from .worker import PICKLE_PROTOCOL, WorkerSpec
 __all__ = ["BossWorkerAsync"]
 
 log = logging.getLogger("bossworker")
+
+#: The largest time limit accepted anywhere (seconds, about 31 years): far
+#: below what ``select``, ``setitimer`` and ``threading`` can represent.
+MAX_TIMEOUT = 1e9
 
 # How long a graceful stop waits for the Boss to exit after its BYE, and a
 # forced stop waits after SIGTERM, before killing it.
@@ -367,14 +372,29 @@ def _force_stop(client: Client, handle: BossHandle) -> None:
     else:
         handle.join(0)
     client.close()
+    handle.close()  # its descriptors, now that it has been reaped
 
 
 def _emergency_stop(client: Client, handle: BossHandle) -> None:
     """The pool was dropped, or the interpreter exits: stop whatever still
-    runs (nothing, after shut_down()) and free unretrieved results."""
+    runs (nothing, after shut_down()) and free unretrieved results.
+
+    Work still pending in a pool that was never shut down is lost: say so
+    (a ResourceWarning, like an unclosed file, and a log WARNING) rather
+    than drop it silently."""
+    discarded = 0 if client.eof_or_closed else client.pending
     with contextlib.suppress(Exception):  # never raise from a finalizer
         _force_stop(client, handle)
         client.segments.discard_all()
+    if discarded:
+        message = (
+            f"a BossWorkerAsync pool was dropped without shut_down(); {discarded} pending job(s) "
+            "were discarded (call shut_down() or use 'with' to finish them)"
+        )
+        with contextlib.suppress(Exception):
+            log.warning("%s", message)
+        with contextlib.suppress(Exception):  # an "error" warnings filter must not escape
+            warnings.warn(message, ResourceWarning, stacklevel=2)
 
 
 def _check_callable(name: str, value: object, required: bool = False) -> None:
@@ -392,12 +412,22 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_timeout(name: str, value: object) -> float:
-    """Seconds as a float; None and 0 mean no limit (0.0)."""
+    """Seconds as a float; None and 0 mean no limit (0.0).
+
+    Values above :data:`MAX_TIMEOUT` are rejected rather than taken as "no
+    limit": a limit the platform cannot represent (``select``, ``setitimer``
+    and ``threading`` overflow near 9.2e9 s) is almost always a unit mistake.
+    """
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"{name} must be a number of seconds, not {type(value).__name__}")
     seconds = float(value)
-    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
-        raise InvalidArgumentError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    if math.isnan(seconds) or seconds < 0:
+        raise InvalidArgumentError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    if seconds > MAX_TIMEOUT:
+        raise InvalidArgumentError(
+            f"{name} must be at most {MAX_TIMEOUT:.0e} seconds (about 31 years), not {value!r}; "
+            "use None or 0 for no limit"
+        )
     return seconds

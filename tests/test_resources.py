@@ -1,0 +1,112 @@
+"""What a pool keeps and what it accepts (issue 9, items 13 and 15, and the
+dropped-pool warning): nothing after shut_down, no limit it cannot keep,
+no work dropped without a word."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+import pytest
+
+import handlers
+from bossworker import BossWorkerAsync, InvalidArgumentError
+from bossworker.pool import MAX_TIMEOUT
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(120)
+def test_shut_down_pools_keep_no_descriptors(start_method: str) -> None:
+    """Item 13: each shut-down pool used to keep its Boss's two sentinel fds
+    until garbage collection; 500 kept pools exhausted a 1024-fd limit."""
+    kept = []
+    count = 30 if start_method == "fork" else 6
+    # A first pool starts what lives on by design (spawn's resource tracker).
+    with BossWorkerAsync(handlers.echo, worker_count=1, start_method=start_method):
+        pass
+    gc.collect()
+    before = _open_fds()
+    for _ in range(count):
+        bw = BossWorkerAsync(handlers.echo, worker_count=1, start_method=start_method)
+        bw.add_work(1)
+        assert bw.get_result() == 1
+        bw.shut_down()
+        kept.append(bw)  # kept alive on purpose: no garbage collection helps
+    assert _open_fds() - before == 0
+    # Everything still answers sensibly after the handle was released.
+    for bw in kept:
+        bw.shut_down()
+        bw.shut_down(force=True)
+        assert bw.boss_pid > 0
+        assert "BossWorkerAsync" in repr(bw)
+
+
+def test_forced_stop_keeps_no_descriptors() -> None:
+    gc.collect()
+    before = _open_fds()
+    kept = []
+    for _ in range(10):
+        bw = BossWorkerAsync(handlers.sleep_for, worker_count=1)
+        bw.add_work({"seconds": 30})
+        bw.shut_down(force=True)
+        kept.append(bw)
+    assert _open_fds() - before == 0
+
+
+@pytest.mark.parametrize("seconds", [9.3e9, 1e10, 1e300, float("inf")])
+def test_timeouts_beyond_the_platform_are_rejected(seconds: float) -> None:
+    """Item 15: such limits used to be accepted, then every job failed with
+    OverflowError; get_result(timeout=1e10) raised a raw OverflowError."""
+    with pytest.raises(InvalidArgumentError, match=r"at most 1e\+09 seconds.*None or 0 for no limit"):
+        BossWorkerAsync(handlers.echo, worker_count=1, global_timeout=seconds)
+    with BossWorkerAsync(handlers.echo, worker_count=1) as bw:
+        with pytest.raises(InvalidArgumentError, match="at most"):
+            bw.add_work(1, timeout=seconds)
+        with pytest.raises(InvalidArgumentError, match="at most"):
+            bw.get_result(timeout=seconds)
+        assert bw.pending() == 0  # nothing was queued by the refused call
+
+
+def test_the_largest_timeout_is_honoured(start_method: str) -> None:
+    """MAX_TIMEOUT itself works everywhere a limit is taken: in the worker's
+    alarm, the Boss's deadline and main's wait."""
+    with BossWorkerAsync(
+        handlers.echo, worker_count=1, global_timeout=MAX_TIMEOUT, start_method=start_method
+    ) as bw:
+        bw.add_work("a")
+        bw.add_work("b", timeout=MAX_TIMEOUT)
+        got = {bw.get_result(timeout=MAX_TIMEOUT), bw.get_result(timeout=MAX_TIMEOUT)}
+    assert got == {"a", "b"}
+
+
+def test_a_dropped_pool_with_pending_work_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A pool dropped without shut_down() discards its queued work: a
+    ResourceWarning and a log WARNING name how many jobs were lost."""
+    bw = BossWorkerAsync(handlers.sleep_for, worker_count=1)
+    bw.add_work(*[{"seconds": 30}] * 3)
+    boss = bw.boss_pid
+    with (
+        caplog.at_level(logging.WARNING, logger="bossworker"),
+        pytest.warns(ResourceWarning, match="3 pending"),
+    ):
+        del bw
+        gc.collect()
+    assert any("3 pending job(s) were discarded" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ProcessLookupError):
+        os.kill(boss, 0)  # the Boss was stopped and reaped
+
+
+def test_a_dropped_pool_without_pending_work_is_quiet() -> None:
+    import warnings
+
+    bw = BossWorkerAsync(handlers.echo, worker_count=1)
+    bw.add_work(1)
+    assert bw.get_result() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del bw
+        gc.collect()
