@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
+import sys
 import weakref
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
@@ -59,9 +60,18 @@ class Backend(Protocol):
     def start(self, config: BossConfig) -> tuple[socket.socket, BossHandle]: ...
 
 
-def default_start_method() -> str:
-    """``fork`` where the platform has it (the Perl original's preforking),
-    else the platform's default."""
+def default_start_method(platform: str | None = None) -> str:
+    """The start method ``start_method=None`` means on ``platform``
+    (default: this one, ``sys.platform``).
+
+    ``fork`` on Linux and the other POSIX systems that have it: the Perl
+    original's preforking, and the cheapest start.  ``spawn`` on macOS and
+    Windows, as CPython chooses there: macOS's system libraries are not safe
+    to use in a forked child, and Windows has no ``fork``.
+    """
+    platform = sys.platform if platform is None else platform
+    if platform == "darwin" or platform.startswith(("win32", "cygwin")):
+        return "spawn"
     methods = multiprocessing.get_all_start_methods()
     return "fork" if "fork" in methods else methods[0]
 
