@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -156,8 +157,18 @@ def test_closures_and_lambdas_work_under_fork() -> None:
         assert sorted(bw.results()) == [7, 14, 21]
 
 
-def test_lambda_under_spawn_is_a_clear_error() -> None:
-    with pytest.raises(SerializationError, match="importable"):
+def test_lambda_under_spawn_travels_by_value() -> None:
+    """With the cloudpickle extra (installed for the tests), lambdas and
+    closures work under spawn too (issue 13)."""
+    factor = 3
+    with BossWorkerAsync(lambda job: job * factor, worker_count=1, start_method="spawn") as bw:
+        bw.add_work(2)
+        assert bw.get_result() == 6
+
+
+def test_lambda_under_spawn_without_cloudpickle_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)  # an import of it now fails
+    with pytest.raises(SerializationError, match=r"importable module.*bossworker\[cloudpickle\]"):
         BossWorkerAsync(lambda job: job, start_method="spawn")
 
 

@@ -144,7 +144,7 @@ class DaskBackend:
         return f"<DaskBackend {where}>"
 
     def start(self, config: BossConfig) -> tuple[socket.socket, BossHandle]:
-        import cloudpickle  # type: ignore[import-untyped]  # a dependency of distributed
+        import cloudpickle  # a dependency of distributed
 
         from .dask_boss import DaskBossOptions
 

@@ -13,11 +13,12 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from . import aio
 
+from . import byvalue
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
@@ -34,6 +35,9 @@ from .worker import PICKLE_PROTOCOL, WorkerSpec
 __all__ = ["BossWorkerAsync"]
 
 log = logging.getLogger("bossworker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: The largest time limit accepted anywhere (seconds, about 31 years): far
 #: below what ``select``, ``setitimer`` and ``threading`` can represent.
@@ -95,6 +99,12 @@ class BossWorkerAsync:
             )
         backend = LocalBackend() if backend is None else backend
         segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
+        if method != "fork":
+            # Handlers that a fresh interpreter cannot import by name travel
+            # by value (cloudpickle), or are refused here with the remedy.
+            work_handler = _travelling("work_handler", work_handler, method)
+            init_handler = _travelling("init_handler", init_handler, method)
+            exit_handler = _travelling("exit_handler", exit_handler, method)
         spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments)
         if method != "fork":
             # A spawned Boss gets its handlers by pickling (by reference):
@@ -395,6 +405,25 @@ def _emergency_stop(client: Client, handle: BossHandle) -> None:
             log.warning("%s", message)
         with contextlib.suppress(Exception):  # an "error" warnings filter must not escape
             warnings.warn(message, ResourceWarning, stacklevel=2)
+
+
+@overload
+def _travelling(name: str, fn: None, method: str) -> None: ...
+@overload
+def _travelling(name: str, fn: Callable[P, R], method: str) -> Callable[P, R]: ...
+def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callable[..., Any] | None:
+    """``fn`` ready to be pickled for a ``method`` child: itself, or wrapped
+    to travel by value when it cannot be imported there by name."""
+    if fn is None or not byvalue.needs_by_value(fn):
+        return fn
+    if byvalue.cloudpickle_available():
+        return byvalue.ByValue(fn)
+    raise SerializationError(
+        f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be sent to a {method!r} child by name: it is a "
+        "lambda or closure, or it is defined in a __main__ that has no file (python -c, the interactive "
+        f"prompt, a notebook). Define it at module level in an importable module, use start_method='fork', "
+        f"or {byvalue.INSTALL_HINT}"
+    )
 
 
 def _check_callable(name: str, value: object, required: bool = False) -> None:
