@@ -65,6 +65,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from .portable import make_selector, send_chunks
 from .process import (
     Closable,
     close_inherited,
@@ -181,7 +182,7 @@ class Boss:
         self.main_in = Decoder(config.worker.read_size)
         self.main_out = SendQueue()
         self.main_open = True  # main has not closed its side
-        self.selector = selectors.DefaultSelector()
+        self.selector = make_selector()
         self.selector.register(self.main, selectors.EVENT_READ, self._on_main)
         # Jobs waiting for a worker, as raw frames: a bytes object each and
         # nothing more, so a million queued tiny jobs stay small.
@@ -293,7 +294,7 @@ class Boss:
     def _flush_main(self) -> None:
         if self.main_out and self.main_open:
             try:
-                self.main_out.consume(self.main.sendmsg(self.main_out.chunks()))
+                self.main_out.consume(send_chunks(self.main, self.main_out.chunks()))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -412,7 +413,7 @@ class Boss:
             return
         if w.out:
             try:
-                w.out.consume(w.sock.sendmsg(w.out.chunks()))
+                w.out.consume(send_chunks(w.sock, w.out.chunks()))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:

@@ -35,6 +35,7 @@ from typing import Any
 from .backend import BossHandle, forget_main_socket
 from .errors import TIMED_OUT_ERROR, BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
 from .payload import THRESHOLD, Pickled, Segments, chunks_of
+from .portable import send_chunks
 from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
 
 __all__ = ["Client"]
@@ -161,7 +162,7 @@ class Client:
         with self._cond:
             while self._sent_total < target:
                 try:
-                    n = self._sock.sendmsg(self._out.chunks())
+                    n = send_chunks(self._sock, self._out.chunks())
                 except (BlockingIOError, InterruptedError):
                     return False
                 except OSError as exc:  # EPIPE, ECONNRESET, EBADF after close

@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from .payload import PICKLE_PROTOCOL, Segments, chunks_of, dump
+from .portable import HAS_ALARM, send_chunks, watch_forks
 from .process import (
     Closable,
     close_inherited,
@@ -76,7 +77,8 @@ class _Alarm:
     def __init__(self) -> None:
         self.armed = False
         self.fired = False
-        signal.signal(signal.SIGALRM, self._on_alarm)
+        if HAS_ALARM:  # else (the portable path) the Boss's kill is the only limit
+            signal.signal(signal.SIGALRM, self._on_alarm)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self.armed:
@@ -92,7 +94,7 @@ def describe_exception(exc: BaseException) -> str:
 
 def _send_all(sock: socket.socket, queue: SendQueue) -> None:
     while queue:
-        queue.consume(sock.sendmsg(queue.chunks()))
+        queue.consume(send_chunks(sock, queue.chunks()))
 
 
 def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | bytearray | memoryview]:
@@ -111,13 +113,13 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
         job = spec.segments.load(job_id, "j") if in_segment else pickle.loads(frame.payload)
         alarm.armed = True
         try:
-            if timeout > 0:
+            if timeout > 0 and HAS_ALARM:
                 signal.setitimer(signal.ITIMER_REAL, timeout)
             value = spec.work_handler(job)
         finally:
             # An alarm that fires in here still raises _JobTimeout: fine, the
             # job did run out of time.
-            if timeout > 0:
+            if timeout > 0 and HAS_ALARM:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             alarm.armed = False
     except _JobTimeout:
@@ -154,28 +156,6 @@ def _leave(spec: WorkerSpec) -> None:
     exit_now(EXIT_OK)
 
 
-class _ForkFlag:
-    """True in a child that a handler forked (and that returned into our loop)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = False
-
-    def __bool__(self) -> bool:
-        return self.value
-
-    def set(self) -> None:
-        self.value = True
-
-
-def _watch_forks() -> _ForkFlag:
-    # Cheaper than comparing os.getpid() after every job: a system call.
-    flag = _ForkFlag()
-    os.register_at_fork(after_in_child=flag.set)
-    return flag
-
-
 def run_worker(
     sock: socket.socket,
     spec: WorkerSpec,
@@ -188,7 +168,7 @@ def run_worker(
     if os.getppid() == boss_pid:  # not so under forkserver
         set_parent_death_signal(boss_pid)
     gc.freeze()  # never walk the objects inherited from the Boss (and main)
-    forked = _watch_forks()
+    forked = watch_forks()
     sock.setblocking(True)
     out = SendQueue()
 
