@@ -45,6 +45,7 @@ import mmap
 import os
 import pickle
 import secrets
+import sys
 from typing import Any, Literal
 
 __all__ = ["THRESHOLD", "Chunked", "Pickled", "Segments", "chunks_of", "dump", "new_prefix"]
@@ -138,8 +139,11 @@ def dump(obj: object) -> Pickled:
 
 
 def new_prefix() -> str | None:
-    """A fresh path prefix for one pool's segments, or None if unavailable."""
-    if not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
+    """A fresh path prefix for one pool's segments, or None if unavailable.
+
+    Unavailable on Windows (no ``/dev/shm``; under Wine the path would reach
+    the host's): large payloads then travel inside frames."""
+    if sys.platform == "win32" or not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
         return None
     return os.path.join(_SHM_DIR, f"bossworker-{os.getpid()}-{secrets.token_hex(6)}-")
 
