@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,7 @@ from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
 from .errors import (
+    NOT_IMPORTABLE_HINT,
     BossDiedError,
     InvalidArgumentError,
     SerializationError,
@@ -33,6 +35,10 @@ from .worker import PICKLE_PROTOCOL, WorkerSpec
 __all__ = ["BossWorkerAsync"]
 
 log = logging.getLogger("bossworker")
+
+# How long a worker may take to start (its init_handler included) unless
+# the constructor's init_timeout= says otherwise.
+DEFAULT_INIT_TIMEOUT = 60.0
 
 # How long a graceful stop waits for the Boss to exit after its BYE, and a
 # forced stop waits after SIGTERM, before killing it.
@@ -57,7 +63,15 @@ class BossWorkerAsync:
       retrievable afterwards.
 
     The constructor returns once one worker has run its ``init_handler``; if
-    every initial worker fails there, it raises :class:`WorkerInitError`.
+    every initial worker fails to start (``init_handler`` raised or did not
+    return within ``init_timeout`` seconds, default 60, 0 or None for no
+    limit; or its process could not be created), it raises
+    :class:`WorkerInitError` with the last failure.  A worker that overruns
+    ``init_timeout`` is killed, also later, when a replacement starts, and
+    counts as an init failure.  Start-up never fails without its cause: a
+    handler a new process cannot import raises :class:`SerializationError`
+    with that process's error, and a Boss that fails before it serves
+    raises :class:`BossDiedError` with its error.
     """
 
     def __init__(
@@ -73,12 +87,14 @@ class BossWorkerAsync:
         start_method: str | None = None,
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
+        init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
     ) -> None:
         _check_callable("work_handler", work_handler, required=True)
         _check_callable("result_handler", result_handler)
         _check_callable("init_handler", init_handler)
         _check_callable("exit_handler", exit_handler)
         self._global_timeout = _check_timeout("global_timeout", global_timeout)
+        init_limit = _check_timeout("init_timeout", init_timeout)
         _check_int("worker_count", worker_count, minimum=1)
         _check_int("read_size", read_size, minimum=4096)
         if max_jobs_per_worker is not None:
@@ -90,8 +106,11 @@ class BossWorkerAsync:
             )
         backend = LocalBackend() if backend is None else backend
         segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
-        spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments)
+        spec = WorkerSpec(
+            work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments, init_limit
+        )
         if method != "fork":
+            _check_importable(method, work_handler, init_handler, exit_handler)
             # A spawned Boss gets its handlers by pickling (by reference):
             # find out now, with a clear message, rather than in the child.
             try:
@@ -110,7 +129,7 @@ class BossWorkerAsync:
         self._waiter: aio.SocketWaiter | None = None  # made on first async use
         self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
         try:
-            self._client.wait_ready()
+            self._client.wait_ready(method)
         except BaseException:
             self.shut_down(force=True)
             raise
@@ -375,6 +394,23 @@ def _emergency_stop(client: Client, handle: BossHandle) -> None:
     with contextlib.suppress(Exception):  # never raise from a finalizer
         _force_stop(client, handle)
         client.segments.discard_all()
+
+
+def _check_importable(method: str, *handlers: Callable[..., Any] | None) -> None:
+    """Refuse at once a handler a new process could never import: one
+    defined in ``__main__`` when ``__main__`` has no file or module name to
+    import it from again (``python -c``, an interactive session, stdin)."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) or getattr(main, "__file__", None):
+        return  # a new process re-imports __main__ (as __mp_main__)
+    for handler in handlers:
+        if handler is not None and getattr(handler, "__module__", None) == "__main__":
+            name = getattr(handler, "__qualname__", repr(handler))
+            raise SerializationError(
+                f"handler {name!r} is defined in __main__, which a new process cannot import "
+                f"(no file: python -c, an interactive session or stdin)\n"
+                + NOT_IMPORTABLE_HINT.format(method=method)
+            )
 
 
 def _check_callable(name: str, value: object, required: bool = False) -> None:

@@ -41,7 +41,7 @@ from .process import (
     ignore_interrupts,
     set_parent_death_signal,
 )
-from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
+from .protocol import HEADER, MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
 
 __all__ = ["PICKLE_PROTOCOL", "WorkerSpec", "describe_exception", "run_worker"]
 
@@ -61,6 +61,9 @@ class WorkerSpec:
     read_size: int
     max_jobs: int | None
     segments: Segments = field(default_factory=lambda: Segments(None))
+    # Seconds a worker may take from its start to READY (init_handler
+    # included) before the Boss kills it as an init failure; 0 = no limit.
+    init_timeout: float = 0.0
 
 
 class _JobTimeout(BaseException):
@@ -141,6 +144,12 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
     if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
         return [HEADER.pack(Kind.RESULT, 0, len(pickled), job_id, time.perf_counter() - started) + pickled]
     chunks, size = chunks_of(pickled)
+    if size > MAX_PAYLOAD:  # no room in /dev/shm, and too big for a frame
+        text = (
+            f"BossWorkerAsync: the result pickles to {size} bytes, above the {MAX_PAYLOAD}-byte limit "
+            "of a frame, and /dev/shm had no room for it"
+        ).encode()
+        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
     return [HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started), *chunks]
 
 
@@ -176,13 +185,33 @@ def _watch_forks() -> _ForkFlag:
     return flag
 
 
+def unpickle_spec(data: bytes) -> Any:
+    """Unpickle what was pickled for a new process; on failure raise
+    :class:`SpecError` carrying the error (main adds the import hint)."""
+    try:
+        return pickle.loads(data)
+    except BaseException as exc:  # any failure here is the handlers' import
+        raise SpecError(describe_exception(exc)) from exc
+
+
+class SpecError(Exception):
+    """The handlers could not be unpickled in this process (see unpickle_spec)."""
+
+
 def run_worker(
     sock: socket.socket,
-    spec: WorkerSpec,
+    spec: WorkerSpec | bytes,
     boss_pid: int,
     inherited: Sequence[Closable] = (),
 ) -> None:
-    """The body of a worker process. Never returns: it ends in ``os._exit``."""
+    """The body of a worker process. Never returns: it ends in ``os._exit``.
+
+    ``spec`` comes pickled (bytes) from a Boss that does not fork its
+    workers: unpickling it here, not in multiprocessing's bootstrap, lets a
+    handler that cannot be imported be reported to the Boss (INIT_FAILED,
+    NOT_IMPORTABLE) instead of killing the process with a traceback only on
+    stderr.
+    """
     close_inherited(inherited)
     ignore_interrupts()
     if os.getppid() == boss_pid:  # not so under forkserver
@@ -192,6 +221,18 @@ def run_worker(
     sock.setblocking(True)
     out = SendQueue()
 
+    if isinstance(spec, bytes):
+        try:
+            spec = unpickle_spec(spec)
+        except SpecError as exc:
+            out.append(
+                encode(Kind.INIT_FAILED, InitFailure.NOT_IMPORTABLE, str(exc).encode("utf-8", "replace"))
+            )
+            try:
+                _send_all(sock, out)
+            finally:
+                exit_now(EXIT_INIT_FAILED)
+    assert isinstance(spec, WorkerSpec)
     if spec.init_handler is not None:
         try:
             spec.init_handler()
