@@ -724,23 +724,31 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _ForcedStop
 
 
-def _open_fds() -> set[str] | None:
+def _open_fds() -> set[int] | None:
     """This process's open descriptors (None where /proc cannot tell)."""
     try:
-        return set(os.listdir("/proc/self/fd"))
-    except OSError:
+        listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
         return None
+    fds = set()
+    for fd in listed:
+        # Skip the descriptor the listing itself used (closed by now): a
+        # new one may get its number.
+        with contextlib.suppress(OSError):
+            os.fstat(fd)
+            fds.add(fd)
+    return fds
 
 
-def _close_new_fds(before: set[str] | None) -> None:
+def _close_new_fds(before: set[int] | None) -> None:
     """Close the descriptors opened since ``before`` was taken.  The Boss is
     single-threaded, so they can only be those of the call in between."""
     after = _open_fds()
     if before is None or after is None:
         return
     for fd in after - before:
-        with contextlib.suppress(OSError, ValueError):
-            os.close(int(fd))
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text: str) -> None:
