@@ -486,3 +486,58 @@ def test_a_worker_that_cannot_import_the_handlers_says_why(
         in text
     )
     assert f"start_method={method!r}" in text
+
+
+MEMORY_PROBE = """
+import os, resource, sys
+sys.path.insert(0, {tests!r})
+import handlers
+from bossworker import BossWorkerAsync
+
+def vm_size():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+def main():
+    for extra in range(50, 450, 50):  # MiB of address space above what main uses
+        pid = os.fork()
+        if pid == 0:
+            resource.setrlimit(resource.RLIMIT_AS, (vm_size() + (extra << 20), resource.RLIM_INFINITY))
+            try:
+                pool = BossWorkerAsync(handlers.echo, worker_count=2, read_size=64 << 20, start_method="fork")
+                with pool as bw:
+                    bw.add_work(1)
+                    assert bw.get_result(timeout=30) == 1
+                print(extra, "started", flush=True)
+            except BaseException as exc:
+                print(extra, type(exc).__name__, repr(str(exc)), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_boss_failing_before_it_serves_reports_its_own_error(tmp_path: Path) -> None:
+    """Under an address-space limit the Boss runs out of memory making its
+    second worker's 64 MiB read buffer: the constructor raises BossDiedError
+    with the Boss's MemoryError and traceback, not a bare "died"."""
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY_PROBE.format(tests=str(TESTS)))
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=80, check=True
+    ).stdout
+    outcomes = [line.split(" ", 2)[1:] for line in out.splitlines()]
+    assert outcomes and outcomes[-1] == ["started"], out
+    boss_reports = [text for kind, *text in outcomes if kind == "BossDiedError"]
+    assert boss_reports, f"the Boss never hit the limit:\n{out}"
+    for text in boss_reports:
+        assert text[0].startswith("'the Boss process failed while starting: MemoryError"), out
+        assert "boss.py" in text[0], out  # its traceback came along
+    assert all(
+        kind in ("started", "BossDiedError", "WorkerInitError", "MemoryError") for kind, *_ in outcomes
+    ), out

@@ -787,9 +787,13 @@ def run_boss(
     except _ForcedStop:
         pass
     except SpecError as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         code = 1
         _tell_main_start_failed(main_sock, InitFailure.NOT_IMPORTABLE, str(exc))
     except BaseException as exc:
+        # We are leaving: main's SIGTERM, sent as soon as it reads the report
+        # below, must not interrupt the clean-up.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.exception("the Boss failed")
         code = 1
         if boss is None or not boss.announced:
