@@ -238,3 +238,18 @@ def size_probe(job: tuple[str, Any]) -> Any:
 def hang_forever() -> None:
     """An exit (or init) handler that never returns."""
     time.sleep(3600)
+
+
+def write_to_own_socket(job: dict[str, Any]) -> str:
+    """A misbehaving handler: writes ``job["data"]`` to its worker's socket to
+    the Boss (the only socket the worker holds), then returns normally."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                fds.append(int(fd))
+        except OSError:
+            pass  # the descriptor listdir itself used, closed since
+    assert len(fds) == 1, f"expected one socket in the worker, found {fds}"
+    os.write(fds[0], job["data"])
+    return "wrote"

@@ -168,7 +168,7 @@ def test_lambda_under_spawn_travels_by_value() -> None:
 
 def test_lambda_under_spawn_without_cloudpickle_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cloudpickle", None)  # an import of it now fails
-    with pytest.raises(SerializationError, match=r"importable module.*bossworker\[cloudpickle\]"):
+    with pytest.raises(SerializationError, match=r"(?s)importable module.*bossworker\[cloudpickle\]"):
         BossWorkerAsync(lambda job: job, start_method="spawn")
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .boss import BossConfig, run_boss
 from .process import Closable, preload_parent_death_signal
+from .worker import PickledAtSpawn
 
 __all__ = ["Backend", "BossHandle", "LocalBackend", "LocalBossHandle", "default_start_method"]
 
@@ -87,9 +88,14 @@ class LocalBackend:
             inherited = [main_end, *_LIVE_MAIN_SOCKETS]
             # Load it here, once per program, rather than in every new Boss.
             preload_parent_death_signal()
+        # A new interpreter gets the config pickled here and unpickles it in
+        # run_boss, which can then tell main a handler it cannot import.
+        payload: BossConfig | PickledAtSpawn = config
+        if config.start_method != "fork":
+            payload = PickledAtSpawn(config)
         process = ctx.Process(
             target=run_boss,
-            args=(boss_end, config, inherited),
+            args=(boss_end, payload, inherited),
             name="bossworker-boss",
             daemon=False,  # it starts worker processes of its own
         )

@@ -65,6 +65,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from .errors import INIT_TIMEOUT_ERROR, PROTOCOL_VIOLATION_ERROR, START_FAILED_ERROR
 from .portable import make_selector, send_chunks
 from .process import (
     Closable,
@@ -74,8 +75,8 @@ from .process import (
     preload_parent_death_signal,
     signal_description,
 )
-from .protocol import Decoder, Frame, Kind, SendQueue, encode
-from .worker import WorkerSpec, run_worker
+from .protocol import Decoder, Frame, InitFailure, Kind, ProtocolError, SendQueue, encode
+from .worker import PickledAtSpawn, SpecError, WorkerSpec, describe_exception, run_worker, unpickle_spec
 
 __all__ = ["BossConfig", "run_boss"]
 
@@ -154,6 +155,8 @@ class WorkerRecord:
     retiring: bool = False  # told to leave, or leaving after max_jobs: exit 0 is expected
     leave_by: float = math.inf  # when a retiring worker is killed if it is still there
     init_error: str | None = None
+    init_failure: int = InitFailure.WORKERS  # what its INIT_FAILED said failed
+    start_by: float = math.inf  # when a worker still STARTING is killed (init_timeout)
     answered_head: bool = False  # the head was already answered (timeout kill)
 
     def deadline(self) -> float:
@@ -192,6 +195,13 @@ class Boss:
         self.init_failures = 0  # start-up deaths in a row, since a worker last became ready
         self.init_errors = 0  # of those, the ones that were not kills by a signal
         self.last_init_error = ""
+        self.last_init_failure: int = InitFailure.WORKERS
+        # What a worker process gets: the spec itself when forked; else
+        # pickled as it starts and unpickled by the worker itself, which can
+        # then report a handler it cannot import (see PickledAtSpawn).
+        self.worker_spec: WorkerSpec | PickledAtSpawn = config.worker
+        if config.start_method != "fork":
+            self.worker_spec = PickledAtSpawn(config.worker)
         self.draining = False  # main asked for a graceful shutdown
         self.bye_sent = False
         self.announced = False  # main has been told READY or INIT_FAILED
@@ -221,6 +231,7 @@ class Boss:
             now = time.monotonic()
             self._expire_deadlines(now)
             self._kill_overdue(now)
+            self._expire_starts(now)
             self._respawn_due(now)
             self._check_parent(now)
         self.selector.close()
@@ -234,7 +245,8 @@ class Boss:
             self._send_to_main(encode(Kind.READY))
             self.announced = True
         elif self.init_failures >= self.config.worker_count:
-            self._send_to_main(encode(Kind.INIT_FAILED, 0, self.last_init_error.encode("utf-8", "replace")))
+            text = self.last_init_error.encode("utf-8", "replace")
+            self._send_to_main(encode(Kind.INIT_FAILED, self.last_init_failure, text))
             self.announced = True
 
     def _finished(self) -> bool:
@@ -247,6 +259,8 @@ class Boss:
         soonest = self.next_parent_check
         for w in self.workers:
             soonest = min(soonest, w.deadline())
+            if w.state is WorkerState.STARTING:
+                soonest = min(soonest, w.start_by)
             if w.state is WorkerState.DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
             elif w.state is WorkerState.STOPPING:
@@ -336,7 +350,14 @@ class Boss:
     # -- workers: start, dispatch, answers -------------------------------------
 
     def _start_worker(self) -> None:
-        boss_end, worker_end = socket.socketpair()
+        """Start a worker for one slot.  A failure to create it (a process or
+        file limit: EAGAIN, EMFILE) is an init failure, retried with the
+        back-off, never the Boss's death."""
+        try:
+            boss_end, worker_end = socket.socketpair()
+        except OSError as exc:
+            self._start_failed(exc)
+            return
         inherited: list[Closable] = []
         if self.config.start_method == "fork":
             # A forked worker inherits every descriptor the Boss has; it must
@@ -345,21 +366,53 @@ class Boss:
             inherited += [w.sock for w in self.workers]
         process = self.ctx.Process(
             target=run_worker,
-            args=(worker_end, self.config.worker, os.getpid(), inherited),
+            args=(worker_end, self.worker_spec, os.getpid(), inherited),
             name="bossworker-worker",
             daemon=False,
         )
+        fds_before = _open_fds() if self.config.start_method == "fork" else None
         try:
             process.start()
+        except OSError as exc:
+            boss_end.close()
+            # multiprocessing's fork start leaks the two pipes it made when
+            # os.fork() fails: close what the failed start left open.
+            _close_new_fds(fds_before)
+            self._start_failed(exc)
+            return
         finally:
             worker_end.close()
         boss_end.setblocking(False)
         w = WorkerRecord(process, boss_end, process.pid or 0, decoder=Decoder(self.config.worker.read_size))
+        if self.config.worker.init_timeout > 0:
+            w.start_by = time.monotonic() + self.config.worker.init_timeout
         self.workers.append(w)
         self.workers_started += 1
         self.selector.register(boss_end, selectors.EVENT_READ, lambda mask: self._on_worker(w, mask))
         self.selector.register(process.sentinel, selectors.EVENT_READ, lambda mask: self._on_exit(w))
         log.info("worker %d started", w.pid)
+
+    def _start_failed(self, exc: OSError) -> None:
+        text = START_FAILED_ERROR.format(error=f"{type(exc).__name__}: {exc}")
+        log.warning("%s", text)
+        self._note_start_failure(text, InitFailure.WORKERS, killed=False)
+
+    def _note_start_failure(self, text: str, failure: int, killed: bool) -> None:
+        """A slot failed to get a serving worker: retry it after a back-off
+        that doubles with each failure in a row; when failures persist and no
+        worker is left, answer the queue instead of letting it wait."""
+        self.init_failures += 1
+        self.last_init_error = text
+        self.last_init_failure = failure
+        delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2 ** (self.init_failures - 1))
+        log.warning("retrying a worker start in %.1f s", delay)
+        self.respawn_at.append(time.monotonic() + delay)
+        self.init_errors += not killed
+        if (
+            self.init_errors >= max(PERSISTENT_FAILURES, self.config.worker_count)
+            or self.init_failures >= PERSISTENT_KILLS
+        ):
+            self._fail_if_no_worker_can_serve()
 
     def _budget(self, w: WorkerRecord) -> int:
         """How many more jobs ``w`` may be sent (recycling after max_jobs)."""
@@ -439,17 +492,25 @@ class Boss:
         if not n:
             self._lose_socket(w)
             return False
-        w.decoder.buffer_updated(n)
+        violation: Exception | None = None
+        try:
+            w.decoder.buffer_updated(n)
+        except (ProtocolError, MemoryError) as exc:
+            violation = exc  # the frames before it are good: handle them first
         for frame in w.decoder.take():
             self._on_worker_frame(w, frame)
+        if violation is not None:
+            self._protocol_violation(w, f"{type(violation).__name__}: {violation}")
+            return False
         return True
 
     def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
+        if w.state is WorkerState.DEAD:
+            return  # killed for a frame before this one: the rest is not trusted
         kind = frame.kind
         if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
             if not w.inflight or w.inflight[0].job_id != frame.job_id:
-                log.error("worker %d answered job %d out of turn; killing it", w.pid, frame.job_id)
-                self._kill(w)
+                self._protocol_violation(w, f"an answer to job {frame.job_id} came out of turn")
                 return
             w.inflight.popleft()
             now = time.monotonic()
@@ -476,8 +537,26 @@ class Boss:
                 w.state = WorkerState.SERVING
         elif kind == Kind.INIT_FAILED:
             w.init_error = bytes(frame.payload).decode("utf-8", "replace")
+            w.init_failure = frame.job_id
         else:
-            log.error("unexpected %s frame from worker %d", Kind(kind).name, w.pid)
+            self._protocol_violation(w, f"a {Kind(kind).name} frame came from a worker")
+
+    def _protocol_violation(self, w: WorkerRecord, detail: str) -> None:
+        """Bytes from ``w`` that are not a valid answer (a handler wrote to the
+        socket, say): this costs that worker and its running job only.  The
+        job gets an ERROR; the worker is killed, and replaced as after any
+        death (jobs sent ahead go back to the queue)."""
+        if w.state is WorkerState.DEAD:
+            return
+        text = PROTOCOL_VIOLATION_ERROR.format(detail=detail)
+        log.error("worker %d: %s; killing it", w.pid, detail)
+        if w.state is WorkerState.SERVING and w.inflight and not w.answered_head:
+            self._answer(w.inflight[0].job_id, Kind.ERROR, text)
+            w.answered_head = True
+        elif not w.ever_ready:
+            w.init_error = text
+        w.retiring = False  # its exit is not a clean one
+        self._kill(w)
 
     # -- workers: death and replacement ----------------------------------------
 
@@ -532,18 +611,10 @@ class Boss:
         if self.draining and not self.queue:
             return  # no replacement needed to finish
         if not w.ever_ready:
-            self.init_failures += 1
             killed = w.init_error is None and (exitcode or 0) < 0
-            self.last_init_error = w.init_error or f"worker exited ({reason}) before it was ready"
-            delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2 ** (self.init_failures - 1))
-            log.warning("worker %d failed to start (%s); retrying in %.1f s", w.pid, reason, delay)
-            self.respawn_at.append(time.monotonic() + delay)
-            self.init_errors += not killed
-            if (
-                self.init_errors >= max(PERSISTENT_FAILURES, self.config.worker_count)
-                or self.init_failures >= PERSISTENT_KILLS
-            ):
-                self._fail_if_no_worker_can_serve()
+            log.warning("worker %d failed to start (%s)", w.pid, reason)
+            text = w.init_error or f"worker exited ({reason}) before it was ready"
+            self._note_start_failure(text, w.init_failure, killed)
         else:
             self._start_worker()
 
@@ -567,6 +638,17 @@ class Boss:
             return  # nothing left to do for them
         for _ in due:
             self._start_worker()
+
+    def _expire_starts(self, now: float) -> None:
+        """Kill a worker whose start-up (its init_handler) overran
+        init_timeout: an init failure, with a text that says so."""
+        for w in list(self.workers):
+            if w.state is WorkerState.STARTING and w.start_by <= now:
+                seconds = self.config.worker.init_timeout
+                w.init_error = INIT_TIMEOUT_ERROR.format(seconds=seconds)
+                log.warning("worker %d: init_handler did not return within %g s; killing it", w.pid, seconds)
+                w.start_by = math.inf  # killed once is enough
+                self._kill(w)
 
     def _expire_deadlines(self, now: float) -> None:
         for w in list(self.workers):
@@ -642,8 +724,51 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _ForcedStop
 
 
-def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[Closable] = ()) -> None:
-    """The body of the Boss process. Never returns: it ends in ``os._exit``."""
+def _open_fds() -> set[int] | None:
+    """This process's open descriptors (None where /proc cannot tell)."""
+    try:
+        listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        return None
+    fds = set()
+    for fd in listed:
+        # Skip the descriptor the listing itself used (closed by now): a
+        # new one may get its number.
+        with contextlib.suppress(OSError):
+            os.fstat(fd)
+            fds.add(fd)
+    return fds
+
+
+def _close_new_fds(before: set[int] | None) -> None:
+    """Close the descriptors opened since ``before`` was taken.  The Boss is
+    single-threaded, so they can only be those of the call in between."""
+    after = _open_fds()
+    if before is None or after is None:
+        return
+    for fd in after - before:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text: str) -> None:
+    """Before the Boss leaves without having served: give main the cause, so
+    that the constructor raises with it instead of "the Boss died"."""
+    with contextlib.suppress(OSError):
+        main_sock.settimeout(5.0)  # main waits for this; never hang on it
+        main_sock.sendall(encode(Kind.INIT_FAILED, failure, text.encode("utf-8", "replace")))
+
+
+def run_boss(
+    main_sock: socket.socket, config: BossConfig | bytes, inherited: Iterable[Closable] = ()
+) -> None:
+    """The body of the Boss process. Never returns: it ends in ``os._exit``.
+
+    ``config`` comes pickled (bytes) unless the Boss was forked: unpickling
+    it here lets a handler this process cannot import be reported to main,
+    with the error, rather than kill the process in multiprocessing's
+    bootstrap.  Any failure before the Boss has told main READY is reported
+    the same way (INIT_FAILED naming what failed)."""
     close_inherited(inherited)
     ignore_interrupts()
     # Never walk the objects inherited from main: under fork they can be
@@ -654,13 +779,25 @@ def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[C
     code = 0
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if isinstance(config, bytes):
+            config = unpickle_spec(config)
+        assert isinstance(config, BossConfig)
         boss = Boss(main_sock, config)
         boss.run()
     except _ForcedStop:
         pass
-    except BaseException:
+    except SpecError as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        code = 1
+        _tell_main_start_failed(main_sock, InitFailure.NOT_IMPORTABLE, str(exc))
+    except BaseException as exc:
+        # We are leaving: main's SIGTERM, sent as soon as it reads the report
+        # below, must not interrupt the clean-up.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.exception("the Boss failed")
         code = 1
+        if boss is None or not boss.announced:
+            _tell_main_start_failed(main_sock, InitFailure.BOSS, describe_exception(exc))
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if boss is not None:
@@ -668,5 +805,5 @@ def run_boss(main_sock: socket.socket, config: BossConfig, inherited: Iterable[C
             if not boss.bye_sent:
                 # Main is gone or stopped us by force: nobody will read the
                 # segments still waiting.
-                config.worker.segments.discard_all()
+                boss.config.worker.segments.discard_all()
     exit_now(code)

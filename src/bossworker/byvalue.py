@@ -71,6 +71,8 @@ def main_is_importable() -> bool:
     """Whether a spawned child can import main's functions by name: only when
     main was started from a file (``python script.py``, ``python -m pkg``)."""
     main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True  # python -m: re-imported by its module name
     path = getattr(main, "__file__", None)
     return isinstance(path, str) and not path.startswith("<")
 

@@ -33,10 +33,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .backend import BossHandle, forget_main_socket
-from .errors import TIMED_OUT_ERROR, BossDiedError, NoPendingResultsError, ShutDownError, WorkerInitError
+from .errors import (
+    NOT_IMPORTABLE_HINT,
+    TIMED_OUT_ERROR,
+    BossDiedError,
+    InvalidArgumentError,
+    NoPendingResultsError,
+    SerializationError,
+    ShutDownError,
+    WorkerInitError,
+)
 from .payload import THRESHOLD, Pickled, Segments, chunks_of
 from .portable import send_chunks
-from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
+from .process import signal_description
+from .protocol import HEADER, MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
 
 __all__ = ["Client"]
 
@@ -68,6 +78,7 @@ class Client:
         self._stats_got = 0
         self._ready = False
         self._init_error: str | None = None
+        self._init_failure = 0  # an InitFailure
         self._bye = False
         self._eof = False
         self._accepting = True  # add_work allowed
@@ -116,6 +127,7 @@ class Client:
             if self._eof:
                 raise BossDiedError("the Boss process has died")
             first = self._next_id
+            in_segments = self._store_oversized(pickles, first)
             self._next_id += len(pickles)
             self._pending += len(pickles)
             ids = list(range(first, first + len(pickles)))
@@ -127,7 +139,7 @@ class Client:
                 if type(pickled) is bytes and len(pickled) < THRESHOLD:  # the usual case, made cheap
                     small += (pack(Kind.JOB, 0, len(pickled), job_id, timeout), pickled)
                     continue
-                if self.segments.store(job_id, "j", pickled):
+                if job_id in in_segments or self.segments.store(job_id, "j", pickled):
                     small.append(pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
                     continue
                 chunks, size = chunks_of(pickled)
@@ -141,6 +153,26 @@ class Client:
                         self._queue_bytes(chunk)
             self._queue_bytes(b"".join(small))
             return ids, self._queued_total
+
+    def _store_oversized(self, pickles: Sequence[Pickled], first: int) -> set[int]:
+        """Put the jobs too big for a frame in segments, before anything is
+        queued; if one cannot be, remove those stored and raise (no job of the
+        call is queued).  Returns the ids stored."""
+        stored: set[int] = set()
+        for index, pickled in enumerate(pickles):
+            size = chunks_of(pickled)[1]
+            if size <= MAX_PAYLOAD:
+                continue
+            if not self.segments.store(first + index, "j", pickled):
+                for job_id in stored:
+                    self.segments.discard(job_id)
+                raise InvalidArgumentError(
+                    f"job #{index} of this add_work() call pickles to {size} bytes: above the "
+                    f"{MAX_PAYLOAD}-byte limit of a frame, and there is no room for it in /dev/shm "
+                    "(or this backend shares no memory); no job was queued"
+                )
+            stored.add(first + index)
+        return stored
 
     def forget_jobs(self, count: int) -> None:
         """Undo the pending count of jobs whose sending failed."""
@@ -219,6 +251,7 @@ class Client:
                 self._ready = True
             elif kind == Kind.INIT_FAILED:
                 self._init_error = bytes(frame.payload).decode("utf-8", "replace")
+                self._init_failure = frame.job_id
             elif kind == Kind.BYE:
                 self._bye = True
 
@@ -345,14 +378,25 @@ class Client:
 
     # -- start-up, stats, shut-down ---------------------------------------------
 
-    def wait_ready(self) -> None:
-        """Block until the Boss says a worker is serving; raise if none can."""
+    def wait_ready(self, start_method: str) -> None:
+        """Block until the Boss says a worker is serving; raise with the cause
+        the Boss or a worker reported if none can."""
         with self._cond:
             self.wait_for(lambda: self._ready or self._init_error is not None, None)
-            if self._init_error is not None:
-                raise WorkerInitError(f"no worker could run init_handler:\n{self._init_error}")
-            if not self._ready:
-                raise BossDiedError("the Boss process died while starting")
+            text = self._init_error
+            if text is None and not self._ready:
+                self.handle.join(1.0)  # its socket is closed: it is exiting
+                status = signal_description(getattr(self.handle, "exitcode", None))
+                raise BossDiedError(f"the Boss process died while starting ({status})")
+        if text is None:
+            return
+        if self._init_failure == InitFailure.NOT_IMPORTABLE:
+            head, _, rest = text.partition("\n")
+            hint = NOT_IMPORTABLE_HINT.format(method=start_method)
+            raise SerializationError(f"a new process could not import the handlers: {head}\n{hint}\n{rest}")
+        if self._init_failure == InitFailure.BOSS:
+            raise BossDiedError(f"the Boss process failed while starting: {text}")
+        raise WorkerInitError(f"no worker could start:\n{text}")
 
     def stats(self) -> dict[str, Any]:
         """Ask the Boss for its counters and wait for the answer."""

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import sys
 import time
 import warnings
 import weakref
@@ -23,6 +24,7 @@ from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
 from .errors import (
+    NOT_IMPORTABLE_HINT,
     BossDiedError,
     InvalidArgumentError,
     SerializationError,
@@ -42,6 +44,10 @@ R = TypeVar("R")
 #: The largest time limit accepted anywhere (seconds, about 31 years): far
 #: below what ``select``, ``setitimer`` and ``threading`` can represent.
 MAX_TIMEOUT = 1e9
+
+# How long a worker may take to start (its init_handler included) unless
+# the constructor's init_timeout= says otherwise.
+DEFAULT_INIT_TIMEOUT = 60.0
 
 # How long a graceful stop waits for the Boss to exit after its BYE, and a
 # forced stop waits after SIGTERM, before killing it.
@@ -66,7 +72,15 @@ class BossWorkerAsync:
       retrievable afterwards.
 
     The constructor returns once one worker has run its ``init_handler``; if
-    every initial worker fails there, it raises :class:`WorkerInitError`.
+    every initial worker fails to start (``init_handler`` raised or did not
+    return within ``init_timeout`` seconds, default 60, 0 or None for no
+    limit; or its process could not be created), it raises
+    :class:`WorkerInitError` with the last failure.  A worker that overruns
+    ``init_timeout`` is killed, also later, when a replacement starts, and
+    counts as an init failure.  Start-up never fails without its cause: a
+    handler a new process cannot import raises :class:`SerializationError`
+    with that process's error, and a Boss that fails before it serves
+    raises :class:`BossDiedError` with its error.
     """
 
     def __init__(
@@ -82,12 +96,14 @@ class BossWorkerAsync:
         start_method: str | None = None,
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
+        init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
     ) -> None:
         _check_callable("work_handler", work_handler, required=True)
         _check_callable("result_handler", result_handler)
         _check_callable("init_handler", init_handler)
         _check_callable("exit_handler", exit_handler)
         self._global_timeout = _check_timeout("global_timeout", global_timeout)
+        init_limit = _check_timeout("init_timeout", init_timeout)
         _check_int("worker_count", worker_count, minimum=1)
         _check_int("read_size", read_size, minimum=4096)
         if max_jobs_per_worker is not None:
@@ -105,8 +121,11 @@ class BossWorkerAsync:
             work_handler = _travelling("work_handler", work_handler, method)
             init_handler = _travelling("init_handler", init_handler, method)
             exit_handler = _travelling("exit_handler", exit_handler, method)
-        spec = WorkerSpec(work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments)
+        spec = WorkerSpec(
+            work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments, init_limit
+        )
         if method != "fork":
+            _check_importable(method, work_handler, init_handler, exit_handler)
             # A spawned Boss gets its handlers by pickling (by reference):
             # find out now, with a clear message, rather than in the child.
             try:
@@ -125,7 +144,7 @@ class BossWorkerAsync:
         self._waiter: aio.SocketWaiter | None = None  # made on first async use
         self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
         try:
-            self._client.wait_ready()
+            self._client.wait_ready(method)
         except BaseException:
             self.shut_down(force=True)
             raise
@@ -418,12 +437,30 @@ def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callab
         return fn
     if byvalue.cloudpickle_available():
         return byvalue.ByValue(fn)
+    _check_importable(method, fn)  # the message for a __main__ without a file
     raise SerializationError(
-        f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be sent to a {method!r} child by name: it is a "
-        "lambda or closure, or it is defined in a __main__ that has no file (python -c, the interactive "
-        f"prompt, a notebook). Define it at module level in an importable module, use start_method='fork', "
-        f"or {byvalue.INSTALL_HINT}"
+        f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be pickled by name (a lambda or a closure?)\n"
+        + NOT_IMPORTABLE_HINT.format(method=method)
+        + f"; or {byvalue.INSTALL_HINT}"
     )
+
+
+def _check_importable(method: str, *handlers: Callable[..., Any] | None) -> None:
+    """Refuse at once a handler a new process could never import: one
+    defined in ``__main__`` when ``__main__`` has no file or module name to
+    import it from again (``python -c``, an interactive session, stdin)."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) or getattr(main, "__file__", None):
+        return  # a new process re-imports __main__ (as __mp_main__)
+    for handler in handlers:
+        if handler is not None and getattr(handler, "__module__", None) == "__main__":
+            name = getattr(handler, "__qualname__", repr(handler))
+            raise SerializationError(
+                f"handler {name!r} is defined in __main__, which a new process cannot import "
+                f"(no file: python -c, an interactive session or stdin)\n"
+                + NOT_IMPORTABLE_HINT.format(method=method)
+                + f"; or {byvalue.INSTALL_HINT}"
+            )
 
 
 def _check_callable(name: str, value: object, required: bool = False) -> None:

@@ -7,7 +7,8 @@ Every message between main, the Boss and a worker is one *frame*::
     1       1     flags     (Flag: how the payload is stored)
     2       6     padding   (zero)
     8       8     length    of the payload, in bytes
-    16      8     job_id    (0 when the frame is not about a job)
+    16      8     job_id    (0 when the frame is not about a job; in INIT_FAILED,
+                            an InitFailure saying what failed)
     24      8     timeout   seconds, float: in a JOB, its time limit (0.0 = none);
                             in a worker's answer, how long the job took
     32      ...   payload   opaque bytes (a pickle, UTF-8 text or JSON)
@@ -23,6 +24,12 @@ front end all share the same :class:`Decoder` and :class:`SendQueue`, and the
 codec is tested alone.  The Boss only ever reads headers: it forwards the
 ``raw`` bytes of a frame untouched and never unpickles a job or a result, so
 a hostile or broken payload cannot crash it.
+
+A payload is at most :data:`MAX_PAYLOAD` bytes: a header that claims more is
+a :class:`ProtocolError` before anything is allocated (bytes a handler wrote
+to its worker's socket must not make the Boss allocate 2**62 bytes).  Larger
+pickles travel in ``/dev/shm`` segments (see :mod:`bossworker.payload`), never
+inside a frame.
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ from typing import NamedTuple, TypeAlias
 __all__ = [
     "HEADER",
     "HEADER_SIZE",
+    "MAX_PAYLOAD",
     "Buffer",
     "Decoder",
     "Flag",
     "Frame",
+    "InitFailure",
     "Kind",
     "ProtocolError",
     "SendQueue",
@@ -53,6 +62,11 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 # A frame larger than this is handed out as the very bytearray it was read
 # into, instead of being copied out of the shared read buffer.
 _DEFAULT_CHUNK = 1024 * 1024
+
+#: The largest payload one frame may carry (4 GiB).  Far above what travels
+#: inline in practice (pickles of 256 KiB and more go to /dev/shm segments
+#: when there is room), and low enough that a reader can allocate it.
+MAX_PAYLOAD = 1 << 32
 
 
 class ProtocolError(Exception):
@@ -72,6 +86,14 @@ class Kind(IntEnum):
     INIT_FAILED = 8  # worker -> Boss, Boss -> main: payload = UTF-8 traceback
     STATS_REQUEST = 9  # main -> Boss: please send a STATS frame
     STATS = 10  # Boss -> main: payload = JSON object of counters
+
+
+class InitFailure(IntEnum):
+    """What an INIT_FAILED frame reports, in its ``job_id`` field."""
+
+    WORKERS = 0  # every initial worker failed to start (init_handler, init_timeout, no process)
+    NOT_IMPORTABLE = 1  # a new process could not unpickle (import) the handlers
+    BOSS = 2  # the Boss itself failed before it could serve
 
 
 class Flag(IntEnum):
@@ -126,14 +148,17 @@ class Decoder:
 
     Decoded frames wait in the decoder until :meth:`take` collects them.
     ``at_frame_boundary`` tells a clean end of stream (between frames) from a
-    torn one.
+    torn one.  A frame of an unknown kind or with a payload above
+    ``max_payload`` raises :class:`ProtocolError` (frames decoded before it
+    are still there for :meth:`take`); the stream cannot be trusted after it.
     """
 
-    __slots__ = ("_big", "_big_filled", "_buf", "_end", "_frames", "_start")
+    __slots__ = ("_big", "_big_filled", "_buf", "_end", "_frames", "_max_payload", "_start")
 
-    def __init__(self, chunk_size: int = _DEFAULT_CHUNK) -> None:
+    def __init__(self, chunk_size: int = _DEFAULT_CHUNK, max_payload: int = MAX_PAYLOAD) -> None:
         if chunk_size < HEADER_SIZE:
             raise ValueError(f"chunk_size must be at least {HEADER_SIZE}")
+        self._max_payload = max_payload
         self._buf = bytearray(chunk_size)
         self._start = 0  # first byte not yet decoded
         self._end = 0  # one past the last byte received
@@ -204,6 +229,11 @@ class Decoder:
                 kind, flags, length, job_id, timeout = unpack_from(buf, start)
                 if kind not in _KINDS:
                     raise ProtocolError(f"unknown frame kind {kind} at offset {start}")
+                if length > self._max_payload:
+                    raise ProtocolError(
+                        f"a frame of kind {kind} claims a payload of {length} bytes, "
+                        f"above the limit of {self._max_payload}"
+                    )
                 total = HEADER_SIZE + length
                 if end - start < total:
                     if total > len(buf):

@@ -30,6 +30,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from types import FrameType
 from typing import Any
 
@@ -42,7 +43,7 @@ from .process import (
     ignore_interrupts,
     set_parent_death_signal,
 )
-from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
+from .protocol import HEADER, MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
 
 __all__ = ["PICKLE_PROTOCOL", "WorkerSpec", "describe_exception", "run_worker"]
 
@@ -62,6 +63,9 @@ class WorkerSpec:
     read_size: int
     max_jobs: int | None
     segments: Segments = field(default_factory=lambda: Segments(None))
+    # Seconds a worker may take from its start to READY (init_handler
+    # included) before the Boss kills it as an init failure; 0 = no limit.
+    init_timeout: float = 0.0
 
 
 class _JobTimeout(BaseException):
@@ -143,6 +147,12 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
     if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
         return [HEADER.pack(Kind.RESULT, 0, len(pickled), job_id, time.perf_counter() - started) + pickled]
     chunks, size = chunks_of(pickled)
+    if size > MAX_PAYLOAD:  # no room in /dev/shm, and too big for a frame
+        text = (
+            f"BossWorkerAsync: the result pickles to {size} bytes, above the {MAX_PAYLOAD}-byte limit "
+            "of a frame, and /dev/shm had no room for it"
+        ).encode()
+        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
     return [HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started), *chunks]
 
 
@@ -156,13 +166,53 @@ def _leave(spec: WorkerSpec) -> None:
     exit_now(EXIT_OK)
 
 
+class PickledAtSpawn:
+    """``obj``, pickled only while a new process is being started, and
+    received there as plain bytes (which :func:`unpickle_spec` opens).
+
+    Pickling inside ``Process.start`` (multiprocessing's spawning context)
+    lets multiprocessing objects in the handlers' state (a ``Queue``, a
+    ``Lock``, a ``Value``) travel as they do in a ``Process``'s own
+    arguments; and unpickling in our own code, not multiprocessing's, lets
+    the child report a handler it cannot import instead of dying mute.
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
+        return bytes, (bytes(ForkingPickler.dumps(self.obj, PICKLE_PROTOCOL)),)
+
+
+def unpickle_spec(data: bytes) -> Any:
+    """Unpickle what was pickled for a new process; on failure raise
+    :class:`SpecError` carrying the error (main adds the import hint)."""
+    try:
+        return pickle.loads(data)
+    except BaseException as exc:  # any failure here is the handlers' import
+        raise SpecError(describe_exception(exc)) from exc
+
+
+class SpecError(Exception):
+    """The handlers could not be unpickled in this process (see unpickle_spec)."""
+
+
 def run_worker(
     sock: socket.socket,
-    spec: WorkerSpec,
+    spec: WorkerSpec | bytes,
     boss_pid: int,
     inherited: Sequence[Closable] = (),
 ) -> None:
-    """The body of a worker process. Never returns: it ends in ``os._exit``."""
+    """The body of a worker process. Never returns: it ends in ``os._exit``.
+
+    ``spec`` comes pickled (bytes) from a Boss that does not fork its
+    workers: unpickling it here, not in multiprocessing's bootstrap, lets a
+    handler that cannot be imported be reported to the Boss (INIT_FAILED,
+    NOT_IMPORTABLE) instead of killing the process with a traceback only on
+    stderr.
+    """
     close_inherited(inherited)
     ignore_interrupts()
     if os.getppid() == boss_pid:  # not so under forkserver
@@ -172,6 +222,18 @@ def run_worker(
     sock.setblocking(True)
     out = SendQueue()
 
+    if isinstance(spec, bytes):
+        try:
+            spec = unpickle_spec(spec)
+        except SpecError as exc:
+            out.append(
+                encode(Kind.INIT_FAILED, InitFailure.NOT_IMPORTABLE, str(exc).encode("utf-8", "replace"))
+            )
+            try:
+                _send_all(sock, out)
+            finally:
+                exit_now(EXIT_INIT_FAILED)
+    assert isinstance(spec, WorkerSpec)
     if spec.init_handler is not None:
         try:
             spec.init_handler()
