@@ -611,7 +611,7 @@ def test_warnings_name_input_lines_not_job_ids() -> None:
     must still find the line that the collector is about to forget."""
     lines = ['"blank lines and bad lines shift the numbering"', "", "{oops"]
     dying = set()
-    for n in range(4, 64):
+    for n in range(4, 124):
         lines.append(json.dumps({"n": n, "die": n % 2 == 0}))
         if n % 2 == 0:
             dying.add(n)
