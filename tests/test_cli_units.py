@@ -11,6 +11,7 @@ import pty
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,22 @@ from bossworker.errors import TIMED_OUT_ERROR
 pytestmark = pytest.mark.timeout(20)
 
 HANDLERS = Path(__file__).resolve().parent / "cli_handlers.py"
+
+
+@pytest.fixture(autouse=True)
+def restore_import_state() -> Iterator[None]:
+    """load_callable puts directories first on sys.path and imports modules:
+    undo both, or a later test's spawned processes would import from here
+    (a test directory holds a json.py)."""
+    path = list(sys.path)
+    modules = set(sys.modules)
+    yield
+    added = [entry for entry in sys.path if entry not in path]
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        file = getattr(sys.modules[name], "__file__", None) or ""
+        if any(file.startswith(directory + os.sep) for directory in added):
+            del sys.modules[name]  # imported from a directory the test put on the path
 
 
 # -- records ---------------------------------------------------------------------------
