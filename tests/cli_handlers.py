@@ -71,3 +71,10 @@ def die_when_asked(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("die"):
         os._exit(9)
     return {"ok": job["n"]}
+
+
+def unterminated(job: Any) -> Any:
+    """Writes to standard error without a final newline, as careless handlers do."""
+    sys.stderr.write("partial output")
+    sys.stderr.flush()
+    return job

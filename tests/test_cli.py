@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import queue
+import re
 import signal
 import struct
 import subprocess
@@ -591,3 +592,169 @@ def test_no_progress_flag_and_missing_tqdm(tmp_path: Path) -> None:
     assert code == 0, terminal
     assert len(records(stdout)) == 5
     assert terminal.count("pip install 'bossworker[cli]'") == 1, terminal
+
+
+# -- what a new user tripped on ---------------------------------------------------------
+
+
+def test_version() -> None:
+    import importlib.metadata
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout == f"bossworker {importlib.metadata.version('bossworker')}\n"
+
+
+def test_warnings_name_input_lines_not_job_ids() -> None:
+    """Every worker death and timeout warning names its input line.  Many
+    deaths in one run: the warning is printed by a thread of its own, and
+    must still find the line that the collector is about to forget."""
+    lines = ['"blank lines and bad lines shift the numbering"', "", "{oops"]
+    dying = set()
+    for n in range(4, 124):
+        lines.append(json.dumps({"n": n, "die": n % 2 == 0}))
+        if n % 2 == 0:
+            dying.add(n)
+    proc = run_cli("run", f"{HANDLERS}:die_when_asked", "-w", "2", stdin="\n".join(lines) + "\n")
+    assert proc.returncode == 1
+    died = [line for line in proc.stderr.splitlines() if "while running" in line]
+    assert sorted(int(line.rsplit(" ", 1)[1]) for line in died) == sorted(dying), proc.stderr
+    assert all(" while running line " in line for line in died), died
+    assert " job " not in proc.stderr, proc.stderr
+    timed = run_cli(
+        "run",
+        f"{HANDLERS}:sleep_then_echo",
+        "-w",
+        "1",
+        "-t",
+        "0.3",
+        stdin='\n\n{"seconds": 0}\n{"seconds": 30}\n',
+    )
+    assert timed.returncode == 1
+    assert "bossworker: WARNING: line 4 timed out in worker " in timed.stderr, timed.stderr
+
+
+def test_progress_total_is_the_exact_line_count_of_a_file(tmp_path: Path) -> None:
+    """The estimate from bytes read showed ``214/610`` for a 600-line file."""
+    path = tmp_path / "jobs.jsonl"
+    lines = [json.dumps({"seconds": 0.002, "pad": "x" * (n % 97)}) for n in range(1, 601)]
+    lines[10] = lines[200] = "  "  # blank lines are lines of the bar too
+    path.write_text("\n".join(lines))  # and the last one has no newline
+    code, stdout, terminal = run_with_terminal_stderr(
+        "run", f"{HANDLERS}:sleep_then_echo", "-i", str(path), "-w", "2"
+    )
+    assert code == 0, terminal
+    assert len(records(stdout)) == 598
+    totals = {int(total) for _done, total in re.findall(r"(\d+)/(\d+) \[", terminal)}
+    assert totals == {600}, terminal
+    assert "600/600" in terminal
+
+
+def test_no_bar_when_the_records_go_to_the_same_terminal() -> None:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bossworker", "run", "examples/synopsis.py:work", "-i", JOBS, "-w", "2"],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        cwd=REPO,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(60) == 0
+    terminal = b"".join(chunks).decode()
+    assert terminal.count('"result"') == 5, terminal
+    assert "errors=" not in terminal and "it/s" not in terminal and "line/s" not in terminal, terminal
+    assert "bossworker: 5 jobs, 0 errors" in terminal
+
+
+def test_summary_on_its_own_line_after_unterminated_handler_output(tmp_path: Path) -> None:
+    # Standard error a regular file: a newline is added exactly when needed.
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bossworker", "run", f"{HANDLERS}:unterminated", "-w", "1"],
+            input=b"1\n",
+            stdout=subprocess.PIPE,
+            stderr=f,
+            cwd=REPO,
+            timeout=60,
+        )
+    assert proc.returncode == 0
+    text = err.read_text()
+    assert text.startswith("partial output\nbossworker: 1 job, 0 errors"), text
+    clean = tmp_path / "clean.txt"
+    with open(clean, "wb") as f:
+        subprocess.run(
+            [sys.executable, "-m", "bossworker", "run", f"{HANDLERS}:echo", "-w", "1"],
+            input=b"1\n",
+            stdout=subprocess.PIPE,
+            stderr=f,
+            cwd=REPO,
+            timeout=60,
+        )
+    assert clean.read_text().startswith("bossworker: 1 job, 0 errors"), clean.read_text()
+    # A terminal (100 columns): spaces to the margin and a carriage return, so
+    # the summary starts a line whatever column the cursor was in.
+    one = tmp_path / "one.jsonl"
+    one.write_text("1\n")
+    code, _, terminal = run_with_terminal_stderr(
+        "run", f"{HANDLERS}:unterminated", "-i", str(one), "-w", "1", "--no-progress"
+    )
+    assert code == 0, terminal
+    assert terminal.startswith("partial output" + " " * 100 + "\rbossworker: 1 job, 0 errors"), terminal
+
+
+def _dask_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
+
+
+@pytest.mark.skipif(not _dask_installed(), reason="the 'dask' extra is not installed")
+@pytest.mark.timeout(150)
+def test_run_on_a_dask_cluster(tmp_path: Path) -> None:
+    """``--dask ADDRESS`` (a real scheduler and workers on 127.0.0.1) and
+    ``--dask local`` (a private local cluster)."""
+    from dask_cluster import DaskCluster
+
+    jobs = jsonl({"seconds": 0}, {"seconds": 30}, {"seconds": 0.01}) + "\n"
+    cluster = DaskCluster(tmp_path, n_workers=2).start()
+    try:
+        proc = run_cli(
+            "run",
+            f"{HANDLERS}:sleep_then_echo",
+            "--dask",
+            cluster.address,
+            "-t",
+            "1",
+            "--ordered",
+            stdin=jobs,
+        )
+    finally:
+        cluster.stop()
+    assert proc.returncode == 1, proc.stderr
+    assert records(proc.stdout) == [
+        {"line": 1, "result": {"seconds": 0}},
+        {"line": 2, "error": "BossWorkerAsync: timed out"},
+        {"line": 3, "result": {"seconds": 0.01}},
+    ]
+    assert summary_counts(proc.stderr) == {"jobs": 3, "errors": 1, "timeouts": 1}
+    local = run_cli(
+        "run", f"{HANDLERS}:worker_pid", "--dask", "local", "-w", "2", stdin="1\n2\n3\n", timeout=120
+    )
+    assert local.returncode == 0, local.stderr
+    assert len(records(local.stdout)) == 3
+    refused = run_cli("run", f"{HANDLERS}:echo", "--dask", "local", "--start-method", "spawn", stdin="1\n")
+    assert refused.returncode == 2
+    assert "--start-method has no effect with --dask" in refused.stderr

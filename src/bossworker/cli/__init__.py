@@ -1,0 +1,77 @@
+"""The command line: ``bossworker run`` and ``bossworker demo``.
+
+``bossworker run TARGET`` runs ``TARGET`` (``package.module:function`` or
+``path/to/file.py:function``) over jobs in JSON Lines, one JSON value per
+line, and writes one JSON line per job::
+
+    {"line":3,"result":{"product":12}}
+    {"line":4,"error":"ValueError: rattle","detail":"Traceback ..."}
+
+Guarantees:
+
+* **Every non-blank input line gets exactly one output record** unless the
+  run is cut short (Ctrl-C, a closed output): a result, or an error (the
+  handler raised, ran out of time or its worker died; the line is not valid
+  JSON; the result cannot be written as strict JSON).  ``"line"`` counts
+  input lines from 1, blank lines included; blank lines (nothing but white
+  space) produce no record.  A last line without a newline is a line.
+  A result that is a dict with an ``"ERROR"`` key is an error (the pool's
+  convention).  ``"error"`` is the first line of the message; the rest
+  (a traceback) is in ``"detail"``.
+* **Streaming with flat memory**: at most ``--max-in-flight`` lines are
+  between being read and being written (with ``--ordered``, lines held back
+  behind an earlier one count too), plus one 64 KiB read buffer; an endless
+  pipe or a huge file runs in constant memory.
+* **Output order**: completion order by default; input order with
+  ``--ordered``.  Output is flushed whenever the runner is about to wait, so
+  a slow pipe sees each result as soon as it is ready.
+* **Clean streams**: standard input and output are for this process alone;
+  the pool's processes get ``/dev/null`` as standard input and standard
+  error as standard output, so a handler's ``print()`` cannot corrupt the
+  output nor its ``input()`` eat a job.
+* **Exit codes**: 0 when every job succeeded, 1 when any failed (or the run
+  could not finish), 2 for bad options or a TARGET / ``--init`` that cannot
+  be imported or called (a one-line message, no traceback), 130 after
+  Ctrl-C.  Ctrl-C force-stops the pool, writes the summary and leaves no
+  process behind.
+* **Warnings name input lines**: the pool's warnings (a job timed out, a
+  worker died while running one) say ``line 7``, not the pool's job id
+  (see :mod:`.logs`; a local Boss started with ``fork``, the default on
+  Linux, is the one that logs).
+* A one-line summary (jobs, errors, timeouts, elapsed time) goes to
+  standard error at the end, on a line of its own even after a handler's
+  unterminated output when standard error is a terminal or a regular file
+  (see :func:`.console.start_own_line`); and a tqdm progress bar while
+  running when standard error is a terminal that is not also standard
+  output (``pip install 'bossworker[cli]'``).  On a regular input file the
+  bar's total is the file's exact line count.
+* ``--dask ADDRESS`` runs the workers on a Dask cluster
+  (:class:`bossworker.dask.DaskBackend`); ``--dask local`` on a private
+  local one.
+
+Layout (one concern per module; imports go down this list only):
+
+* :mod:`.main` -- ``main()``, ``--version``, ``bossworker demo``;
+* :mod:`.options` -- the argument parser and :class:`~.options.RunOptions`;
+* :mod:`.targets` -- importing TARGET and ``--init``;
+* :mod:`.runner` -- the run: the reader (main thread) and the collector thread;
+* :mod:`.progress` -- the progress bar;
+* :mod:`.logs` -- the pool's log records on standard error, job ids turned into lines;
+* :mod:`.state` -- what the threads share, and the (ordered) writer;
+* :mod:`.streams` -- taking over standard input / output, reading lines, counting them;
+* :mod:`.records` -- pure functions: output records, outcomes, the summary text;
+* :mod:`.console` -- standard error, shared by the bar, the warnings and the summary;
+* :mod:`.errors` -- the CLI's own exceptions and exit codes.
+
+How: the main thread reads lines, parses them and adds them to the pool
+(one ``add_work`` call per batch of lines that arrived together); a
+collector thread takes results (``get_result(with_id=True)``), maps job
+ids back to line numbers and writes the records.  A Ctrl-C lands in the
+main thread, wherever it waits.
+"""
+
+from __future__ import annotations
+
+from .main import demo, demo_handle_result, demo_work, main
+
+__all__ = ["demo", "demo_handle_result", "demo_work", "main"]
