@@ -27,6 +27,7 @@ from .errors import (
     SerializationError,
 )
 from .payload import Pickled, Segments, dump, new_prefix
+from .process import pickling_as_if_spawning
 from .protocol import Kind
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
@@ -100,11 +101,15 @@ class BossWorkerAsync:
             # A spawned Boss gets its handlers by pickling (by reference):
             # find out now, with a clear message, rather than in the child.
             try:
-                pickle.dumps(spec, protocol=PICKLE_PROTOCOL)
+                # As the spawn will: multiprocessing objects (Queue, Lock, ...)
+                # in the handlers' state travel with the Process arguments.
+                with pickling_as_if_spawning():
+                    pickle.dumps(spec, protocol=PICKLE_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
                     f"under start_method={method!r} the handlers must be importable module-level "
-                    f"functions (lambdas and closures need 'fork'): {exc}"
+                    f"functions (lambdas and closures need 'fork'), and multiprocessing objects they "
+                    f"hold must come from multiprocessing.get_context({method!r}): {exc}"
                 ) from exc
         self._result_handler = result_handler
         self._start_method = method
