@@ -7,7 +7,6 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
 import time
 import warnings
 import weakref
@@ -27,7 +26,7 @@ from .errors import (
     SerializationError,
 )
 from .payload import Pickled, Segments, dump, new_prefix
-from .process import pickling_as_if_spawning
+from .process import pickle_as_if_spawning
 from .protocol import Kind
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
@@ -103,8 +102,7 @@ class BossWorkerAsync:
             try:
                 # As the spawn will: multiprocessing objects (Queue, Lock, ...)
                 # in the handlers' state travel with the Process arguments.
-                with pickling_as_if_spawning():
-                    pickle.dumps(spec, protocol=PICKLE_PROTOCOL)
+                pickle_as_if_spawning(spec, PICKLE_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
                     f"under start_method={method!r} the handlers must be importable module-level "

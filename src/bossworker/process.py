@@ -22,6 +22,7 @@ __all__ = [
     "close_inherited",
     "exit_now",
     "ignore_interrupts",
+    "pickle_as_if_spawning",
     "pickling_as_if_spawning",
     "preload_parent_death_signal",
     "set_parent_death_signal",
@@ -100,6 +101,17 @@ class _SpawnProbe:
 
     def DupFd(self, fd: int) -> int:
         return fd
+
+
+def pickle_as_if_spawning(obj: object, protocol: int) -> bytes:
+    """``obj`` pickled as multiprocessing pickles a spawned child's arguments
+    (see :func:`pickling_as_if_spawning`); raises what that pickling raises."""
+    from multiprocessing.reduction import ForkingPickler
+
+    with pickling_as_if_spawning():
+        # ForkingPickler: multiprocessing's reducers (connections, shared
+        # memory arenas) are registered with it, not with plain pickle.
+        return bytes(ForkingPickler.dumps(obj, protocol))
 
 
 @contextlib.contextmanager
