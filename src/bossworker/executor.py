@@ -182,9 +182,10 @@ def _settle_cancel(future: _TaskFuture, dropped: bool | None) -> bool:
     if dropped:
         # No answer will ever come for it: cancel it, and tell wait() and
         # as_completed() (they only count a cancel once it is "notified").
-        futures.Future.cancel(future)
-        future.set_running_or_notify_cancel()
-        return True
+        # (It may have been failed meanwhile by shutdown(kill=True).)
+        if futures.Future.cancel(future):
+            future.set_running_or_notify_cancel()
+        return future.cancelled()
     if dropped is False:
         # A worker has it: it can no longer be cancelled, so it is running.
         with future._condition:  # re-entrant: the calls below take it again
@@ -209,7 +210,10 @@ class _Core:
         self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
         self.timeout = timeout
         self.pid = os.getpid()
-        self.lock = threading.Lock()  # guards the fields below
+        # Guards the fields below.  Re-entrant: the finalizer of a dropped
+        # Executor calls shutdown() from whatever thread the garbage collector
+        # runs in, possibly one that holds this lock already.
+        self.lock = threading.RLock()
         self.futures: dict[int, _TaskFuture] = {}  # job id -> its future, until answered
         self.shutting_down = False
         self.killed = False
@@ -714,6 +718,9 @@ def _map(
         fs.append(future)
 
     def results() -> Iterator[T]:
+        # Holds the executor: one dropped while its map is still being read
+        # must not shut down under it.
+        owner = executor  # noqa: F841
         refill = False
         try:
             while True:
