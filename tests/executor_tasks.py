@@ -139,3 +139,9 @@ def write_file(path: str, seconds: float) -> str:
     time.sleep(seconds)
     Path(path).write_text("done")
     return path
+
+
+def put_into(queue: Any, job: Any) -> Any:
+    """A BossWorkerAsync work handler holding a multiprocessing Queue."""
+    queue.put(job)
+    return job

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import gc
+import glob
 import itertools
 import multiprocessing
 import os
@@ -29,6 +31,7 @@ import pytest
 import executor_tasks as tasks
 from bossworker import (
     BossDiedError,
+    BossWorkerAsync,
     BossWorkerError,
     Executor,
     InvalidArgumentError,
@@ -254,6 +257,20 @@ def test_cancel_from_several_threads_at_once(tmp_path: Path) -> None:
         running.result(timeout=20)
 
 
+@pytest.mark.timeout(60)
+def test_cancel_frees_a_queued_tasks_shared_memory_segment(tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    with Executor(1) as ex:
+        running = blocked(ex, gate)
+        big = ex.submit(len, b"x" * (1024 * 1024))  # travels through /dev/shm
+        prefix = ex.pool._client.segments.prefix
+        assert prefix is not None and glob.glob(glob.escape(prefix) + "*")
+        assert big.cancel()
+        assert glob.glob(glob.escape(prefix) + "*") == []
+        gate.open()
+        running.result(timeout=20)
+
+
 # -- map ------------------------------------------------------------------------------------
 
 
@@ -341,6 +358,20 @@ def test_initializer_gets_multiprocessing_objects(start_method: str) -> None:
         got = sorted(queue.get(timeout=20) for _ in range(20))
     assert got == list(range(20))
     assert value.value == 20 and event.is_set()
+    queue.close()
+    queue.join_thread()
+
+
+@pytest.mark.timeout(60)
+def test_a_spawned_pool_takes_a_queue_in_its_handler_state() -> None:
+    """The engine itself, not only the Executor: the spawn pre-check used to
+    reject a Queue with a message about lambdas."""
+    queue = multiprocessing.get_context("spawn").Queue()
+    handler = functools.partial(tasks.put_into, queue)
+    with BossWorkerAsync(handler, worker_count=1, start_method="spawn") as bw:
+        bw.add_work(*range(5))
+        assert sorted(bw.results()) == list(range(5))
+        assert sorted(queue.get(timeout=20) for _ in range(5)) == list(range(5))
     queue.close()
     queue.join_thread()
 
@@ -440,9 +471,10 @@ def test_shutdown_without_waiting_still_finishes_the_work(start_method: str, tmp
     with pytest.raises(RuntimeError, match="after shutdown") as info:
         ex.submit(tasks.square, 1)
     assert isinstance(info.value, ShutDownError)
+    assert queued[-1].cancel()  # queued work can still be cancelled
     gate.open()
     assert running.result(timeout=20) == "first"
-    assert [f.result(timeout=20) for f in queued] == [i * i for i in range(5)]
+    assert [f.result(timeout=20) for f in queued[:-1]] == [i * i for i in range(4)]
     ex.shutdown()  # again, waiting: returns once everything is gone
     assert not ex._core.thread.is_alive()
 
@@ -475,6 +507,26 @@ def test_shutdown_kill_stops_at_once(start_method: str, tmp_path: Path) -> None:
             f.result(timeout=5)
     assert not boss.is_running() or boss.status() == psutil.STATUS_ZOMBIE
     ex.shutdown()  # harmless
+
+
+@pytest.mark.timeout(90)
+def test_shutdown_in_the_middle_of_traffic_repeated() -> None:
+    """Graceful and killing shutdowns while answers stream in, 15 times each:
+    never a hang, every future ends, a graceful one loses nothing."""
+    for round_ in range(30):
+        kill = round_ % 2 == 1
+        ex = Executor(2, start_method="fork")
+        fs = [ex.submit(tasks.square, i) for i in range(150)]
+        ex.shutdown(wait=True, kill=kill)
+        assert not ex._core.thread.is_alive()
+        for i, f in enumerate(fs):
+            assert f.done()
+            if not kill:
+                assert f.result() == i * i
+            elif f.exception() is not None:
+                assert isinstance(f.exception(), ShutDownError)
+            else:
+                assert f.result() == i * i
 
 
 @pytest.mark.timeout(60)
