@@ -218,7 +218,9 @@ class _Core:
         self.shutting_down = False
         self.killed = False
         self.broken: BaseException | None = None  # set when the Boss died
-        self.cancel_lock = threading.Lock()  # one cancel round trip at a time
+        # One cancel round trip at a time.  Re-entrant: an abandoned map()
+        # cancels its leftovers when collected, possibly inside a cancel.
+        self.cancel_lock = threading.RLock()
         # Taken around every pool.shut_down(): the collector's graceful one
         # and a kill from another thread must not reap the Boss together.
         self.stop_lock = threading.Lock()
