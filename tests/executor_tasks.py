@@ -145,3 +145,10 @@ def put_into(queue: Any, job: Any) -> Any:
     """A BossWorkerAsync work handler holding a multiprocessing Queue."""
     queue.put(job)
     return job
+
+
+def init_once(marker: str) -> None:
+    """Succeeds in the first worker only: every later one fails."""
+    if os.path.exists(marker):
+        raise RuntimeError("init fails from now on")
+    Path(marker).touch()

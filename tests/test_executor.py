@@ -391,6 +391,21 @@ def test_failing_initializer_fails_the_constructor(start_method: str) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_tasks_fail_with_worker_init_error_when_no_replacement_can_start(tmp_path: Path) -> None:
+    with Executor(1, initializer=tasks.init_once, initargs=(str(tmp_path / "marker"),)) as ex:
+        assert isinstance(ex.submit(tasks.die, "kill").exception(timeout=20), WorkerDiedError)
+        error = ex.submit(tasks.square, 2).exception(timeout=40)
+        assert isinstance(error, WorkerInitError) and "init fails from now on" in str(error)
+
+
+def test_max_workers_defaults_to_the_cpus_we_may_use() -> None:
+    expected = getattr(os, "process_cpu_count", os.cpu_count)() or 1
+    with Executor() as ex:
+        assert ex.max_workers == expected
+        assert ex.pool.stats().workers_alive == expected
+
+
+@pytest.mark.timeout(60)
 def test_max_tasks_per_child_replaces_workers(start_method: str) -> None:
     with Executor(1, start_method=start_method, max_tasks_per_child=2) as ex:
         pids = [ex.submit(tasks.pid).result(timeout=20) for _ in range(6)]
