@@ -288,6 +288,11 @@ def test_map_keeps_input_order_and_surfaces_exceptions_in_place(start_method: st
         assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
         with pytest.raises(ValueError, match="bad item 4"):
             next(results)
+        # An item that cannot be pickled fails in place, like a task's exception.
+        results = ex.map(tasks.square, [1, threading.Lock(), 3])
+        assert next(results) == 1
+        with pytest.raises(SerializationError):
+            next(results)
         # With chunks, the failing item fails its chunk (items 3..5 here).
         results = ex.map(tasks.fail_at, range(9), itertools.repeat(4), chunksize=3)
         assert [next(results) for _ in range(3)] == [0, 1, 2]

@@ -68,6 +68,8 @@ T = TypeVar("T")
 # answer, or the socket closing, wakes it at once, so this only bounds how
 # long an idle collector sleeps.
 _IDLE_WAIT = 3600.0
+# map() sends the tasks it submits up front this many to a send.
+_BATCH = 512
 
 
 # -- worker side -----------------------------------------------------------------
@@ -234,31 +236,46 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> _TaskFuture:
-        if not callable(fn):
-            raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
-        try:
-            pickled = dump((fn, args, kwargs))
-        except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
-            pickled = None
-            error: BaseException = SerializationError(
-                f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) cannot be pickled: {exc}"
-            )
-            error.__cause__ = exc
+        return self.submit_many([(fn, args, kwargs)], limit)[0]
+
+    def submit_many(
+        self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], limit: float
+    ) -> list[_TaskFuture]:
+        """Submit several calls with one send (``map`` sends its first batch
+        so: one system call and one Boss wake-up instead of one per task)."""
+        pickled: list[Any] = []
+        for fn, args, kwargs in calls:
+            if not callable(fn):
+                raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+            try:
+                pickled.append(dump((fn, args, kwargs)))
+            except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
+                error = SerializationError(
+                    f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
+                    f"cannot be pickled: {exc}"
+                )
+                error.__cause__ = exc
+                pickled.append(error)
         with self.lock:
             if self.broken is not None:
                 raise BossDiedError(f"the executor is broken: {self.broken}; create a new one")
             if self.shutting_down:
                 raise ShutDownError("cannot schedule new futures after shutdown")
-            if pickled is None:
-                future = _TaskFuture(self, 0, limit)
-                future.set_exception(error)
-                return future
             # Registered under the lock that the collector takes to find a
-            # future, so its answer cannot arrive before it is registered.
-            job_id = self.client.add_jobs([pickled], limit)[0]
-            future = _TaskFuture(self, job_id, limit)
-            self.futures[job_id] = future
-            return future
+            # future, so an answer cannot arrive before its future exists.
+            sendable = [p for p in pickled if not isinstance(p, SerializationError)]
+            ids = iter(self.client.add_jobs(sendable, limit) if sendable else [])
+            result = []
+            for p in pickled:
+                if isinstance(p, SerializationError):
+                    future = _TaskFuture(self, 0, limit)
+                    future.set_exception(p)
+                else:
+                    job_id = next(ids)
+                    future = _TaskFuture(self, job_id, limit)
+                    self.futures[job_id] = future
+                result.append(future)
+            return result
 
     # -- cancelling ----------------------------------------------------------
 
@@ -711,13 +728,16 @@ def _map(
         task = next(tasks, None)
         return None if task is None else core.submit(task[0], task[1], {}, limit)
 
-    # Submitted now, as the standard library does (errors show at the call).
+    # Submitted now, as the standard library does (errors show at the call),
+    # in batches: one send each.
     fs: deque[_TaskFuture] = deque()
-    for _ in itertools.repeat(None) if buffersize is None else range(buffersize):
-        future = submit_next()
-        if future is None:
+    first = tasks if buffersize is None else itertools.islice(tasks, buffersize)
+    while True:
+        batch: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+        batch = [(task_fn, args, {}) for task_fn, args in itertools.islice(first, _BATCH)]
+        if not batch:
             break
-        fs.append(future)
+        fs.extend(core.submit_many(batch, limit))
 
     def results() -> Iterator[T]:
         # Holds the executor: one dropped while its map is still being read
