@@ -280,6 +280,51 @@ class Executor(_FutureSystem):
             return ex.submit(fn, job).result()
 
 
+class ExecutorMap(Executor):
+    key = "executor_map"
+    label = "ProcessPoolExecutor.map (input order)"
+    per_job = False  # a reference for bossworker.Executor.map, not a target peer
+
+    def map(self, jobs: Sequence[Any]) -> list[Any]:
+        return list(self.ex.map(self.fn, jobs))
+
+
+class BwExecutor(_FutureSystem):
+    """bossworker.Executor, the concurrent.futures front end (issue 11)."""
+
+    key = "bw_executor"
+    label = "bossworker.Executor (submit + as_completed)"
+    module = "bossworker"
+    per_job = False  # bossworker itself: not a peer for the targets
+
+    def start(self, fn: Callable[[Any], Any]) -> None:
+        from bossworker import Executor as BwExec
+
+        self.fn = fn
+        self.ex = BwExec(WORKERS)
+
+    def stop(self) -> None:
+        self.ex.shutdown(wait=True)
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ex.shutdown(kill=True)
+
+    def cold(self, fn: Callable[[Any], Any], job: Any) -> Any:
+        from bossworker import Executor as BwExec
+
+        with BwExec(WORKERS) as ex:
+            return ex.submit(fn, job).result()
+
+
+class BwExecutorMap(BwExecutor):
+    key = "bw_executor_map"
+    label = "bossworker.Executor.map (input order)"
+
+    def map(self, jobs: Sequence[Any]) -> list[Any]:
+        return list(self.ex.map(self.fn, jobs))
+
+
 class Loky(_FutureSystem):
     key = "loky"
     label = "loky"
@@ -512,6 +557,9 @@ SYSTEMS: dict[str, System] = {
         MpPool(),
         MpPool(big_chunks=True),
         Executor(),
+        ExecutorMap(),
+        BwExecutor(),
+        BwExecutorMap(),
         Loky(),
         Pebble(),
         Mpire(),
@@ -1317,7 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
         run_workload(
             results,
             "rtt",
-            [*POOLS, "raw_1"],
+            [*POOLS, "bw_executor", "raw_1"],
             sizes.rtt_reps,
             measure_rtt(sizes.rtt_jobs),
             limit,

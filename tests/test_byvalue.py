@@ -82,3 +82,20 @@ def test_without_cloudpickle_the_error_names_the_extra() -> None:
     assert out.startswith("SerializationError:"), out + proc.stderr
     assert "bossworker[cloudpickle]" in out
     assert "work" in out
+
+
+@pytest.mark.timeout(90)
+def test_a_closure_over_a_queue_travels_by_value_under_spawn() -> None:
+    """cloudpickle with multiprocessing's reducers: the Queue's pipes travel
+    as they do in a Process's arguments, through the Boss to each worker."""
+    import multiprocessing
+
+    from bossworker import BossWorkerAsync
+
+    queue = multiprocessing.get_context("spawn").Queue()
+    with BossWorkerAsync(lambda job: queue.put(job * 2), worker_count=2, start_method="spawn") as bw:
+        bw.add_work(*range(5))
+        assert len(list(bw.results())) == 5
+        assert sorted(queue.get(timeout=20) for _ in range(5)) == [0, 2, 4, 6, 8]
+    queue.close()
+    queue.join_thread()

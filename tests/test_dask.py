@@ -31,8 +31,9 @@ if "CI" not in os.environ:  # CI installs the extra: there, a missing Dask must 
     pytest.importorskip("distributed", reason="the 'dask' extra is not installed")
 
 import dask_handlers
+import executor_tasks
 import handlers
-from bossworker import BossWorkerAsync, NoPendingResultsError, ShutDownError, WorkerInitError
+from bossworker import BossWorkerAsync, Executor, NoPendingResultsError, ShutDownError, WorkerInitError
 from bossworker.dask import DaskBackend
 from dask_cluster import DaskCluster
 from waiting import wait_until
@@ -418,3 +419,16 @@ def _connections(p: psutil.Process) -> list[Any]:
         return list(p.net_connections(kind="inet"))
     except psutil.Error:
         return []
+
+
+@pytest.mark.timeout(120)
+def test_executor_on_the_dask_backend(dask_cluster: DaskCluster) -> None:
+    """bossworker.Executor over Dask: the same futures; a cancel never takes a
+    task back there (the Dask Boss hands every job to the scheduler at once)."""
+    with Executor(2, backend=DaskBackend(dask_cluster.address)) as ex:
+        assert list(ex.map(executor_tasks.square, range(10))) == [i * i for i in range(10)]
+        with pytest.raises(ValueError, match="on dask"):
+            ex.submit(executor_tasks.raise_value_error, "on dask").result(timeout=60)
+        f = ex.submit(executor_tasks.sleep_then, 0.5, "kept")
+        assert not f.cancel()
+        assert f.result(timeout=60) == "kept"

@@ -54,3 +54,22 @@ def test_stats_example() -> None:
     out = run(sys.executable, "examples/stats_example.py")
     assert out.returncode == 0, out.stderr
     assert "completed=20" in out.stdout.splitlines()[-1]
+
+
+def test_executor_example() -> None:
+    out = run(sys.executable, "examples/executor_example.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[0, 1, 4, 9, 16]",
+        "[36, 49]",
+        "worker died: exit code 3",
+        "timed out",
+        "64",
+    ]
+
+
+def test_readme_executor_section_is_the_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples/executor_example.py").read_text()
+    body = example.split("from __future__ import annotations\n\n", 1)[1]
+    assert body in readme

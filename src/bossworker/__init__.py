@@ -22,10 +22,15 @@ from .errors import (
     BossWorkerError,
     InvalidArgumentError,
     NoPendingResultsError,
+    RemoteTraceback,
     SerializationError,
     ShutDownError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerDiedError,
     WorkerInitError,
 )
+from .executor import Executor, ExecutorOptions
 from .pool import BossWorkerAsync
 from .stats import Stats
 
@@ -34,11 +39,17 @@ __all__ = [
     "BossDiedError",
     "BossWorkerAsync",
     "BossWorkerError",
+    "Executor",
+    "ExecutorOptions",
     "InvalidArgumentError",
     "NoPendingResultsError",
+    "RemoteTraceback",
     "SerializationError",
     "ShutDownError",
     "Stats",
+    "TaskError",
+    "TaskTimeoutError",
+    "WorkerDiedError",
     "WorkerInitError",
 ]
 

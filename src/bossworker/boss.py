@@ -211,6 +211,7 @@ class Boss:
         self.completed = 0
         self.failed = 0
         self.timed_out = 0
+        self.cancelled = 0  # dropped from the queue by a CANCEL: never answered
         self.workers_started = 0
 
     # -- the loop ------------------------------------------------------------
@@ -290,6 +291,7 @@ class Boss:
             self.main_open = False
             return
         decoder.buffer_updated(n)
+        cancels: list[int] = []
         for frame in decoder.take():
             kind = frame.kind
             if kind == Kind.JOB:
@@ -299,8 +301,35 @@ class Boss:
                 self.draining = True
             elif kind == Kind.STATS_REQUEST:
                 self._send_to_main(encode(Kind.STATS, 0, self._stats_json()))
+            elif kind == Kind.CANCEL:
+                cancels.append(frame.job_id)
             else:
                 log.error("unexpected %s frame from main; ignored", Kind(kind).name)
+        if cancels:
+            self._cancel(cancels)
+
+    def _cancel(self, job_ids: list[int]) -> None:
+        """Drop the jobs in ``job_ids`` that still wait in the queue, and
+        answer each CANCEL.  A job sent ahead to a worker counts as started:
+        taking it back would race with the worker starting it.
+
+        All the CANCELs of one read are handled in one pass over the queue,
+        so cancelling many queued jobs at once stays linear."""
+        wanted = set(job_ids)
+        dropped: set[int] = set()
+        kept: deque[bytes | bytearray] = deque()
+        for raw in self.queue:
+            job_id = Frame.parse(raw).job_id
+            if job_id in wanted:
+                dropped.add(job_id)
+                self.config.worker.segments.discard(job_id)
+            else:
+                kept.append(raw)
+        if dropped:
+            self.queue = kept
+            self.cancelled += len(dropped)
+        for job_id in job_ids:
+            self._send_to_main(encode(Kind.CANCEL_REPLY, job_id, b"\x01" if job_id in dropped else b"\x00"))
 
     def _send_to_main(self, data: bytes | bytearray) -> None:
         self.main_out.append(data)
@@ -339,6 +368,7 @@ class Boss:
                 "completed": self.completed,
                 "failed": self.failed,
                 "timed_out": self.timed_out,
+                "cancelled": self.cancelled,
                 "queued": len(self.queue) + sum(max(0, len(w.inflight) - 1) for w in alive),
                 "running": sum(1 for w in alive if w.inflight and w.state is WorkerState.SERVING),
                 "workers_alive": len(alive),

@@ -17,10 +17,12 @@ it, never by ``import bossworker``.
 
 from __future__ import annotations
 
+import collections
+import io
 import pickle
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "INSTALL_HINT",
@@ -41,30 +43,49 @@ class ByValue:
     Calling it calls the wrapped callable with the same arguments.
     """
 
-    __slots__ = ("_blob", "fn")
+    __slots__ = ("fn",)
 
-    def __init__(self, fn: Callable[..., Any], blob: bytes | None = None) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self._blob = blob
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Callable[[bytes], ByValue], tuple[bytes]]:
-        if self._blob is None:
-            import cloudpickle
-
-            self._blob = cloudpickle.dumps(self.fn, protocol=pickle.HIGHEST_PROTOCOL)
-        return _load, (self._blob,)
+        # Pickled afresh for every child, never cached: what it holds may be
+        # multiprocessing objects whose descriptors are passed to one child.
+        return _load, (_cloudpickle(self.fn),)
 
     def __repr__(self) -> str:
         return f"ByValue({self.fn!r})"
 
 
+def _cloudpickle(obj: object) -> bytes:
+    """``obj`` by cloudpickle, with multiprocessing's reducers (connections,
+    queues' pipes, shared-memory arenas) in force as in a spawn's own
+    pickling: a closure over a ``Queue`` then travels as the ``Queue``
+    would in a ``Process``'s arguments (this runs inside ``Process.start``)."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import cloudpickle
+
+    class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # untyped base
+        # A class attribute: the C pickler reads dispatch_table when it is
+        # made.  ForkingPickler keeps its reducers (the documented registry
+        # multiprocessing.reduction.register) under a private name.
+        dispatch_table: ClassVar[collections.ChainMap[Any, Any]] = collections.ChainMap(
+            getattr(ForkingPickler, "_extra_reducers", {}), cloudpickle.CloudPickler.dispatch_table
+        )
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
 def _load(blob: bytes) -> ByValue:
     # cloudpickle's output is plain pickle data: the standard loader reads it
     # (cloudpickle must be importable here only if the data refers to it).
-    return ByValue(pickle.loads(blob), blob)
+    return ByValue(pickle.loads(blob))
 
 
 def main_is_importable() -> bool:
@@ -86,8 +107,12 @@ def needs_by_value(fn: Callable[..., Any]) -> bool:
         return False
     if getattr(fn, "__module__", None) == "__main__" and not main_is_importable():
         return True
+    from .process import pickle_as_if_spawning
+
     try:
-        pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        # As a spawn pickles: a partial over a multiprocessing Queue travels
+        # by reference, with the Queue's own reducer.
+        pickle_as_if_spawning(fn, pickle.HIGHEST_PROTOCOL)
     except Exception:  # noqa: BLE001 - any failure means "not by reference"
         return True
     return False

@@ -76,6 +76,11 @@ class Client:
         self._stats_asked = 0
         self._stats_replies: dict[int, dict[str, Any]] = {}
         self._stats_got = 0
+        # CANCEL round trips: the Boss answers CANCELs in the order it got
+        # them, so the n-th CANCEL_REPLY answers the n-th CANCEL sent.
+        self._cancels_sent = 0
+        self._cancel_replies: dict[int, bool] = {}  # reply number -> dropped
+        self._cancels_got = 0
         self._ready = False
         self._init_error: str | None = None
         self._init_failure = 0  # an InitFailure
@@ -247,6 +252,12 @@ class Client:
             elif kind == Kind.STATS:
                 self._stats_got += 1
                 self._stats_replies[self._stats_got] = json.loads(bytes(frame.payload))
+            elif kind == Kind.CANCEL_REPLY:
+                self._cancels_got += 1
+                dropped = bytes(frame.payload) == b"\x01"
+                self._cancel_replies[self._cancels_got] = dropped
+                if dropped:
+                    self._pending -= 1  # no result will ever come for it
             elif kind == Kind.READY:
                 self._ready = True
             elif kind == Kind.INIT_FAILED:
@@ -414,6 +425,35 @@ class Client:
             if mine not in self._stats_replies:
                 raise BossDiedError("the Boss process died before it answered")
             return self._stats_replies.pop(mine)
+
+    def cancel_jobs(self, job_ids: Sequence[int]) -> list[bool | None]:
+        """Ask the Boss to drop these jobs if they still wait in its queue.
+
+        One round trip for the lot; returns, in order, True for each job
+        dropped (it will never be answered and no longer counts as pending),
+        False for one the Boss did not drop (a worker has it, it is done, or
+        the id is unknown), and None where no answer came because the Boss
+        is gone or the pool was closed.  Allowed after :meth:`stop_accepting`: cancelling is how a
+        shutdown drops queued work.
+        """
+        if not job_ids:
+            return []
+        with self._cond:
+            if self._eof or self._closed:
+                return [None] * len(job_ids)
+            first = self._cancels_sent + 1
+            self._cancels_sent += len(job_ids)
+            last = self._cancels_sent
+            for job_id in job_ids:
+                self._queue_bytes(encode(Kind.CANCEL, job_id))
+            target = self._queued_total
+        try:
+            self.flush(target)
+        except BossDiedError:
+            return [None] * len(job_ids)
+        with self._cond:
+            self.wait_for(lambda: self._cancels_got >= last, None)
+            return [self._cancel_replies.pop(n, None) for n in range(first, last + 1)]
 
     def stop_accepting(self) -> bool:
         """No more add_work. Returns False if it had already stopped."""

@@ -764,6 +764,10 @@ class DaskBoss:
                 self._maybe_finish()
         elif kind == Kind.STATS_REQUEST:
             self._spawn(self._answer_stats())
+        elif kind == Kind.CANCEL:
+            # Jobs go to the scheduler as soon as they arrive: none waits
+            # here to be dropped, so a cancel never succeeds on Dask.
+            self._send(encode(Kind.CANCEL_REPLY, frame.job_id, b"\x00"))
         else:
             log.error("unexpected %s frame from main; ignored", Kind(kind).name)
 

@@ -7,31 +7,54 @@ catches all of them::
     ├── InvalidArgumentError        you passed something we cannot use (also a
     │                               TypeError and a ValueError)
     ├── SerializationError          a job (or a handler under spawn) cannot be pickled
-    ├── ShutDownError               you already shut the pool down
+    ├── ShutDownError               you already shut the pool (or Executor) down
+    │                               (also a RuntimeError, as concurrent.futures raises)
     ├── NoPendingResultsError       a blocking wait would never end: nothing is pending
     ├── BossDiedError               the Boss process is gone; the pool is broken
-    └── WorkerInitError             no worker could start (its init_handler raised
-                                    or overran init_timeout, or no process could be made)
+    ├── WorkerInitError             no worker could start (its init_handler raised
+    │                               or overran init_timeout, or no process could be made)
+    │
+    │   What one task's future raises (bossworker.Executor):
+    ├── TaskTimeoutError            the task ran past its time limit (also a TimeoutError)
+    ├── WorkerDiedError             the task's worker died under it (also a
+    │                               concurrent.futures.process.BrokenProcessPool)
+    └── TaskError                   the task failed in a way that cannot be re-raised
+                                    as its own exception (unpicklable exception, ...)
 
-A failure *inside one job* is never raised: it travels back as that job's
-result, ``{"ERROR": "..."}``, so one bad job never poisons the pool.  A job
-that ran out of time gets exactly ``{"ERROR": TIMED_OUT_ERROR}``.
+    RemoteTraceback                 not raised: the ``__cause__`` of a task's own
+                                    exception re-raised in main, carrying the
+                                    worker-side traceback text
+
+A failure *inside one job* is never raised by the queue API: it travels back
+as that job's result, ``{"ERROR": "..."}``, so one bad job never poisons the
+pool.  A job that ran out of time gets exactly ``{"ERROR": TIMED_OUT_ERROR}``.
+The Executor turns the same answers into exceptions raised by that one
+future's ``result()``: the task's own exception, or one of the three above.
 """
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
+
 __all__ = [
     "INIT_TIMEOUT_ERROR",
     "NOT_IMPORTABLE_HINT",
+    "NO_WORKER_COULD_START_PREFIX",
     "PROTOCOL_VIOLATION_ERROR",
+    "RESULT_NOT_PICKLABLE_PREFIX",
     "START_FAILED_ERROR",
     "TIMED_OUT_ERROR",
+    "WORKER_DIED_PREFIX",
     "BossDiedError",
     "BossWorkerError",
     "InvalidArgumentError",
     "NoPendingResultsError",
+    "RemoteTraceback",
     "SerializationError",
     "ShutDownError",
+    "TaskError",
+    "TaskTimeoutError",
+    "WorkerDiedError",
     "WorkerInitError",
 ]
 
@@ -67,6 +90,16 @@ NOT_IMPORTABLE_HINT = (
     "interactive session, or inside 'if __name__ == \"__main__\":' cannot be found there "
     "(move it to a module, or use start_method='fork')"
 )
+# How the engine's ERROR texts begin, for the answers the Boss or a worker
+# writes on a job's behalf.  The Executor tells them apart by these prefixes
+# (tests/test_executor.py pins each one), so keep them in step with the
+# texts in boss.py and worker.py.
+#: A job whose worker died under it: ``... (SIGKILL) while running this job``.
+WORKER_DIED_PREFIX = "BossWorkerAsync: worker died ("
+#: A job whose return value the worker could not pickle.
+RESULT_NOT_PICKLABLE_PREFIX = "BossWorkerAsync: result could not be pickled"
+#: A job answered because no worker could get through its init_handler.
+NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
 
 class BossWorkerError(Exception):
@@ -86,8 +119,12 @@ class SerializationError(BossWorkerError):
     """
 
 
-class ShutDownError(BossWorkerError):
-    """The pool has been shut down and can take no more work."""
+class ShutDownError(BossWorkerError, RuntimeError):
+    """The pool has been shut down and can take no more work.
+
+    Also a :class:`RuntimeError`: ``concurrent.futures`` executors raise that
+    for a ``submit()`` after ``shutdown()``, and code catching it keeps working.
+    """
 
 
 class NoPendingResultsError(BossWorkerError):
@@ -109,3 +146,60 @@ class WorkerInitError(BossWorkerError):
     (a process or file limit).  The message carries the last failure: the
     worker-side traceback, the timeout, or the system's error.
     """
+
+
+class TaskTimeoutError(BossWorkerError, TimeoutError):
+    """A task ran past its time limit; raised by that task's future only.
+
+    Its worker was interrupted (SIGALRM) or, if that did not stop it (C code),
+    killed and replaced; the other tasks carry on.  ``timeout`` is the limit
+    in seconds.
+    """
+
+    def __init__(self, message: str, timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class WorkerDiedError(BossWorkerError, BrokenProcessPool):
+    """The worker running a task died (a signal, ``os._exit``, a segfault, the
+    OOM killer); raised by that task's future only.
+
+    Unlike ``ProcessPoolExecutor``, whose whole pool breaks, the Executor
+    replaces the worker and stays usable; this is a ``BrokenProcessPool`` so
+    that code written to catch that keeps working.  ``reason`` is how the
+    worker ended (``"SIGKILL"``, ``"exit code 3"``); ``exitcode`` is the
+    multiprocessing-style exit code (negative for a signal), or None if it
+    is not known.
+    """
+
+    def __init__(self, message: str, reason: str = "", exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.exitcode = exitcode
+
+
+class TaskError(BossWorkerError):
+    """A task failed and its own exception cannot be raised in main: it could
+    not be pickled (or unpickled), or the engine reported the failure as text.
+
+    ``type_name`` is the original exception's qualified type name (empty if
+    unknown); the worker-side traceback is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, type_name: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class RemoteTraceback(Exception):
+    """The worker-side traceback of a task's exception, attached to that
+    exception as its ``__cause__`` when it is re-raised in main (as
+    ``ProcessPoolExecutor`` does), so a printed traceback shows both sides."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -7,7 +7,6 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -30,6 +29,7 @@ from .errors import (
     SerializationError,
 )
 from .payload import Pickled, Segments, dump, new_prefix
+from .process import pickle_as_if_spawning
 from .protocol import Kind
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
@@ -129,11 +129,15 @@ class BossWorkerAsync:
             # A spawned Boss gets its handlers by pickling (by reference):
             # find out now, with a clear message, rather than in the child.
             try:
-                pickle.dumps(spec, protocol=PICKLE_PROTOCOL)
+                # As the spawn will: multiprocessing objects (Queue, Lock, ...)
+                # in the handlers' state travel with the Process arguments.
+                pickle_as_if_spawning(spec, PICKLE_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(
-                    f"under start_method={method!r} the handlers must be importable module-level "
-                    f"functions (lambdas and closures need 'fork'): {exc}"
+                    f"under start_method={method!r} the handlers and what they hold must pickle "
+                    f"(module-level functions of an importable module, or anything with the "
+                    f"cloudpickle extra), and multiprocessing objects they hold must come from "
+                    f"multiprocessing.get_context({method!r}): {exc}"
                 ) from exc
         self._result_handler = result_handler
         self._start_method = method

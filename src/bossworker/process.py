@@ -14,7 +14,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn, Protocol
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "close_inherited",
     "exit_now",
     "ignore_interrupts",
+    "pickle_as_if_spawning",
+    "pickling_as_if_spawning",
     "preload_parent_death_signal",
     "set_parent_death_signal",
     "signal_description",
@@ -88,6 +90,50 @@ def close_inherited(objects: Iterable[Closable]) -> None:
     for obj in objects:
         with contextlib.suppress(OSError):
             obj.close()
+
+
+class _SpawnProbe:
+    """Stands in for multiprocessing's spawning ``Popen`` while we only try
+    whether something pickles: descriptors are named, not duplicated."""
+
+    def duplicate_for_child(self, fd: int) -> int:
+        return fd
+
+    def DupFd(self, fd: int) -> int:
+        return fd
+
+
+def pickle_as_if_spawning(obj: object, protocol: int) -> bytes:
+    """``obj`` pickled as multiprocessing pickles a spawned child's arguments
+    (see :func:`pickling_as_if_spawning`); raises what that pickling raises."""
+    from multiprocessing.reduction import ForkingPickler
+
+    with pickling_as_if_spawning():
+        # ForkingPickler: multiprocessing's reducers (connections, shared
+        # memory arenas) are registered with it, not with plain pickle.
+        return bytes(ForkingPickler.dumps(obj, protocol))
+
+
+@contextlib.contextmanager
+def pickling_as_if_spawning() -> Iterator[None]:
+    """Pickle as multiprocessing does while it starts a spawned child.
+
+    multiprocessing's ``Queue``, ``Lock``, ``Event``, ``Value`` ... refuse to
+    pickle except while a child is being spawned, when they travel in the
+    ``Process`` arguments ("should only be shared between processes through
+    inheritance").  A check that the handlers pickle, made ahead of starting
+    the Boss, must see them as the spawn will, or it rejects exactly what the
+    start itself would accept.  Still refused, as by a real spawn: a lock
+    made in a ``fork`` context (multiprocessing's own message says so).
+    """
+    from multiprocessing import context
+
+    previous = context.get_spawning_popen()
+    context.set_spawning_popen(_SpawnProbe())  # type: ignore[arg-type]  # duck-typed
+    try:
+        yield
+    finally:
+        context.set_spawning_popen(previous)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -86,6 +86,10 @@ class Kind(IntEnum):
     INIT_FAILED = 8  # worker -> Boss, Boss -> main: payload = UTF-8 traceback
     STATS_REQUEST = 9  # main -> Boss: please send a STATS frame
     STATS = 10  # Boss -> main: payload = JSON object of counters
+    # (20 and up: kept apart from the numbers above so that kinds added
+    # elsewhere meanwhile do not collide.)
+    CANCEL = 20  # main -> Boss: drop job ``job_id`` if it still waits in the queue
+    CANCEL_REPLY = 21  # Boss -> main: payload = b"\x01" dropped, b"\x00" not (started, done or unknown)
 
 
 class InitFailure(IntEnum):

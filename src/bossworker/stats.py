@@ -14,9 +14,9 @@ __all__ = ["Stats"]
 class Stats:
     """Counters of a pool at one moment, from :meth:`BossWorkerAsync.stats`.
 
-    ``queued + running + completed == added`` always holds: a job counts as
-    queued from ``add_work`` until a worker starts it, wherever it waits
-    (main's socket, the Boss's queue, or sent ahead to a busy worker).
+    ``queued + running + completed + cancelled == added`` always holds: a job
+    counts as queued from ``add_work`` until a worker starts it, wherever it
+    waits (main's socket, the Boss's queue, or sent ahead to a busy worker).
     """
 
     added: int  # jobs handed to add_work
@@ -29,21 +29,24 @@ class Stats:
     workers_started: int  # worker processes started in all, replacements included
     jobs_per_worker: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
     # ^ jobs done by each live worker, by pid
+    cancelled: int = 0  # dropped from the queue before they started (Executor futures' cancel())
 
     @classmethod
     def from_boss(cls, added: int, boss: Mapping[str, Any]) -> Stats:
         """Combine main's count of jobs added with the Boss's counters."""
         completed = int(boss["completed"])
         running = int(boss["running"])
+        cancelled = int(boss.get("cancelled", 0))
         per_worker = {int(pid): int(n) for pid, n in boss["jobs_per_worker"].items()}
         return cls(
             added=added,
             completed=completed,
             failed=int(boss["failed"]),
             timed_out=int(boss["timed_out"]),
-            queued=max(0, added - completed - running),
+            queued=max(0, added - completed - running - cancelled),
             running=running,
             workers_alive=int(boss["workers_alive"]),
             workers_started=int(boss["workers_started"]),
             jobs_per_worker=MappingProxyType(per_worker),
+            cancelled=cancelled,
         )

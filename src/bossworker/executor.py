@@ -1,0 +1,780 @@
+"""``bossworker.Executor``: a ``concurrent.futures.Executor`` on the Boss and its workers.
+
+Who does what::
+
+    caller threads                main process                          Boss and workers
+    submit(fn, *a, **kw) --> pickle (fn, a, kw); add a job -----------> queue --> worker: _call()
+    future.cancel()      --> CANCEL round trip ------------------------> dropped if still queued
+    future.result()      <-- collector thread: next answer, completes <-- RESULT | ERROR | TIMED_OUT
+                             that job's future
+
+The pool underneath is an ordinary :class:`~bossworker.BossWorkerAsync` whose
+work handler is :func:`_call`: every task is the job ``(fn, args, kwargs)``.
+So dead workers, time limits, recycling and shared-memory payloads are the
+engine's, unchanged; this module only turns jobs into futures and answers
+into results or exceptions.
+
+One background thread, the *collector*, reads answers and completes futures,
+so that ``wait()``, ``as_completed()`` and callbacks work while nobody calls
+``result()`` (as ``ProcessPoolExecutor``'s manager thread does).  It ends
+when the Boss's socket closes: after a shutdown, once every answer is in, or
+at once on ``shutdown(kill=True)``; it then fails whatever is still
+unanswered with the reason and stops the pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+from .backend import Backend
+from .errors import (
+    NO_WORKER_COULD_START_PREFIX,
+    RESULT_NOT_PICKLABLE_PREFIX,
+    WORKER_DIED_PREFIX,
+    BossDiedError,
+    BossWorkerError,
+    InvalidArgumentError,
+    RemoteTraceback,
+    SerializationError,
+    ShutDownError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerDiedError,
+    WorkerInitError,
+)
+from .payload import PICKLE_PROTOCOL, dump
+from .pool import BossWorkerAsync, _check_timeout
+from .protocol import Flag, Frame, Kind
+from .worker import _JobTimeout
+
+__all__ = ["Executor", "ExecutorOptions"]
+
+T = TypeVar("T")
+
+# The collector waits this long for an answer before it looks again; any
+# answer, or the socket closing, wakes it at once, so this only bounds how
+# long an idle collector sleeps.
+_IDLE_WAIT = 3600.0
+# map() sends the tasks it submits up front this many to a send.
+_BATCH = 512
+
+
+# -- worker side -----------------------------------------------------------------
+
+
+class _Raised:
+    """What :func:`_call` returns instead of a value when the task raised.
+
+    The exception travels pickled (inside the answer's pickle), so that one
+    that pickles but cannot be unpickled in main still arrives as text.
+    """
+
+    __slots__ = ("exc_pickle", "tb", "text", "type_name")
+
+    def __init__(self, exc_pickle: bytes | None, type_name: str, text: str, tb: str) -> None:
+        self.exc_pickle = exc_pickle
+        self.type_name = type_name
+        self.text = text
+        self.tb = tb
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Raised, (self.exc_pickle, self.type_name, self.text, self.tb))
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> _Raised:
+        tb = "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception_only(exc)).strip()
+        kind = type(exc)
+        type_name = f"{kind.__module__}.{kind.__qualname__}"
+        exc_pickle: bytes | None
+        try:
+            exc_pickle = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+            pickle.loads(exc_pickle)  # some exceptions pickle but cannot be rebuilt
+        except Exception:  # noqa: BLE001 - any failure means: send the text instead
+            exc_pickle = None
+        return cls(exc_pickle, type_name, text, tb)
+
+    def exception(self) -> BaseException:
+        """The task's exception, rebuilt in main, remote traceback as ``__cause__``."""
+        exc: BaseException | None = None
+        if self.exc_pickle is not None:
+            with contextlib.suppress(Exception):
+                exc = pickle.loads(self.exc_pickle)
+        if not isinstance(exc, BaseException):
+            exc = TaskError(
+                f"{self.text} (raised in the worker; the exception itself could not be "
+                "pickled, so it arrives as this TaskError with its text and traceback)",
+                self.type_name,
+            )
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{self.tb}"""')
+        return exc
+
+
+def _call(job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+    """The one work handler of every Executor: run ``fn(*args, **kwargs)``.
+
+    An exception (any ``BaseException``, as ``ProcessPoolExecutor`` does) is
+    caught here and returned as a :class:`_Raised`, so it reaches main as an
+    object, not as the engine's ERROR text.  The engine's own time-limit
+    signal is let through: the engine answers that job TIMED_OUT.
+    """
+    fn, args, kwargs = job
+    try:
+        return fn(*args, **kwargs)
+    except _JobTimeout:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
+        return _Raised.from_exception(exc)
+
+
+def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
+    """``map(..., chunksize=n)``: one task runs ``n`` calls, in order."""
+    return [fn(*args) for args in chunk]
+
+
+# -- main side: futures ----------------------------------------------------------
+
+
+class _TaskFuture(futures.Future[Any]):
+    """A standard Future whose :meth:`cancel` can also take a task back from
+    the Boss's queue.
+
+    Why a round trip rather than holding tasks in main until a worker is
+    free: every task goes to the Boss at once, so the Boss can pipeline tiny
+    tasks to busy workers (our throughput comes from that), and a cancel is
+    rare and cheap (one frame each way, well under a millisecond).
+    """
+
+    def __init__(self, core: _Core, job_id: int, limit: float) -> None:
+        super().__init__()
+        self._core = core
+        self._job_id = job_id
+        self._limit = limit
+
+    def cancel(self) -> bool:
+        """Cancel the task if no worker has it yet; True if it is cancelled.
+
+        Succeeds while the task waits in main or in the Boss's queue.  Fails
+        (False) once the Boss has handed it to a worker (even one that has
+        not started it yet), or when it is done; from then on
+        :meth:`running` is True until it is done.
+        """
+        if self.done():
+            return self.cancelled()
+        if self.running():
+            return False
+        return self._core.cancel([self])[0]
+
+
+def _settle_cancel(future: _TaskFuture, dropped: bool | None) -> bool:
+    """Apply the Boss's answer to a cancel of ``future``; return cancel()'s value."""
+    if dropped:
+        # No answer will ever come for it: cancel it, and tell wait() and
+        # as_completed() (they only count a cancel once it is "notified").
+        # (It may have been failed meanwhile by shutdown(kill=True).)
+        if futures.Future.cancel(future):
+            future.set_running_or_notify_cancel()
+        return future.cancelled()
+    if dropped is False:
+        # A worker has it: it can no longer be cancelled, so it is running.
+        with future._condition:  # re-entrant: the calls below take it again
+            if not future.done() and not future.running():
+                future.set_running_or_notify_cancel()
+    return future.cancelled()
+
+
+# -- main side: the engine state -----------------------------------------------
+
+
+class _Core:
+    """Everything an Executor runs on; the Executor itself is a thin front.
+
+    Futures and the collector thread hold this, never the Executor, so an
+    Executor dropped without ``shutdown()`` can be collected: its finalizer
+    then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
+    """
+
+    def __init__(self, pool: BossWorkerAsync, timeout: float) -> None:
+        self.pool = pool
+        self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
+        self.timeout = timeout
+        self.pid = os.getpid()
+        # Guards the fields below.  Re-entrant: the finalizer of a dropped
+        # Executor calls shutdown() from whatever thread the garbage collector
+        # runs in, possibly one that holds this lock already.
+        self.lock = threading.RLock()
+        self.futures: dict[int, _TaskFuture] = {}  # job id -> its future, until answered
+        self.shutting_down = False
+        self.killed = False
+        self.broken: BaseException | None = None  # set when the Boss died
+        # One cancel round trip at a time.  Re-entrant: an abandoned map()
+        # cancels its leftovers when collected, possibly inside a cancel.
+        self.cancel_lock = threading.RLock()
+        # Taken around every pool.shut_down(): the collector's graceful one
+        # and a kill from another thread must not reap the Boss together.
+        self.stop_lock = threading.Lock()
+        self.thread = threading.Thread(
+            target=self._collect, name="bossworker-executor-collector", daemon=True
+        )
+        self.thread.start()
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+    ) -> _TaskFuture:
+        return self.submit_many([(fn, args, kwargs)], limit)[0]
+
+    def submit_many(
+        self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], limit: float
+    ) -> list[_TaskFuture]:
+        """Submit several calls with one send (``map`` sends its first batch
+        so: one system call and one Boss wake-up instead of one per task)."""
+        pickled: list[Any] = []
+        for fn, args, kwargs in calls:
+            if not callable(fn):
+                raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+            try:
+                pickled.append(dump((fn, args, kwargs)))
+            except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
+                error = SerializationError(
+                    f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
+                    f"cannot be pickled: {exc}"
+                )
+                error.__cause__ = exc
+                pickled.append(error)
+        with self.lock:
+            if self.broken is not None:
+                raise BossDiedError(f"the executor is broken: {self.broken}; create a new one")
+            if self.shutting_down:
+                raise ShutDownError("cannot schedule new futures after shutdown")
+            # Registered under the lock that the collector takes to find a
+            # future, so an answer cannot arrive before its future exists.
+            sendable = [p for p in pickled if not isinstance(p, SerializationError)]
+            ids = iter(self.client.add_jobs(sendable, limit) if sendable else [])
+            result = []
+            for p in pickled:
+                if isinstance(p, SerializationError):
+                    future = _TaskFuture(self, 0, limit)
+                    future.set_exception(p)
+                else:
+                    job_id = next(ids)
+                    future = _TaskFuture(self, job_id, limit)
+                    self.futures[job_id] = future
+                result.append(future)
+            return result
+
+    # -- cancelling ----------------------------------------------------------
+
+    def cancel(self, fs: Iterable[_TaskFuture]) -> list[bool]:
+        """Cancel these futures where the Boss still holds their tasks; one
+        round trip for all.  Returns each future's ``cancel()`` value."""
+        fs = list(fs)
+        with self.cancel_lock:  # two cancels of one future must not both ask
+            asked = [f for f in fs if not f.done() and not f.running()]
+            answers = self.client.cancel_jobs([f._job_id for f in asked]) if asked else []
+            dropped = dict(zip(map(id, asked), answers, strict=True))
+            with self.lock:
+                for f, answer in zip(asked, answers, strict=True):
+                    if answer:
+                        self.futures.pop(f._job_id, None)
+            return [_settle_cancel(f, dropped.get(id(f))) if id(f) in dropped else f.cancelled() for f in fs]
+
+    # -- shutting down -------------------------------------------------------
+
+    def shutdown(self, wait: bool, cancel_futures: bool, kill: bool) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked copy of main: the pool is not ours to stop
+        with self.lock:
+            first = not self.shutting_down
+            self.shutting_down = True
+            kill = kill and not self.killed
+            self.killed = self.killed or kill
+            pending = list(self.futures.values())
+        if cancel_futures and pending:
+            self.cancel(pending)
+        if kill:
+            # Closes the socket: the collector wakes and fails what is left.
+            with self.stop_lock, contextlib.suppress(BossWorkerError):
+                self.pool.shut_down(force=True)
+        elif first:
+            # The Boss finishes the queue, says BYE and leaves; the collector
+            # sees the socket close once every answer is in.
+            with contextlib.suppress(BossWorkerError):
+                self.client.send_control(Kind.SHUTDOWN)
+        if wait and threading.current_thread() is not self.thread:
+            self.thread.join()
+
+    # -- the collector -------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Complete futures as answers come, until the socket closes."""
+        client = self.client
+        error: BaseException | None = None
+        while True:
+            try:
+                frame = client.next_result(blocking=True, timeout=_IDLE_WAIT)
+            except BossWorkerError as exc:  # the Boss died (or a forced stop said so)
+                error = exc
+                break
+            if frame is not None:
+                self._complete(frame)
+            elif client.eof_or_closed:
+                break
+        self._finish(error)
+
+    def _complete(self, frame: Frame) -> None:
+        with self.lock:
+            future = self.futures.pop(frame.job_id, None)
+        outcome = self._outcome(frame, future._limit if future is not None else 0.0)
+        if future is None:
+            return  # cannot happen: every job has a future until answered
+        ok, value = outcome
+        with contextlib.suppress(futures.InvalidStateError):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
+        """An answer frame as (True, value) or (False, exception)."""
+        kind = frame.kind
+        if kind == Kind.RESULT:
+            try:
+                if frame.flags & Flag.SEGMENT:
+                    value = self.client.segments.load(frame.job_id, "r")
+                else:
+                    value = pickle.loads(frame.payload)
+            except Exception as exc:  # noqa: BLE001 - this task's failure only
+                error = SerializationError(f"the task's result could not be unpickled in main: {exc!r}")
+                error.__cause__ = exc
+                return False, error
+            if type(value) is _Raised:
+                return False, value.exception()
+            return True, value
+        if kind == Kind.TIMED_OUT:
+            return False, TaskTimeoutError(
+                f"the task ran past its time limit of {limit:g} s; it was stopped (its worker "
+                "killed and replaced if it had to be), and the other tasks carry on",
+                limit,
+            )
+        return False, _error_from_text(bytes(frame.payload).decode("utf-8", "replace"))
+
+    def _finish(self, error: BaseException | None) -> None:
+        """The socket is closed: fail what is unanswered, stop the pool."""
+        with self.lock:
+            left = list(self.futures.values())
+            self.futures.clear()
+            killed = self.killed
+            if not killed and not self.shutting_down:
+                self.broken = error or BossDiedError("the Boss process died")
+            self.shutting_down = True
+        for future in left:
+            reason: BaseException
+            if killed:
+                reason = ShutDownError(
+                    "the executor was stopped with shutdown(kill=True) before this task finished"
+                )
+            else:
+                reason = BossDiedError(f"the Boss process died before this task finished ({error})")
+            with contextlib.suppress(futures.InvalidStateError):
+                future.set_exception(reason)
+        with self.stop_lock:
+            if not self.killed:  # else the killing thread stops the pool
+                with contextlib.suppress(BossWorkerError):
+                    self.pool.shut_down()
+
+
+def _error_from_text(text: str) -> BaseException:
+    """The exception for an ERROR the engine wrote on a task's behalf."""
+    error: BaseException
+    if text.startswith(WORKER_DIED_PREFIX):
+        reason = text[len(WORKER_DIED_PREFIX) :].split(")", 1)[0]
+        error = WorkerDiedError(
+            f"the worker running this task died ({reason}); it was replaced and the executor "
+            "carries on (unlike ProcessPoolExecutor, whose whole pool would now be broken)",
+            reason,
+            _exitcode(reason),
+        )
+    elif text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
+        error = SerializationError(f"the task's return value could not be pickled in the worker: {text}")
+    elif text.startswith(NO_WORKER_COULD_START_PREFIX):
+        error = WorkerInitError(f"no worker could run the initializer, so this task never ran: {text}")
+    else:
+        error = TaskError(text)
+    error.__cause__ = RemoteTraceback(f'\n"""\n{text}\n"""')
+    return error
+
+
+def _exitcode(reason: str) -> int | None:
+    """``"SIGKILL"`` -> -9, ``"exit code 3"`` -> 3 (multiprocessing's convention)."""
+    import signal
+
+    if reason.startswith("exit code "):
+        with contextlib.suppress(ValueError):
+            return int(reason[len("exit code ") :])
+        return None
+    if reason.startswith("signal "):
+        with contextlib.suppress(ValueError):
+            return -int(reason[len("signal ") :])
+        return None
+    try:
+        return -int(signal.Signals[reason])
+    except KeyError:
+        return None
+
+
+# -- interpreter exit ------------------------------------------------------------
+
+_live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    """At interpreter exit, finish the work of every Executor still open (as
+    ``ProcessPoolExecutor`` does): submitted tasks complete, nothing is left."""
+    for core in list(_live_cores):
+        with contextlib.suppress(Exception):
+            core.shutdown(wait=True, cancel_futures=False, kill=False)
+
+
+# Run before the interpreter joins its threads and before atexit callbacks
+# (where the pools' own finalizers would force-stop them), like
+# concurrent.futures' own hook.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - every CPython since 3.9 has it
+    import atexit
+
+    atexit.register(_at_exit)
+
+
+# -- the public class ------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise InvalidArgumentError(f"{name} must be greater than 0, not {value}")
+    return value
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)()  # 3.13+: the CPUs we may use
+    return count or 1
+
+
+class Executor(futures.Executor):
+    """A ``concurrent.futures.Executor`` whose tasks run on bossworker's Boss
+    and workers: a drop-in for ``ProcessPoolExecutor`` that does not break.
+
+    ``Executor(max_workers=None, mp_context=None, initializer=None,
+    initargs=(), *, max_tasks_per_child=None, start_method=None,
+    timeout=None, backend=None)``:
+
+    * ``max_workers``: worker processes (default: the CPUs this process may
+      use).  They start in the constructor, not on the first submit.
+    * ``mp_context``: a multiprocessing context; only its start method is
+      used.  ``start_method``: the same, by name (fork where it exists).
+      Multiprocessing objects passed to the workers (``initargs``) must come
+      from that context, as with ``ProcessPoolExecutor``.
+    * ``initializer(*initargs)`` runs once in each worker before its first
+      task; ``initargs`` may hold multiprocessing ``Queue``, ``Lock``,
+      ``Value`` and ``Event`` objects under every start method.  If it
+      fails in every initial worker, the constructor raises
+      :class:`WorkerInitError` with the worker's traceback (the standard
+      library instead breaks the pool at the first submit).  A worker that
+      fails it later is retried with back-off; if no worker can start at
+      all, the queued tasks fail with :class:`WorkerInitError`.
+    * ``max_tasks_per_child``: each worker is replaced after that many
+      tasks (works under ``fork`` too).
+    * ``timeout``: a time limit in seconds for every task (None or 0: none);
+      see :meth:`options` for one call's limit.  A task past it fails with
+      :class:`TaskTimeoutError`; its worker is stopped (killed if it is in C
+      code) and replaced; the other tasks carry on.
+    * ``backend``: where the Boss runs (e.g. the Dask backend).
+
+    Where it differs from ``ProcessPoolExecutor`` on purpose: a worker that
+    dies fails only its own task's future, with :class:`WorkerDiedError` (a
+    ``BrokenProcessPool``), and the executor stays usable; tasks can have
+    time limits; ``map`` takes ``buffersize`` on every Python version;
+    ``shutdown(kill=True)`` stops at once; ``cancel()`` also takes back a task
+    the Boss holds.  ``running()`` is True only once a failed ``cancel()``
+    learned that a worker has the task: main is not told when a worker
+    starts one (that would cost a message per task).  Callbacks run in the
+    collector thread, or in the calling thread if the future is already
+    done, as with the standard library.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        start_method: str | None = None,
+        timeout: float | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        workers = (
+            _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
+        )
+        if max_tasks_per_child is not None:
+            _check_positive_int("max_tasks_per_child", max_tasks_per_child)
+        method = start_method
+        if mp_context is not None:
+            get = getattr(mp_context, "get_start_method", None)
+            if not callable(get):
+                raise InvalidArgumentError(
+                    f"mp_context must be a multiprocessing context (multiprocessing.get_context(...)), "
+                    f"not {type(mp_context).__name__}"
+                )
+            context_method = get()
+            if start_method is not None and start_method != context_method:
+                raise InvalidArgumentError(
+                    f"start_method={start_method!r} contradicts mp_context, whose start method is "
+                    f"{context_method!r}; pass one of them"
+                )
+            method = context_method
+        if method is not None and method not in multiprocessing.get_all_start_methods():
+            raise InvalidArgumentError(
+                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {method!r}"
+            )
+        if initializer is not None and not callable(initializer):
+            raise InvalidArgumentError(f"initializer must be callable, not {type(initializer).__name__}")
+        if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Iterable):
+            raise InvalidArgumentError(
+                f"initargs must be a tuple of arguments for initializer, not {type(initargs).__name__}"
+            )
+        initargs = tuple(initargs)
+        if initargs and initializer is None:
+            raise InvalidArgumentError("initargs were given without an initializer to pass them to")
+        limit = _check_timeout("timeout", timeout)
+        init = functools.partial(initializer, *initargs) if initializer is not None else None
+        pool = BossWorkerAsync(
+            _call,
+            init_handler=init,
+            global_timeout=limit,
+            worker_count=workers,
+            start_method=method,
+            max_jobs_per_worker=max_tasks_per_child,
+            backend=backend,
+        )
+        self._max_workers = workers
+        self._core = _Core(pool, limit)
+        _live_cores.add(self._core)
+        # Dropped without shutdown(): finish the work in the background.
+        finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)
+        finalizer.atexit = False  # _at_exit does it, waiting
+
+    # -- facts ---------------------------------------------------------------
+
+    @property
+    def max_workers(self) -> int:
+        """The number of worker processes."""
+        return self._max_workers
+
+    @property
+    def start_method(self) -> str:
+        """The multiprocessing start method in use."""
+        return self._core.pool.start_method
+
+    @property
+    def pool(self) -> BossWorkerAsync:
+        """The engine underneath (for :meth:`BossWorkerAsync.stats`); do not add work to it."""
+        return self._core.pool
+
+    # -- work ----------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+        """Run ``fn(*args, **kwargs)`` in a worker; return its Future.
+
+        ``fn`` and the arguments are pickled now; if they cannot be, the
+        returned future fails with :class:`SerializationError` (as the
+        standard library's does).  Raises :class:`ShutDownError` (a
+        ``RuntimeError``) after :meth:`shutdown`.
+        """
+        return self._core.submit(fn, args, kwargs, self._core.timeout)
+
+    def options(self, *, timeout: float | None = None) -> ExecutorOptions:
+        """This executor with other options for the tasks submitted through it.
+
+        ``ex.options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2 s
+        limit (0: no limit; None: the executor's ``timeout``) without taking
+        a ``timeout`` argument away from ``fn``.  The result is itself an
+        Executor (``submit``, ``map``, ``loop.run_in_executor``) sharing this
+        one's workers; its ``shutdown()`` does nothing.
+        """
+        limit = self._core.timeout if timeout is None else _check_timeout("timeout", timeout)
+        return ExecutorOptions(self, limit)
+
+    def map(  # buffersize: keyword-only, as added in Python 3.14
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """Like the built-in ``map(fn, *iterables)``, run in the workers.
+
+        Results come in input order; a task's exception is raised when its
+        result is reached; ``timeout`` (seconds, from this call) bounds the
+        whole iteration with ``TimeoutError``.  ``chunksize=n`` sends ``n``
+        calls per task, as ``ProcessPoolExecutor`` does (fewer messages; an
+        exception fails its whole chunk; the Boss already pipelines tiny
+        tasks, so the gain is smaller here).  ``buffersize=n`` (as in Python
+        3.14) keeps at most ``n`` tasks submitted and not yet yielded, reading
+        the iterables lazily: an endless generator runs in flat memory.
+        Without it, every task is submitted now.  Leaving the loop early
+        cancels what has not started.
+        """
+        return _map(self, self._core.timeout, fn, iterables, timeout, chunksize, buffersize)
+
+    # -- shutting down -------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, kill: bool = False) -> None:
+        """Stop taking tasks; free the processes once the work is done.
+
+        As in the standard library: ``wait=True`` returns once every pending
+        task is done and every process is gone; ``wait=False`` returns at
+        once while the work finishes in the background; ``cancel_futures=True``
+        first cancels every task no worker has yet.  Ours: ``kill=True``
+        stops the Boss and every worker at once; the futures not yet done fail
+        with :class:`ShutDownError`.  Harmless to call again (``kill=True``
+        still works after a graceful shutdown began).
+        """
+        self._core.shutdown(bool(wait), bool(cancel_futures), bool(kill))
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = "killed" if core.killed else "shut down" if core.shutting_down else "running"
+        return f"<bossworker.Executor {state} max_workers={self._max_workers} pending={len(core.futures)}>"
+
+
+class ExecutorOptions(futures.Executor):
+    """An :class:`Executor` seen with other task options (see :meth:`Executor.options`)."""
+
+    def __init__(self, executor: Executor, timeout: float) -> None:
+        self._executor = executor
+        self._timeout = timeout
+
+    @property
+    def timeout(self) -> float:
+        """The time limit of tasks submitted through this view (0: none)."""
+        return self._timeout
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+        """:meth:`Executor.submit` with this view's options."""
+        return self._executor._core.submit(fn, args, kwargs, self._timeout)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """:meth:`Executor.map` with this view's options (the limit is per task)."""
+        return _map(self._executor, self._timeout, fn, iterables, timeout, chunksize, buffersize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Does nothing: the view does not own the workers; shut the Executor down."""
+
+
+def _map(
+    executor: Executor,
+    limit: float,
+    fn: Callable[..., T],
+    iterables: tuple[Iterable[Any], ...],
+    timeout: float | None,
+    chunksize: int,
+    buffersize: int | None,
+) -> Iterator[T]:
+    if not callable(fn):
+        raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+    _check_positive_int("chunksize", chunksize)
+    if buffersize is not None:
+        _check_positive_int("buffersize", buffersize)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+        raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    end_time = None if timeout is None else time.monotonic() + timeout
+    core = executor._core
+    calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+    tasks: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
+    if chunksize > 1:
+        tasks = ((_run_chunk, (fn, chunk)) for chunk in _batched(calls, chunksize))
+    else:
+        tasks = ((fn, args) for args in calls)
+
+    def submit_next() -> _TaskFuture | None:
+        task = next(tasks, None)
+        return None if task is None else core.submit(task[0], task[1], {}, limit)
+
+    # Submitted now, as the standard library does (errors show at the call),
+    # in batches: one send each.
+    fs: deque[_TaskFuture] = deque()
+    first = tasks if buffersize is None else itertools.islice(tasks, buffersize)
+    while True:
+        batch: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+        batch = [(task_fn, args, {}) for task_fn, args in itertools.islice(first, _BATCH)]
+        if not batch:
+            break
+        fs.extend(core.submit_many(batch, limit))
+
+    def results() -> Iterator[T]:
+        # Holds the executor: one dropped while its map is still being read
+        # must not shut down under it.
+        owner = executor  # noqa: F841
+        refill = False
+        try:
+            while True:
+                if refill and buffersize is not None:
+                    future = submit_next()
+                    if future is not None:
+                        fs.append(future)
+                refill = True
+                if not fs:
+                    return
+                head = fs.popleft()
+                wait = None if end_time is None else end_time - time.monotonic()
+                try:
+                    value = head.result(wait)
+                except futures.TimeoutError:
+                    if head.done():
+                        raise  # the task's own TimeoutError (or ours: TaskTimeoutError)
+                    head.cancel()
+                    raise
+                del head  # keep no reference to a big result or an exception
+                if chunksize > 1:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            if fs:
+                core.cancel(fs)
+
+    return results()
+
+
+def _batched(iterable: Iterator[T], n: int) -> Iterator[tuple[T, ...]]:
+    """``itertools.batched`` (3.12+)."""
+    while chunk := tuple(itertools.islice(iterable, n)):
+        yield chunk

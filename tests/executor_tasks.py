@@ -1,0 +1,154 @@
+"""Module-level tasks for tests/test_executor.py, importable by spawned workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+# What the initializer stored in this worker (see init_store).
+STATE: dict[str, Any] = {}
+
+
+class CustomError(Exception):
+    """A task's own exception type, with an extra attribute."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message, code)
+        self.code = code
+
+
+class UnpicklableError(Exception):
+    """Carries a lock: it cannot be pickled."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int, *, c: int = 0) -> int:
+    return a + b + c
+
+
+def return_none() -> None:
+    return None
+
+
+def return_error_dict() -> dict[str, str]:
+    return {"ERROR": "this is a value, not a failure"}
+
+
+def raise_value_error(message: str) -> Any:
+    raise ValueError(message)
+
+
+def raise_custom(message: str, code: int) -> Any:
+    raise CustomError(message, code)
+
+
+def raise_unpicklable(message: str) -> Any:
+    raise UnpicklableError(message)
+
+
+def raise_system_exit(code: int) -> Any:
+    raise SystemExit(code)
+
+
+def raise_timeout_error() -> Any:
+    raise TimeoutError("the task's own TimeoutError")
+
+
+def fail_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def unpicklable_result() -> Any:
+    return threading.Lock()
+
+
+def sleep_then(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def block(started: str, release: str, value: Any = None, limit: float = 30.0) -> Any:
+    """Say it started (a file), then wait until the test creates ``release``."""
+    Path(started).touch()
+    deadline = time.monotonic() + limit
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise RuntimeError("never released")
+        time.sleep(0.005)
+    return value
+
+
+def die(how: str) -> Any:
+    """Die mid-task: ``exit`` (os._exit(7)), ``kill`` (SIGKILL) or ``segfault``."""
+    if how == "exit":
+        os._exit(7)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "segfault":
+        import ctypes
+        import faulthandler
+
+        # Deliberate: keep the inherited faulthandler's stack out of the log.
+        faulthandler.disable()
+        ctypes.string_at(0)
+    raise ValueError(how)
+
+
+def long_c_call(iterations: int) -> str:
+    """One long C call: SIGALRM cannot interrupt it, only a kill can."""
+    import hashlib
+
+    return hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", iterations).hex()
+
+
+def init_store(queue: Any, lock: Any, value: Any, event: Any) -> None:
+    STATE.update(queue=queue, lock=lock, value=value, event=event)
+
+
+def use_shared(x: int) -> int:
+    """Put ``x`` in the initializer's queue, count in its Value, set its Event."""
+    with STATE["lock"]:
+        STATE["value"].value += 1
+    STATE["queue"].put(x)
+    STATE["event"].set()
+    return x
+
+
+def init_fail() -> None:
+    raise RuntimeError("init exploded")
+
+
+def write_file(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    Path(path).write_text("done")
+    return path
+
+
+def put_into(queue: Any, job: Any) -> Any:
+    """A BossWorkerAsync work handler holding a multiprocessing Queue."""
+    queue.put(job)
+    return job
+
+
+def init_once(marker: str) -> None:
+    """Succeeds in the first worker only: every later one fails."""
+    if os.path.exists(marker):
+        raise RuntimeError("init fails from now on")
+    Path(marker).touch()
