@@ -104,9 +104,13 @@ class Flag(IntEnum):
     """Bits of a frame's ``flags`` byte."""
 
     # The payload is not in the frame: it waits in a shared-memory segment
-    # named after the job (see bossworker.segments).  Only the Boss's
-    # clean-up ever needs to know.
+    # named after the job (see bossworker.payload.Segments).  Only the
+    # Boss's clean-up ever needs to know.
     SEGMENT = 1
+    # Reserved for outcomes (issue 12), on answer frames:
+    EXCEPTION = 2  # an ERROR whose payload also carries the pickled exception
+    DIED = 4  # an ERROR the Boss made because the job's worker died under it
+    MEMORY = 8  # an ERROR the Boss made because the worker exceeded its memory cap
 
 
 _KINDS = frozenset(int(k) for k in Kind)
