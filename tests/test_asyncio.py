@@ -175,7 +175,7 @@ async def _next_pool_wakes(value: int) -> None:
 
 
 @pytest.mark.timeout(100)
-@pytest.mark.parametrize("how", ["ashut_down", "async_with", "force_from_thread"])
+@pytest.mark.parametrize("how", ["ashut_down", "shut_down_in_loop", "async_with", "force_from_thread"])
 def test_waiters_when_the_socket_closes(how: str) -> None:
     """Item 2: no ValueError from a closed socket's reader, every waiter gets
     its answer, and the loop keeps no registration that would starve the
@@ -190,11 +190,14 @@ def test_waiters_when_the_socket_closes(how: str) -> None:
                 await asyncio.sleep(0)  # the consumer waits; we leave the block
             assert await consumer == [0.01] * 4
             return
-        bw.add_work(*({"seconds": 0.01 if how == "ashut_down" else 30} for _ in range(4)))
+        bw.add_work(*({"seconds": 30 if how == "force_from_thread" else 0.01} for _ in range(4)))
         waiters = [asyncio.create_task(bw.aget_result()) for _ in range(6)]
         await asyncio.sleep(0)
-        if how == "ashut_down":
-            await asyncio.create_task(bw.ashut_down())
+        if how != "force_from_thread":
+            if how == "ashut_down":
+                await asyncio.create_task(bw.ashut_down())
+            else:
+                bw.shut_down()  # blocking: the waiters run only once the socket is closed
             got = await asyncio.gather(*waiters, return_exceptions=True)
             # Four get the results; two are told nothing is pending any more.
             assert sorted(type(g).__name__ for g in got) == ["NoPendingResultsError"] * 2 + ["dict"] * 4
