@@ -132,7 +132,8 @@ def test_results_in_the_socket_survive_the_boss_death(start_method: str, first_c
             with pytest.raises(BossDiedError):
                 bw.stats()
         else:
-            bw.shut_down()  # nothing lost: no BossDiedError
+            with pytest.raises(BossDiedError, match="5 result"):
+                bw.shut_down()  # it reports the Boss's death; the results stay
         assert bw.pending() == 5
         assert sorted(bw.get_result() for _ in range(5)) == list(range(5))
         with pytest.raises(NoPendingResultsError):

@@ -107,12 +107,6 @@ class Client:
         return self._eof and not self._bye
 
     @property
-    def lost(self) -> int:
-        """After the Boss died: the pending jobs whose results never came
-        (those read before its death stay retrievable)."""
-        return self._pending - len(self._results) if self.boss_died else 0
-
-    @property
     def eof_or_closed(self) -> bool:
         """Nothing more will ever be read."""
         return self._eof or self._closed

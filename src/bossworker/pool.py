@@ -259,8 +259,8 @@ class BossWorkerAsync:
         elif died:
             client.discard_orphan_segments()
         client.close()
-        if died and client.lost:
-            raise BossDiedError(f"the Boss process died with {client.lost} result(s) pending")
+        if died and client.pending:
+            raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
 
     def __enter__(self) -> BossWorkerAsync:
         return self
