@@ -15,8 +15,20 @@ the common case):
   reply from another, and a waiter with a short timeout is never stuck
   behind one with a long one.
 
+Whoever waits for input also pushes out what is queued to send (and watches
+the socket for room while output is queued), so frames queued by a sender
+that gave up (a cancelled ``aadd_work()``) are never stranded.
+
 A closed socket without a BYE means the Boss died: every call that needs it
 raises :class:`~bossworker.errors.BossDiedError` instead of waiting forever.
+Before saying so, main reads what the socket still holds: results the Boss
+sent before it died stay retrievable.  A forced stop is not a death: calls
+waiting when ``shut_down(force=True)`` begins raise
+:class:`~bossworker.errors.ShutDownError`.
+
+Listeners (the asyncio front end, see :mod:`bossworker.aio`) are called after
+every change a waiter may care about: results or replies filed, end-of-file,
+a forced stop, the socket closing, the last pending result taken.
 """
 
 from __future__ import annotations
@@ -65,7 +77,7 @@ class Client:
         self._sock = sock
         self.handle = handle
         self._decoder = Decoder(read_size)
-        self._cond = threading.Condition()  # guards everything below
+        self._cond = threading.Condition()  # guards everything below (an RLock)
         self._out = SendQueue()  # frames queued for the Boss
         self._queued_total = 0  # bytes ever queued
         self._sent_total = 0  # bytes ever sent
@@ -86,8 +98,13 @@ class Client:
         self._init_failure = 0  # an InitFailure
         self._bye = False
         self._eof = False
+        self._peer_gone = False  # the Boss is gone: what the socket holds is all that will come
+        self._forced = False  # shut_down(force=True) has begun
         self._accepting = True  # add_work allowed
-        self._closed = False  # socket closed (or about to be)
+        self._closed = False  # socket shut down by us (the descriptor may live on, see close())
+        self._fd_holds = 0  # waits that use the descriptor (see hold_fd)
+        self._fd_closed = False
+        self._listeners: list[Callable[[], None]] = []
 
     # -- state ---------------------------------------------------------------
 
@@ -111,8 +128,63 @@ class Client:
         """Nothing more will ever be read."""
         return self._eof or self._closed
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
+    @property
+    def forced(self) -> bool:
+        """``shut_down(force=True)`` has begun."""
+        return self._forced
+
+    @property
+    def wants_to_send(self) -> bool:
+        """Bytes are queued that the socket has not taken yet."""
+        return bool(self._out) and not (self._closed or self._peer_gone)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change a waiter may care about.
+
+        It is called from any thread, possibly with this client's lock held:
+        it must not block, and must not wait for another thread that may
+        need this client.
+        """
+        with self._cond:
+            self._listeners.append(listener)
+
+    def _wake_all(self) -> None:
+        """Wake every waiter, blocking ones and listeners (lock held)."""
+        self._cond.notify_all()
+        for listener in self._listeners:
+            listener()
+
+    # -- the descriptor's lifetime -------------------------------------------
+    #
+    # close() may run in one thread while others wait on the socket: a reader
+    # in select(), an event loop with a reader registered.  Closing the
+    # descriptor under them would free its number for the next file opened:
+    # the select() would wait on someone else's file, and an event loop would
+    # keep a registration that silently never fires for the next socket to get
+    # that number.  So close() shuts the socket down (every wait on it wakes:
+    # it reads as end-of-file) and closes the descriptor only once nobody
+    # holds it; otherwise the last holder closes it.
+
+    def hold_fd(self) -> int | None:
+        """Keep the descriptor (and its number) until :meth:`release_fd`.
+
+        Returns it, or None if the socket is closed (then hold nothing)."""
+        with self._cond:
+            if self._closed:
+                return None
+            self._fd_holds += 1
+            return self._sock.fileno()
+
+    def release_fd(self) -> None:
+        with self._cond:
+            self._fd_holds -= 1
+            self._close_fd_if_unheld()
+
+    def _close_fd_if_unheld(self) -> None:
+        if self._closed and self._fd_holds == 0 and not self._reading and not self._fd_closed:
+            self._fd_closed = True
+            forget_main_socket(self._sock)
+            self._sock.close()
 
     # -- sending -------------------------------------------------------------
     #
@@ -121,7 +193,8 @@ class Client:
     # sender flushes until the bytes it queued are out.  The lock is only
     # held for non-blocking system calls: waiting for a writable socket
     # happens outside it, in select() for blocking callers and in the event
-    # loop for asyncio ones.
+    # loop for asyncio ones.  Readers push out what is queued too, so bytes
+    # whose sender gave up waiting still go out.
 
     def queue_jobs(self, pickles: Sequence[Pickled], timeout: float) -> tuple[list[int], int]:
         """Queue one JOB frame per pickled job. Returns their ids and the
@@ -129,7 +202,7 @@ class Client:
         with self._cond:
             if not self._accepting:
                 raise ShutDownError("the pool has been shut down; it takes no more work")
-            if self._eof:
+            if self._eof or self._peer_gone:
                 raise BossDiedError("the Boss process has died")
             first = self._next_id
             in_segments = self._store_oversized(pickles, first)
@@ -182,7 +255,8 @@ class Client:
     def forget_jobs(self, count: int) -> None:
         """Undo the pending count of jobs whose sending failed."""
         with self._cond:
-            self._pending -= count
+            if not self._forced:  # a forced stop has already set it to 0
+                self._pending -= count
 
     def queue_control(self, kind: Kind) -> int:
         """Queue a control frame; returns the send target."""
@@ -194,41 +268,60 @@ class Client:
         self._out.append(data)
         self._queued_total += len(data)
 
+    def _push(self) -> None:
+        """Send what the socket takes now (lock held, never blocks)."""
+        while self._out and not (self._closed or self._peer_gone):
+            try:
+                n = send_chunks(self._sock, self._out.chunks())
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EPIPE, ECONNRESET: the Boss has closed its end
+                self._lose_connection()
+                return
+            self._out.consume(n)
+            self._sent_total += n
+
     def try_send(self, target: int) -> bool:
-        """Send what the socket takes now; True once ``target`` bytes are out."""
+        """Send what the socket takes now; True once ``target`` bytes are out.
+
+        Raises :class:`BossDiedError` if the Boss is gone, and
+        :class:`ShutDownError` if the pool was shut down meanwhile."""
         with self._cond:
-            while self._sent_total < target:
-                try:
-                    n = send_chunks(self._sock, self._out.chunks())
-                except (BlockingIOError, InterruptedError):
-                    return False
-                except OSError as exc:  # EPIPE, ECONNRESET, EBADF after close
-                    self._eof = True
-                    self._cond.notify_all()
-                    raise BossDiedError("the Boss process has died") from exc
-                self._out.consume(n)
-                self._sent_total += n
-            return True
+            self._push()
+            if self._sent_total >= target:
+                return True
+            if self._closed:
+                raise ShutDownError("the pool was shut down before this work could be sent")
+            if self._peer_gone:
+                raise BossDiedError("the Boss process has died")
+            return False
 
     def flush(self, target: int) -> None:
         """Block until the first ``target`` bytes ever queued have been sent."""
         while not self.try_send(target):
-            # The Boss reads main's socket eagerly, so this wait is short
-            # unless the Boss is gone: look at it now and then, never hang.
-            _, writable, _ = select.select([], [self._sock], [], _LIVENESS_INTERVAL)
+            fd = self.hold_fd()
+            if fd is None:
+                continue  # closed meanwhile: try_send says how
+            try:
+                # The Boss reads main's socket eagerly, so this wait is short
+                # unless the Boss is gone: look at it now and then, never hang.
+                _, writable, _ = select.select([], [fd], [], _LIVENESS_INTERVAL)
+            finally:
+                self.release_fd()
             if not writable and not self.handle.is_alive():
-                self.mark_eof()
+                self.lose_connection()
                 raise BossDiedError("the Boss process has died")
 
     def add_jobs(self, pickles: Sequence[Pickled], timeout: float) -> list[int]:
         """Send one JOB frame per payload; return their ids.
 
-        Either every job is sent or :class:`BossDiedError` is raised.
+        Either every job is sent or :class:`BossDiedError` (or, if the pool
+        is shut down meanwhile, :class:`ShutDownError`) is raised.
         """
         ids, target = self.queue_jobs(pickles, timeout)
         try:
             self.flush(target)
-        except BossDiedError:
+        except (BossDiedError, ShutDownError):
             self.forget_jobs(len(ids))
             raise
         return ids
@@ -238,10 +331,27 @@ class Client:
 
     # -- receiving -----------------------------------------------------------
 
-    def mark_eof(self) -> None:
+    def lose_connection(self) -> None:
+        """The Boss is gone: read what the socket still holds, then mark
+        end-of-file."""
         with self._cond:
-            self._eof = True
-            self._cond.notify_all()
+            self._lose_connection()
+
+    def _lose_connection(self) -> None:
+        # Lock held.  Results the Boss sent before it died may still sit in
+        # the socket: declaring end-of-file before reading them would lose
+        # them.  If another thread is the reader, it reads them (a read that
+        # starts after _peer_gone is set reads to the end, see _read).
+        if self._peer_gone:
+            return
+        self._peer_gone = True
+        if not self._reading and not self._closed:
+            self._reading = True
+            try:
+                self._read(0)
+            finally:
+                self._reading = False
+        self._wake_all()
 
     def _file(self, frames: list[Frame]) -> None:
         """Put decoded frames where their readers look (lock held)."""
@@ -267,19 +377,40 @@ class Client:
                 self._bye = True
 
     def _read(self, wait: float | None) -> None:
-        """As the reader: wait up to ``wait`` seconds (None: no limit) for
-        input, then read and decode all that is there.  Lock NOT held."""
-        if self._closed:
-            return
-        if wait is None or wait > 0:
-            try:
-                readable, _, _ = select.select([self._sock], [], [], wait)
-            except (OSError, ValueError):  # closed under us by a forced stop
+        """As the reader (the caller has set ``_reading``, which keeps the
+        descriptor open): push out what is queued, wait up to ``wait``
+        seconds (None: no limit) for input, then read and file all that is
+        there.  The lock is not held, except by callers passing 0."""
+        with self._cond:
+            if self._closed or self._eof:
                 return
+            self._push()
+            sending = self.wants_to_send
+            waiting = wait != 0 and not self._peer_gone
+        if waiting:
+            readable, writable, _ = select.select([self._sock], [self._sock] if sending else [], [], wait)
             if not readable:
+                if writable:
+                    with self._cond:
+                        self._push()
                 return
+        while True:
+            # A pass that starts once the Boss is known to be gone finds all
+            # it ever sent already in the socket: after it, end-of-file.
+            final = self._peer_gone
+            frames, eof = self._recv_available()
+            with self._cond:
+                self._file(frames)
+                if (eof or final) and not self._closed:
+                    self._eof = True
+                if frames or self._eof:
+                    self._wake_all()
+                if eof or final or not self._peer_gone:
+                    return
+
+    def _recv_available(self) -> tuple[list[Frame], bool]:
+        """Read and decode what the socket holds now; True if it said EOF."""
         frames: list[Frame] = []
-        eof = False
         decoder = self._decoder
         while True:
             buffer = decoder.get_buffer()
@@ -287,37 +418,37 @@ class Client:
             try:
                 n = self._sock.recv_into(buffer)
             except (BlockingIOError, InterruptedError):
-                break
+                return frames, False
             except OSError:
                 n = 0
             finally:
                 buffer.release()
             if not n:
-                eof = True
-                break
+                return frames, True
             decoder.buffer_updated(n)
             frames += decoder.take()
             if n < room:
-                break  # drained for now: spare the system call that says so
-        with self._cond:
-            self._file(frames)
-            if eof:
-                self._eof = True
+                return frames, False  # drained for now: spare the system call that says so
 
     def wait_for(self, done: Callable[[], bool], deadline: float | None) -> bool:
         """Block until ``done()`` (evaluated with the lock held) is true, the
         deadline passes (False), or the socket closes (then ``done()`` is
-        asked once more).  The caller holds the lock."""
+        asked once more).  The socket is read at least once, even if the
+        deadline has passed already.  The caller holds the lock."""
         cond = self._cond
+        looked = False
         while not done():
             if self._eof or self._closed:
                 return done()
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                return False
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if self._reading:
+                if wait == 0:
+                    return False  # the reader files what is there
                 cond.wait(wait)
                 continue
+            if wait == 0 and looked:
+                return False
+            looked = True
             self._reading = True
             cond.release()
             try:
@@ -325,13 +456,15 @@ class Client:
             finally:
                 cond.acquire()
                 self._reading = False
+                self._close_fd_if_unheld()
                 cond.notify_all()
         return True
 
     def poll(self) -> None:
-        """Read whatever is there now, without waiting, unless a reader is
-        already at work (then it will file what comes)."""
+        """Send what is queued and read what is there, without waiting,
+        unless a reader is already at work (then it will file what comes)."""
         with self._cond:
+            self._push()
             if self._reading or self._eof or self._closed:
                 return
             self._reading = True
@@ -340,44 +473,69 @@ class Client:
         finally:
             with self._cond:
                 self._reading = False
+                self._close_fd_if_unheld()
                 self._cond.notify_all()
 
     def next_result(self, blocking: bool, timeout: float | None) -> Frame | None:
         """The next result frame, oldest first, or None (see get_result)."""
         with self._cond:  # the common case: a result was read already
-            if self._results:
+            if self._results and not self._forced:
                 return self._take_result()
         if not blocking:
             self.poll()
-            frame, _final = self.result_or_verdict(must_be_pending=False)
-            return frame  # None, or BossDiedError if the Boss died with results due
+            with self._cond:
+                if self._forced:
+                    return None  # discarded, or about to be
+                frame, _final = self.result_or_verdict(must_be_pending=False)
+                return frame  # None, or BossDiedError if the Boss died with results due
         deadline = None if timeout is None else time.monotonic() + timeout
         must_be_pending = timeout is None  # else work may still come from another thread
         with self._cond:  # re-entrant: result_or_verdict takes it again
+            forced_before = self._forced
             while True:
-                frame, final = self.result_or_verdict(must_be_pending)
+                frame, final = self.result_or_verdict(must_be_pending, forced_before)
                 if frame is not None or final:
                     return frame
-                if not self.wait_for(
-                    lambda: bool(self._results) or (must_be_pending and self._pending == 0), deadline
-                ):
-                    return self.result_or_verdict(must_be_pending=False)[0]
+                self.wait_for(
+                    lambda: (
+                        bool(self._results)
+                        or (self._forced and not forced_before)
+                        or (must_be_pending and self._pending == 0)
+                    ),
+                    deadline,
+                )
+                if deadline is not None and time.monotonic() >= deadline:
+                    return self.result_or_verdict(False, forced_before)[0]
 
     def _take_result(self) -> Frame:
         self._pending -= 1
+        if self._pending == 0:
+            self._wake_all()  # waiters with nothing left to wait for must say so
         return self._results.popleft()
 
-    def result_or_verdict(self, must_be_pending: bool) -> tuple[Frame | None, bool]:
+    def result_or_verdict(
+        self, must_be_pending: bool, forced_before: bool = False
+    ) -> tuple[Frame | None, bool]:
         """A result already read, if any (no I/O), and whether waiting is
-        pointless (the socket is closed).  With ``must_be_pending``, raise
-        :class:`NoPendingResultsError` when a wait could never end."""
+        pointless (the socket is closed).  With ``must_be_pending`` (a wait
+        without a time limit), raise rather than return (None, True).
+
+        Raises :class:`ShutDownError` once a forced stop has begun, unless
+        it had begun before this call (``forced_before``) and nothing is
+        pending any more; :class:`NoPendingResultsError` when
+        ``must_be_pending`` and nothing is pending; :class:`BossDiedError`
+        when the Boss died with results due."""
         with self._cond:
+            if self._forced and (self._pending > 0 or not forced_before):
+                raise ShutDownError(
+                    "the pool was stopped with shut_down(force=True); its unretrieved results were discarded"
+                )
             if self._results:
                 return self._take_result(), True
             if must_be_pending and self._pending == 0:
                 raise NoPendingResultsError("no results are pending: get_result() would wait forever")
             if self._eof or self._closed:
-                if self.boss_died and self._pending > 0:
+                if self._pending > 0 and (self.boss_died or must_be_pending):
                     raise BossDiedError(f"the Boss process has died with {self._pending} result(s) pending")
                 return None, True
             return None, False
@@ -412,7 +570,7 @@ class Client:
     def stats(self) -> dict[str, Any]:
         """Ask the Boss for its counters and wait for the answer."""
         with self._cond:
-            if self._eof:
+            if self._eof or self._peer_gone:
                 raise BossDiedError("the Boss process has died")
             if not self._accepting:
                 raise ShutDownError("the pool has been shut down")
@@ -420,11 +578,12 @@ class Client:
             mine = self._stats_asked
         self.send_control(Kind.STATS_REQUEST)
         with self._cond:
-            if not self.wait_for(lambda: mine in self._stats_replies, None):
-                raise BossDiedError("the Boss process died before it answered")
-            if mine not in self._stats_replies:
-                raise BossDiedError("the Boss process died before it answered")
-            return self._stats_replies.pop(mine)
+            self.wait_for(lambda: mine in self._stats_replies or self._forced, None)
+            if mine in self._stats_replies:
+                return self._stats_replies.pop(mine)
+            if self._forced or (self._closed and not self._eof):
+                raise ShutDownError("the pool was shut down before the Boss answered")
+            raise BossDiedError("the Boss process died before it answered")
 
     def cancel_jobs(self, job_ids: Sequence[int]) -> list[bool | None]:
         """Ask the Boss to drop these jobs if they still wait in its queue.
@@ -481,17 +640,25 @@ class Client:
             held = frozenset(f.job_id for f in self._results if f.flags & Flag.SEGMENT)
         self.segments.discard_all(keep_results=held)
 
+    def begin_forced_stop(self) -> None:
+        """``shut_down(force=True)`` begins: calls waiting for results or
+        stats now raise :class:`ShutDownError`, not :class:`BossDiedError`."""
+        with self._cond:
+            self._forced = True
+            self._wake_all()
+
     def close(self) -> None:
-        """Close the socket. A reader blocked on it wakes up at once."""
+        """Shut the socket down: every wait on it wakes up at once (event
+        loops drop their registrations), and the descriptor is closed as
+        soon as no wait uses it (see :meth:`hold_fd`)."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()
-        forget_main_socket(self._sock)
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._wake_all()
+            self._close_fd_if_unheld()
 
     def unpickle_result(self, frame: Frame) -> Any:
         """Turn a result frame into the value get_result() hands out."""

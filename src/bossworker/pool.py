@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -27,6 +28,7 @@ from .errors import (
     BossDiedError,
     InvalidArgumentError,
     SerializationError,
+    ShutDownError,
 )
 from .payload import Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
@@ -53,6 +55,8 @@ DEFAULT_INIT_TIMEOUT = 60.0
 # forced stop waits after SIGTERM, before killing it.
 _JOIN_TIMEOUT = 5.0
 _FORCE_TIMEOUT = 1.0
+# Makes a pool's one SocketWaiter (two would register twice on one loop).
+_WAITER_LOCK = threading.Lock()
 
 
 class BossWorkerAsync:
@@ -264,7 +268,9 @@ class BossWorkerAsync:
         worker's ``exit_handler`` runs, and every result stays retrievable
         with :meth:`get_result` afterwards.  ``force=True``: kill the Boss and
         every worker at once; unretrieved results are discarded and
-        :meth:`pending` becomes 0.  Either way no process of the pool is left
+        :meth:`pending` becomes 0; calls waiting in other threads or tasks
+        (``get_result``, ``aget_result``, ``stats``) raise
+        :class:`ShutDownError`.  Either way no process of the pool is left
         when this returns.  Raises :class:`BossDiedError` if the Boss had
         died with results still to come.
         """
@@ -278,6 +284,8 @@ class BossWorkerAsync:
 
     def _begin_shut_down(self, force: bool) -> bool:
         """Stop taking work. False if there is nothing (more) to do."""
+        if force:
+            self._client.begin_forced_stop()  # before the Boss dies: waiters must not blame it
         return self._client.stop_accepting() or force
 
     def _end_shut_down(self, force: bool) -> None:
@@ -309,14 +317,20 @@ class BossWorkerAsync:
     # wait on main's socket with loop.add_reader / add_writer (see aio.py).
 
     async def aadd_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
-        """:meth:`add_work` that waits in the event loop when the socket is full."""
+        """:meth:`add_work` that waits in the event loop when the socket is full.
+
+        Its jobs are queued before the first wait: if the call is cancelled
+        (``asyncio.wait_for``, a task cancelled), they may still run, and
+        their results come like any other (:meth:`pending` counts them);
+        whoever waits next for results sends what is still queued.
+        """
         from . import aio
 
         payloads, limit = self._pickle_jobs(jobs, timeout)
         ids, target = self._client.queue_jobs(payloads, limit)
         try:
-            await aio.aflush(self._client, target)
-        except BossDiedError:
+            await aio.aflush(self._client, self._socket_waiter(), target)
+        except (BossDiedError, ShutDownError):
             self._client.forget_jobs(len(ids))
             raise
         return ids
@@ -351,7 +365,7 @@ class BossWorkerAsync:
         if not force and not client.boss_died:
             target = client.queue_control(Kind.SHUTDOWN)
             with contextlib.suppress(BossDiedError):
-                await aio.aflush(client, target)
+                await aio.aflush(client, self._socket_waiter(), target)
             await aio.await_condition(client, self._socket_waiter(), lambda: client.bye)
             deadline = time.monotonic() + _JOIN_TIMEOUT
             while handle.is_alive() and time.monotonic() < deadline:
@@ -366,9 +380,13 @@ class BossWorkerAsync:
     def _socket_waiter(self) -> aio.SocketWaiter:
         from . import aio
 
-        if self._waiter is None:
-            self._waiter = aio.SocketWaiter(self._client)
-        return self._waiter
+        waiter = self._waiter
+        if waiter is None:
+            with _WAITER_LOCK:
+                if self._waiter is None:
+                    self._waiter = aio.SocketWaiter(self._client)
+                waiter = self._waiter
+        return waiter
 
     async def __aenter__(self) -> BossWorkerAsync:
         return self
