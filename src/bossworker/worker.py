@@ -15,6 +15,13 @@ already-finished answer down with it.
 Timeouts are enforced twice.  Here, gently: SIGALRM interrupts Python code
 and the worker lives on.  In the Boss, firmly: if no answer comes shortly
 after the deadline (C code that ignores signals), the Boss kills the worker.
+
+Leaving: a worker leads its own process group (the Boss kills the group
+when the worker goes), and before ``os._exit`` it flushes what its handlers
+hold (see :class:`bossworker.process.ExitFlush`), except in a child a
+handler forked that came back into this loop.  Where no parent-death signal
+ends it with its Boss (under forkserver), it watches the Boss's pidfd and
+writes no result segment for a Boss that is gone.
 """
 
 from __future__ import annotations
@@ -31,14 +38,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from .payload import PICKLE_PROTOCOL, Segments, chunks_of, dump
 from .process import (
     Closable,
+    ExitFlush,
+    OwnedFd,
     close_inherited,
     exit_now,
+    has_exited,
     ignore_interrupts,
+    lead_own_group,
+    open_pidfd,
     set_parent_death_signal,
 )
 from .protocol import HEADER, Decoder, Flag, Frame, Kind, SendQueue, encode
@@ -61,6 +73,10 @@ class WorkerSpec:
     read_size: int
     max_jobs: int | None
     segments: Segments = field(default_factory=lambda: Segments(None))
+
+
+class _BossGone(Exception):
+    """The Boss has exited: nobody will take this worker's answers."""
 
 
 class _JobTimeout(BaseException):
@@ -95,12 +111,17 @@ def _send_all(sock: socket.socket, queue: SendQueue) -> None:
         queue.consume(sock.sendmsg(queue.chunks()))
 
 
-def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | bytearray | memoryview]:
+def _run_job(
+    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: OwnedFd | None = None
+) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
     The answer's ``timeout`` field carries how long the job took (wall
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
+
+    Raises :class:`_BossGone` instead of writing a result segment when the
+    pidfd ``boss`` says the Boss has exited (nobody would remove it).
     """
     job_id = frame.job_id
     timeout = frame.timeout
@@ -136,6 +157,8 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
             "utf-8", "replace"
         )
         return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
+    if boss is not None and has_exited(boss):
+        raise _BossGone
     if spec.segments.store(job_id, "r", pickled):
         return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, time.perf_counter() - started)]
     if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
@@ -144,14 +167,29 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
     return [HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started), *chunks]
 
 
-def _leave(spec: WorkerSpec) -> None:
+def _exit(flush: ExitFlush, code: int) -> NoReturn:
+    """Flush what the handlers hold (bounded in time), then exit."""
+    flush.run()
+    exit_now(code)
+
+
+def _leave(spec: WorkerSpec, flush: ExitFlush) -> NoReturn:
     """Run the exit handler (its failure is reported, not raised) and exit."""
     if spec.exit_handler is not None:
         try:
             spec.exit_handler()
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
-    exit_now(EXIT_OK)
+    _exit(flush, EXIT_OK)
+
+
+def _segment_of(answer: list[bytes | bytearray | memoryview]) -> int | None:
+    """The job id if ``answer`` is a RESULT whose payload is in a segment."""
+    head = answer[0]
+    if len(answer) != 1 or len(head) != HEADER.size:
+        return None  # an inline payload follows the header
+    kind, flags, _, job_id, _ = HEADER.unpack(head)
+    return job_id if kind == Kind.RESULT and flags & Flag.SEGMENT else None
 
 
 class _ForkFlag:
@@ -183,10 +221,15 @@ def run_worker(
     inherited: Sequence[Closable] = (),
 ) -> None:
     """The body of a worker process. Never returns: it ends in ``os._exit``."""
+    lead_own_group()  # first: whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
-    if os.getppid() == boss_pid:  # not so under forkserver
-        set_parent_death_signal(boss_pid)
+    boss: OwnedFd | None = None
+    if not (os.getppid() == boss_pid and set_parent_death_signal(boss_pid)):
+        # Under forkserver (or without prctl) nothing kills us with the
+        # Boss: watch it, so as to leave no segment behind for it.
+        boss = open_pidfd(boss_pid, older_than_me=True)
+    flush = ExitFlush()  # after this, what the handlers set up is flushed at exit
     gc.freeze()  # never walk the objects inherited from the Boss (and main)
     forked = _watch_forks()
     sock.setblocking(True)
@@ -201,36 +244,46 @@ def run_worker(
             try:
                 _send_all(sock, out)
             finally:
-                exit_now(EXIT_INIT_FAILED)
+                _exit(flush, EXIT_INIT_FAILED)
     alarm = _Alarm()
     out.append(encode(Kind.READY))
     decoder = Decoder(spec.read_size)
     todo: deque[Frame] = deque()
     done = 0
+    unsent_segment: int | None = None  # a result segment whose frame is not sent yet
     try:
         while True:
             _send_all(sock, out)  # answer before starting the next job
+            unsent_segment = None
             if not todo:
                 n = sock.recv_into(decoder.get_buffer())
                 if not n:  # the Boss is gone
-                    exit_now(EXIT_OK)
+                    _exit(flush, EXIT_OK)
                 decoder.buffer_updated(n)
                 todo.extend(decoder.take())
                 continue
             frame = todo.popleft()
             if frame.kind == Kind.SHUTDOWN:
-                _leave(spec)
-            out.extend(_run_job(spec, alarm, frame))
+                _leave(spec, flush)
+            answer = _run_job(spec, alarm, frame, boss)
             if forked:
                 # The handler forked and its child returned into our loop:
-                # that child must not speak on the Boss's socket.
+                # that child must not speak on the Boss's socket, nor flush
+                # its parent's queues.
                 exit_now(EXIT_OK)
+            unsent_segment = _segment_of(answer)
+            out.extend(answer)
             done += 1
             if spec.max_jobs is not None and done >= spec.max_jobs:
                 _send_all(sock, out)
-                _leave(spec)
-    except (BrokenPipeError, ConnectionResetError):
-        exit_now(EXIT_OK)  # the Boss is gone; nobody is left to answer
+                unsent_segment = None
+                _leave(spec, flush)
+    except (BrokenPipeError, ConnectionResetError, _BossGone):
+        # The Boss is gone; nobody is left to answer, nor to remove the
+        # segment of an answer it never got.
+        if unsent_segment is not None:
+            spec.segments.discard(unsent_segment)
+        _exit(flush, EXIT_OK)
     except BaseException:  # noqa: BLE001 - our own bug: say so and die
         traceback.print_exc(file=sys.stderr)
-        exit_now(1)
+        _exit(flush, 1)
