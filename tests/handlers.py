@@ -366,3 +366,19 @@ def buffer_logs_in_file(path: str) -> None:
     logger.addHandler(logging.handlers.MemoryHandler(10_000, logging.CRITICAL, target))
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def echo_forking_helpers(job: int) -> int:
+    """Echo ``job``; for every hundredth, first fork (without exec) a helper
+    that holds the worker's descriptors for half a second (a double fork:
+    the worker leaves no zombie, the helper stays in the worker's group)."""
+    if job % 100 == 0:
+        child = os.fork()
+        if child == 0:
+            try:
+                if os.fork() == 0:
+                    time.sleep(0.5)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+    return job
