@@ -125,24 +125,29 @@ def segments_of(main_pid: int | None = None) -> list[str]:
 def test_sigkilled_worker_is_noticed_although_its_forked_helper_holds_its_pipes(
     start_method: str, tmp_path: Path
 ) -> None:
-    helper_file, pid_file = tmp_path / "helper", tmp_path / "worker"
-    helper: int | None = None
+    """Five times over in one pool: each worker forks a helper that keeps
+    its descriptors, and is SIGKILLed in a job with jobs queued behind."""
+    helpers: list[int] = []
     bw = BossWorkerAsync(handlers.with_helper, worker_count=1, start_method=start_method)
     try:
-        (first,) = bw.add_work({"helper_file": str(helper_file), "then": "wait", "pid_file": str(pid_file)})
-        later = bw.add_work(*({"n": i} for i in range(3)))  # queued behind it
-        helper, worker = pid_in(helper_file), pid_in(pid_file)
-        os.kill(worker, signal.SIGKILL)
-        got = collect(bw, 4, timeout=10)
-        assert got[first] == DIED_SIGKILL
-        assert {got[j]["pid"] for j in later} != {worker}
-        reaped = "the dead worker being reaped (not left a zombie)"
-        wait_until(lambda: is_gone(worker) and not psutil.pid_exists(worker), 5, reaped)
-        assert not is_gone(helper)  # it still holds the worker's descriptors
-        assert bw.stats().workers_alive == 1
+        for n in range(5):
+            helper_file, pid_file = tmp_path / f"helper-{n}", tmp_path / f"worker-{n}"
+            job = {"helper_file": str(helper_file), "then": "wait", "pid_file": str(pid_file)}
+            (first,) = bw.add_work(job)
+            later = bw.add_work(*({"n": i} for i in range(3)))  # queued behind it
+            helpers.append(pid_in(helper_file))
+            worker = pid_in(pid_file)
+            os.kill(worker, signal.SIGKILL)
+            got = collect(bw, 4, timeout=10)
+            assert got[first] == DIED_SIGKILL
+            assert {got[j]["pid"] for j in later} != {worker}
+            reaped = "the dead worker being reaped (not left a zombie)"
+            wait_until(lambda: is_gone(worker) and not psutil.pid_exists(worker), 5, reaped)  # noqa: B023
+            assert not is_gone(helpers[-1])  # it still holds the worker's descriptors
+            assert bw.stats().workers_alive == 1
     finally:
         bw.shut_down(force=True)
-        kill_quietly([helper])
+        kill_quietly(helpers)
 
 
 @needs_pidfd

@@ -227,7 +227,9 @@ def kill_group(pid: int) -> None:
     exist: only the process is killed) and for one that exited but is not
     yet reaped (its pid, and so its group id, cannot have been reused).
     Members that left the group (``setsid``, ``start_new_session=True``)
-    are not reached, on purpose.
+    are not reached, on purpose.  (Under forkserver the fork server, not
+    the Boss, reaps a worker, possibly before this runs: an empty group's
+    id could then in theory have been reused, within milliseconds.)
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
