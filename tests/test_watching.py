@@ -178,17 +178,19 @@ def test_graceful_shut_down_is_prompt_although_helpers_hold_the_workers_pipes(
     start_method: str, tmp_path: Path
 ) -> None:
     files = [tmp_path / f"helper-{i}" for i in range(4)]
+    helpers: list[int] = []
     bw = BossWorkerAsync(handlers.with_helper, worker_count=2, start_method=start_method)
     try:
         bw.add_work(*({"helper_file": str(f)} for f in files))
         collect(bw, len(files), timeout=20)
+        helpers += [pid_in(f) for f in files]
         start = time.monotonic()
         bw.shut_down()
         elapsed = time.monotonic() - start
         assert elapsed < 10, f"shut_down() took {elapsed:.1f} s"
     finally:
         bw.shut_down(force=True)
-        kill_quietly([int(f.read_text()) for f in files if f.exists()])
+        kill_quietly(helpers)
 
 
 # == item 11: a handler's children go with its worker ====================================
