@@ -252,7 +252,8 @@ class ExitFlush:
     the process used and wait for its feeder thread to write what was put.
     Handlers the worker started with are left alone: under fork they are
     main's, and a buffering one holds main's records too, which flushing in
-    every worker would repeat.
+    every worker would repeat.  (Under spawn, that also leaves out handlers
+    made while the handlers' modules were imported, before the worker ran.)
     """
 
     __slots__ = ("inherited",)
