@@ -253,3 +253,152 @@ def write_to_own_socket(job: dict[str, Any]) -> str:
     assert len(fds) == 1, f"expected one socket in the worker, found {fds}"
     os.write(fds[0], job["data"])
     return "wrote"
+
+
+# -- added for the process-watching tests (tests/test_watching.py) -----------------
+
+# Popen objects of children left running on purpose: kept, so that no
+# "subprocess still running" ResourceWarning fires when they are collected.
+_LEFT_RUNNING: list[Any] = []
+
+
+def _write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # the test never sees a half-written file
+
+
+def with_helper(job: dict[str, Any]) -> dict[str, Any]:
+    """Fork a helper without exec, as some handlers do for background work.
+
+    The helper holds a copy of every descriptor the worker has (its socket,
+    its sentinel pipe), writes its pid to ``job["helper_file"]`` and sleeps
+    ``job["helper_seconds"]`` (60).  With ``detach`` (the default) it leaves
+    the worker's process group (``setsid``), so only watching the worker
+    itself can tell the worker is gone.  Without ``helper_file``, no helper.  Then the handler does ``then``:
+    ``"return"`` (default); ``"wait"``: write its pid to ``job["pid_file"]``
+    and sleep a minute; ``"stuck"``: sleep ``job["seconds"]`` with SIGALRM
+    blocked (only the Boss's kill ends it).
+    """
+    helper = os.fork() if "helper_file" in job else -1
+    if helper == 0:
+        try:
+            if job.get("detach", True):
+                os.setsid()
+            _write_atomically(job["helper_file"], str(os.getpid()))
+            time.sleep(job.get("helper_seconds", 60))
+        finally:
+            os._exit(0)
+    then = job.get("then", "return")
+    if then == "wait":
+        write_pid_then_sleep({"pid_file": job["pid_file"], "seconds": 60})
+    elif then == "stuck":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(job["seconds"])
+    return {"helper": helper, "pid": os.getpid()}
+
+
+def start_children(job: dict[str, Any]) -> dict[str, Any]:
+    """Start a ``sleep`` child the way handlers do, marked by ``job["token"]``
+    (its argument, a unique number of seconds, e.g. ``"32.123456"``).
+
+    ``how``: ``"system"`` runs ``os.system("sleep TOKEN")``; ``"popen"``
+    runs ``Popen(["sleep", TOKEN]).wait()``; ``"background"`` starts it and
+    returns at once.  With ``pid_file``, the worker's pid is written there
+    once the child runs.
+    """
+    token = job["token"]
+    how = job["how"]
+    if how == "system":
+        if job.get("pid_file"):
+            _write_atomically(job["pid_file"], str(os.getpid()))
+        os.system(f"sleep {token}")
+    else:
+        child = subprocess.Popen(["sleep", token])
+        if job.get("pid_file"):
+            _write_atomically(job["pid_file"], str(os.getpid()))
+        if how == "popen":
+            child.wait()
+        else:
+            _LEFT_RUNNING.append(child)
+    return {"pid": os.getpid()}
+
+
+def big_result_when_released(job: dict[str, Any]) -> bytes:
+    """Write the worker's pid to ``job["pid_file"]``, wait (at most a
+    minute) until ``job["release_file"]`` exists, then answer ``job["size"]``
+    bytes (big enough for a shared-memory segment)."""
+    _write_atomically(job["pid_file"], str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(job["release_file"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return b"\xcd" * job["size"]
+
+
+WORKER_LOGGER = "bossworker-tests.worker"
+
+
+def log_through_queue(queue: Any) -> None:
+    """An init_handler (bound with functools.partial): the standard
+    QueueHandler recipe, sending this worker's log records to ``queue``."""
+    import logging
+    import logging.handlers
+
+    logger = logging.getLogger(WORKER_LOGGER)
+    logger.addHandler(logging.handlers.QueueHandler(queue))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def log_job(job: Any) -> Any:
+    """Log one record naming the job, and echo it."""
+    import logging
+
+    logging.getLogger(WORKER_LOGGER).info("job %r", job)
+    return job
+
+
+_STASHED: list[Any] = []
+
+
+def stash_queue(queue: Any) -> None:
+    """An init_handler (bound with functools.partial): keep ``queue`` for
+    :func:`put_bytes`."""
+    _STASHED.append(queue)
+
+
+def put_bytes(n: int) -> int:
+    """Put ``n`` bytes into the stashed queue (its feeder thread writes them
+    to the queue's pipe in the background) and answer at once."""
+    _STASHED[0].put(b"\x00" * n)
+    return n
+
+
+def buffer_logs_in_file(path: str) -> None:
+    """An init_handler (bound with functools.partial): this worker's log
+    records wait in a MemoryHandler (flushed only when it is full, or
+    flushed at exit) in front of a file of its own under ``path``."""
+    import logging
+    import logging.handlers
+
+    target = logging.FileHandler(os.path.join(path, f"log-{os.getpid()}"))
+    logger = logging.getLogger(WORKER_LOGGER)
+    logger.addHandler(logging.handlers.MemoryHandler(10_000, logging.CRITICAL, target))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def echo_forking_helpers(job: int) -> int:
+    """Echo ``job``; for every hundredth, first fork (without exec) a helper
+    that holds the worker's descriptors for half a second (a double fork:
+    the worker leaves no zombie, the helper stays in the worker's group)."""
+    if job % 100 == 0:
+        child = os.fork()
+        if child == 0:
+            try:
+                if os.fork() == 0:
+                    time.sleep(0.5)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+    return job

@@ -6,6 +6,9 @@ Environment:
 ``BW_SOAK_JOBS``          how many jobs (default 1,000,000)
 ``BW_SOAK_START_METHOD``  fork (default) or spawn
 ``BW_SOAK_SEED``          the killer's random seed (default: random, printed)
+``BW_SOAK_FORK_HELPERS``  1: every hundredth job forks (without exec) a helper
+                          that holds its worker's descriptors for 0.5 s
+                          (handlers.echo_forking_helpers); default 0
 
 Checks that every job id comes back exactly once (its value, or the
 ``worker died`` ERROR for a job whose worker was killed under it, or the
@@ -92,13 +95,15 @@ def test_soak_tiny_jobs_with_random_worker_kills(capsys: pytest.CaptureFixture[s
     jobs = int(os.environ.get("BW_SOAK_JOBS", "1000000"))
     method = os.environ.get("BW_SOAK_START_METHOD", "fork")
     seed = int(os.environ.get("BW_SOAK_SEED", str(random.randrange(2**32))))
+    fork_helpers = os.environ.get("BW_SOAK_FORK_HELPERS", "0") == "1"
+    handler = handlers.echo_forking_helpers if fork_helpers else handlers.echo
     outstanding: dict[int, int] = {}  # job id -> the value it must come back with
     results = died = no_worker = added = 0
     rss: list[tuple[int, int]] = []  # (results so far, Boss RSS)
     every = max(1, jobs // 20)
     start = time.monotonic()
 
-    with BossWorkerAsync(handlers.echo, worker_count=WORKERS, start_method=method) as bw:
+    with BossWorkerAsync(handler, worker_count=WORKERS, start_method=method) as bw:
         boss = psutil.Process(bw.boss_pid)
         rss.append((0, boss.memory_info().rss))
         killer = Killer(boss, seed, min_age=0.0 if method == "fork" else 1.0)
@@ -136,6 +141,7 @@ def test_soak_tiny_jobs_with_random_worker_kills(capsys: pytest.CaptureFixture[s
     report: dict[str, Any] = {
         "jobs": jobs,
         "start method": method,
+        "fork helpers": fork_helpers,
         "seed": seed,
         "kills": killer.kills,
         "results": results,

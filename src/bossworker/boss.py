@@ -22,8 +22,10 @@ Each turn of the loop:
    many as keep it from ever waiting for the next job;
 2. wait in ``select`` until a socket is ready or the nearest deadline is due;
 3. handle what is ready: frames from main, answers from workers, worker
-   exits (each worker's process sentinel is watched beside its socket, so a
-   death is noticed in the same wait as a result);
+   exits (each worker's pidfd, or where there are none its process
+   sentinel, is watched beside its socket, so a death is noticed in the
+   same wait as a result; a pidfd also sees the death when a helper the
+   handler forked still holds the worker's descriptors);
 4. expire deadlines: a job past its timeout (plus a grace period for the
    worker's own SIGALRM to act) gets its worker killed; the job is answered
    TIMED_OUT, its worker is replaced.  Killing works even on C code that
@@ -40,8 +42,12 @@ queue.
 Shutting down gracefully: after main's SHUTDOWN, the Boss finishes the
 queue, tells each worker SHUTDOWN (they run their exit handler and leave),
 reaps them, sends BYE and leaves once main's socket has taken every byte.
-A SIGTERM, or main's death (end-of-file on main's socket, or a new parent
-process), makes the Boss kill its workers and leave at once.
+A SIGTERM, or main's death (its pidfd, end-of-file on main's socket, or a
+new parent process), makes the Boss kill its workers and leave at once.
+
+Each worker leads its own process group; whenever a worker goes (killed,
+dead, or exited cleanly after recycling or shutdown), the Boss SIGKILLs
+its group before reaping it, so what its handlers started goes with it.
 """
 
 from __future__ import annotations
@@ -69,9 +75,12 @@ from .errors import INIT_TIMEOUT_ERROR, PROTOCOL_VIOLATION_ERROR, START_FAILED_E
 from .portable import make_selector, send_chunks
 from .process import (
     Closable,
+    OwnedFd,
     close_inherited,
     exit_now,
     ignore_interrupts,
+    kill_group,
+    open_pidfd,
     preload_parent_death_signal,
     signal_description,
 )
@@ -158,6 +167,7 @@ class WorkerRecord:
     init_failure: int = InitFailure.WORKERS  # what its INIT_FAILED said failed
     start_by: float = math.inf  # when a worker still STARTING is killed (init_timeout)
     answered_head: bool = False  # the head was already answered (timeout kill)
+    pidfd: OwnedFd | None = None  # readable once the process exited (None: its sentinel is watched)
 
     def deadline(self) -> float:
         """When the running job's time is up, grace included (inf if none)."""
@@ -206,6 +216,7 @@ class Boss:
         self.bye_sent = False
         self.announced = False  # main has been told READY or INIT_FAILED
         self.next_parent_check = 0.0
+        self.main_pidfd = self._watch_main()
         # Counters for STATS.
         self.added = 0
         self.completed = 0
@@ -394,6 +405,7 @@ class Boss:
             # drop the ones that are not its own (see process.close_inherited).
             inherited = [self.main, self.selector, boss_end]
             inherited += [w.sock for w in self.workers]
+            inherited += [fd for fd in (self.main_pidfd, *(w.pidfd for w in self.workers)) if fd is not None]
         process = self.ctx.Process(
             target=run_worker,
             args=(worker_end, self.worker_spec, os.getpid(), inherited),
@@ -419,7 +431,7 @@ class Boss:
         self.workers.append(w)
         self.workers_started += 1
         self.selector.register(boss_end, selectors.EVENT_READ, lambda mask: self._on_worker(w, mask))
-        self.selector.register(process.sentinel, selectors.EVENT_READ, lambda mask: self._on_exit(w))
+        self._watch_exit(w)
         log.info("worker %d started", w.pid)
 
     def _start_failed(self, exc: OSError) -> None:
@@ -443,6 +455,32 @@ class Boss:
             or self.init_failures >= PERSISTENT_KILLS
         ):
             self._fail_if_no_worker_can_serve()
+
+    def _watch_exit(self, w: WorkerRecord) -> None:
+        """Have the selector tell when ``w``'s process exits.
+
+        A pidfd where there are pidfds: the process sentinel is a pipe, and
+        a helper the handler forked without exec holds a copy of its write
+        end, hiding the worker's death for as long as the helper lives.
+        """
+        if self.config.start_method == "fork":
+            # The worker makes its own group too, first thing; doing it
+            # here as well means the group exists from this moment, for a
+            # kill that comes before the worker got that far.  (A spawned
+            # worker has exec'd already, and a forkserver one is not our
+            # child: both refuse, harmlessly.)
+            with contextlib.suppress(OSError):
+                os.setpgid(w.pid, w.pid)
+        w.pidfd = open_pidfd(w.pid)
+        watched = w.pidfd if w.pidfd is not None else w.process.sentinel
+        self.selector.register(watched, selectors.EVENT_READ, lambda mask: self._on_exit(w))
+
+    def _forget_exit_watch(self, w: WorkerRecord) -> None:
+        if w.pidfd is not None:
+            self.selector.unregister(w.pidfd)
+            w.pidfd.close()
+        else:
+            self.selector.unregister(w.process.sentinel)
 
     def _budget(self, w: WorkerRecord) -> int:
         """How many more jobs ``w`` may be sent (recycling after max_jobs)."""
@@ -601,8 +639,7 @@ class Boss:
         w.dead_since = time.monotonic()
 
     def _kill(self, w: WorkerRecord) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(w.pid, signal.SIGKILL)
+        kill_group(w.pid)
         self._lose_socket(w)
 
     def _on_exit(self, w: WorkerRecord) -> None:
@@ -613,7 +650,11 @@ class Boss:
             pass
         # A grandchild may still hold the socket open; the worker is gone anyway.
         self._lose_socket(w)
-        self.selector.unregister(w.process.sentinel)
+        self._forget_exit_watch(w)
+        # What its handlers started goes with it, even after a clean exit.
+        # Before the reaping: until then its pid, and so its group id,
+        # cannot have been reused.
+        kill_group(w.pid)
         w.process.join()
         exitcode = w.process.exitcode
         reason = signal_description(exitcode)
@@ -698,8 +739,7 @@ class Boss:
         retiring worker whose handlers did not let it leave in time."""
         for w in self.workers:
             if w.state is WorkerState.DEAD and now - w.dead_since >= EXIT_GRACE:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.pid, signal.SIGKILL)
+                kill_group(w.pid)
                 w.dead_since = math.inf  # killed once is enough
             elif w.state is WorkerState.STOPPING and now >= w.leave_by:
                 log.warning(
@@ -710,12 +750,29 @@ class Boss:
                 w.retiring = False  # its death is not a clean exit
                 self._kill(w)
 
+    def _watch_main(self) -> OwnedFd | None:
+        """Watch main's pidfd, where there are pidfds.
+
+        Main's death shows at once, even when a process main forked after
+        creating the pool holds main's end of the socket (no end-of-file
+        then), and under forkserver, where main is not our parent.
+        """
+        pidfd = open_pidfd(self.config.main_pid, older_than_me=True)
+        if pidfd is not None:
+            self.selector.register(pidfd, selectors.EVENT_READ, self._on_main_exit)
+        return pidfd
+
+    def _on_main_exit(self, mask: int) -> None:
+        log.debug("main process is gone; stopping")
+        self.main_open = False
+
     def _check_parent(self, now: float) -> None:
         if now < self.next_parent_check:
             return
         self.next_parent_check = now + PARENT_CHECK_INTERVAL
-        # Under forkserver our parent is the fork server, not main; the
-        # closed socket is then the only sign of main's death.
+        # Under forkserver our parent is the fork server, not main; main's
+        # pidfd is then the sign of main's death (without pidfds, the
+        # closed socket).
         if self.config.start_method != "forkserver" and os.getppid() != self.config.main_pid:
             log.debug("main process is gone; stopping")
             self.main_open = False
@@ -741,13 +798,15 @@ class Boss:
             self.bye_sent = True
 
     def kill_all(self) -> None:
-        """Kill and reap every worker at once (forced stop, main gone)."""
+        """Kill and reap every worker, with its process group, at once
+        (forced stop, main gone)."""
         for w in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.pid, signal.SIGKILL)
+            kill_group(w.pid)
         for w in self.workers:
             with contextlib.suppress(Exception):
                 w.process.join()
+            if w.pidfd is not None:
+                w.pidfd.close()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -5,23 +5,43 @@ dies with its parent, it ignores the terminal's Ctrl-C (the main program
 decides what Ctrl-C means), it drops descriptors it inherited but does not
 own, and it leaves through ``os._exit`` so that no stray thread or atexit
 hook of the parent's can hold it up.
+
+Watching processes: a pipe or socket shows a process's death only once
+*every* copy of its descriptor is closed, and a handler's helper forked
+without exec holds copies of all of them.  So on Linux each watched process
+gets a pidfd (:func:`open_pidfd`), readable as soon as that very process
+exits, whoever holds what; ``waitpid`` stays the source of exit statuses.
+
+Process groups: each worker leads its own group (:func:`lead_own_group`), so
+that what a handler started dies with it (:func:`kill_group`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import select
 import signal
 import sys
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn, Protocol
 
 __all__ = [
+    "FLUSH_LIMIT",
     "Closable",
+    "ExitFlush",
+    "OwnedFd",
     "close_inherited",
     "exit_now",
+    "has_exited",
     "ignore_interrupts",
+    "kill_group",
+    "lead_own_group",
+    "open_pidfd",
     "pickle_as_if_spawning",
     "pickling_as_if_spawning",
     "preload_parent_death_signal",
@@ -30,6 +50,12 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
+
+# How long a leaving worker may spend flushing what its handlers hold
+# (logging handlers, multiprocessing queues' feeder threads) before it
+# exits anyway: a flush stuck on a full pipe nobody reads must not hold a
+# shutdown.
+FLUSH_LIMIT = 5.0
 
 
 class Closable(Protocol):
@@ -158,3 +184,166 @@ def signal_description(exitcode: int | None) -> str:
         except ValueError:
             return f"signal {-exitcode}"
     return f"exit code {exitcode}"
+
+
+class OwnedFd:
+    """A descriptor this process opened and closes once (a pidfd).
+
+    Closable, so a forked child can drop its copy through
+    :func:`close_inherited`; has ``fileno()``, so a selector can watch it.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+def _start_time(pid: int | str) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # Field 22; the fields after the command name (which may hold spaces
+        # and parentheses) start at field 3.
+        return int(stat.rpartition(b")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def open_pidfd(pid: int, *, older_than_me: bool = False) -> OwnedFd | None:
+    """A pidfd for ``pid``: readable once that process has exited.
+
+    Returns None where there is none (not Linux, kernel before 5.3, a
+    sandbox refusing the call) or the process is already gone; callers then
+    fall back to what they watched before (a sentinel pipe, a socket's
+    end-of-file, polling ``getppid``).
+
+    With ``older_than_me``, the pid was learnt earlier and its process may
+    have died and the number been reused since: the pidfd is kept only if
+    its process started no later than this one (main and the Boss always
+    did), as ``/proc`` says; without ``/proc`` nothing is watched.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd = OwnedFd(pidfd_open(pid))
+    except OSError:
+        return None
+    if older_than_me:
+        # The pidfd now pins the process: if it is the one we mean, it
+        # started before us; a reused number belongs to a younger one.
+        theirs, mine = _start_time(pid), _start_time("self")
+        if theirs is None or mine is None or theirs > mine:
+            fd.close()
+            return None
+    return fd
+
+
+def has_exited(pidfd: OwnedFd) -> bool:
+    """True if the process behind ``pidfd`` has exited (no waiting)."""
+    poller = select.poll()
+    poller.register(pidfd.fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def lead_own_group() -> None:
+    """Make this process the leader of a new process group.
+
+    Whatever it starts (``os.system``, ``subprocess``, a forked helper)
+    joins the group, and :func:`kill_group` kills them all together.
+    """
+    if not hasattr(os, "setpgid"):
+        return  # Windows: no process groups (see kill_group)
+    with contextlib.suppress(OSError):  # already a group or session leader
+        os.setpgid(0, 0)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL process ``pid`` and every member of the group it leads.
+
+    Safe for a process that has not made its group yet (the group does not
+    exist: only the process is killed) and for one that exited but is not
+    yet reaped (its pid, and so its group id, cannot have been reused).
+    Members that left the group (``setsid``, ``start_new_session=True``)
+    are not reached, on purpose.  (Under forkserver the fork server, not
+    the Boss, reaps a worker, possibly before this runs: an empty group's
+    id could then in theory have been reused, within milliseconds.)
+    """
+    if not hasattr(os, "killpg"):
+        # Windows: os.kill with any other signal than the console events is
+        # TerminateProcess; there are no process groups to reach.
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _live_logging_handlers() -> list[logging.Handler]:
+    refs = getattr(logging, "_handlerList", [])  # weak references, oldest first
+    return [h for h in (ref() for ref in list(refs)) if h is not None]
+
+
+class ExitFlush:
+    """What a worker flushes before ``os._exit``, bounded by :data:`FLUSH_LIMIT`.
+
+    Made when the worker starts.  At exit, :meth:`run` flushes the logging
+    handlers created since (by ``init_handler`` or jobs) and runs the
+    process's multiprocessing finalizers, as a normally ending
+    multiprocessing child does: they close every ``multiprocessing.Queue``
+    the process used and wait for its feeder thread to write what was put.
+    Handlers the worker started with are left alone: under fork they are
+    main's, and a buffering one holds main's records too, which flushing in
+    every worker would repeat.  (Under spawn, that also leaves out handlers
+    made while the handlers' modules were imported, before the worker ran.)
+    """
+
+    __slots__ = ("inherited",)
+
+    def __init__(self) -> None:
+        self.inherited: weakref.WeakSet[logging.Handler] = weakref.WeakSet(_live_logging_handlers())
+
+    def run(self, limit: float = FLUSH_LIMIT) -> None:
+        """Flush, in a thread joined for at most ``limit`` seconds."""
+        from multiprocessing import util
+
+        handlers = [h for h in _live_logging_handlers() if h not in self.inherited]
+        if not handlers and not getattr(util, "_finalizer_registry", None):
+            return  # nothing to flush: no thread, the common case
+        flusher = threading.Thread(target=_flush, args=(handlers,), name="bossworker-exit-flush", daemon=True)
+        flusher.start()
+        flusher.join(limit)
+
+
+def _flush(handlers: list[logging.Handler]) -> None:
+    from multiprocessing import util
+
+    for handler in handlers:
+        with contextlib.suppress(Exception):
+            handler.acquire()
+            try:
+                handler.flush()
+            finally:
+                handler.release()
+    # What multiprocessing.util._exit_function runs at a child's normal end,
+    # less the joining of the child's own children (a handler's
+    # never-ending Process must not hold us: its group is killed anyway).
+    util._exiting = True  # type: ignore[attr-defined]  # queue feeders: quiet on a closed pipe
+    run_finalizers = getattr(util, "_run_finalizers", None)
+    if run_finalizers is not None:
+        with contextlib.suppress(Exception):
+            run_finalizers(0)
+        with contextlib.suppress(Exception):
+            run_finalizers()

@@ -15,6 +15,13 @@ already-finished answer down with it.
 Timeouts are enforced twice.  Here, gently: SIGALRM interrupts Python code
 and the worker lives on.  In the Boss, firmly: if no answer comes shortly
 after the deadline (C code that ignores signals), the Boss kills the worker.
+
+Leaving: a worker leads its own process group (the Boss kills the group
+when the worker goes), and before ``os._exit`` it flushes what its handlers
+hold (see :class:`bossworker.process.ExitFlush`), except in a child a
+handler forked that came back into this loop.  Where no parent-death signal
+ends it with its Boss (under forkserver), it watches the Boss's pidfd and
+writes no result segment for a Boss that is gone.
 """
 
 from __future__ import annotations
@@ -32,15 +39,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.reduction import ForkingPickler
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from .payload import PICKLE_PROTOCOL, Segments, chunks_of, dump
 from .portable import HAS_ALARM, send_chunks, watch_forks
 from .process import (
     Closable,
+    ExitFlush,
+    OwnedFd,
     close_inherited,
     exit_now,
+    has_exited,
     ignore_interrupts,
+    lead_own_group,
+    open_pidfd,
     set_parent_death_signal,
 )
 from .protocol import HEADER, MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
@@ -66,6 +78,10 @@ class WorkerSpec:
     # Seconds a worker may take from its start to READY (init_handler
     # included) before the Boss kills it as an init failure; 0 = no limit.
     init_timeout: float = 0.0
+
+
+class _BossGone(Exception):
+    """The Boss has exited: nobody will take this worker's answers."""
 
 
 class _JobTimeout(BaseException):
@@ -101,12 +117,17 @@ def _send_all(sock: socket.socket, queue: SendQueue) -> None:
         queue.consume(send_chunks(sock, queue.chunks()))
 
 
-def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | bytearray | memoryview]:
+def _run_job(
+    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: OwnedFd | None = None
+) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
     The answer's ``timeout`` field carries how long the job took (wall
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
+
+    Raises :class:`_BossGone` instead of writing a result segment when the
+    pidfd ``boss`` says the Boss has exited (nobody would remove it).
     """
     job_id = frame.job_id
     timeout = frame.timeout
@@ -142,6 +163,8 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
             "utf-8", "replace"
         )
         return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
+    if boss is not None and has_exited(boss):
+        raise _BossGone
     if spec.segments.store(job_id, "r", pickled):
         return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, time.perf_counter() - started)]
     if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
@@ -156,14 +179,29 @@ def _run_job(spec: WorkerSpec, alarm: _Alarm, frame: Frame) -> list[bytes | byte
     return [HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started), *chunks]
 
 
-def _leave(spec: WorkerSpec) -> None:
+def _exit(flush: ExitFlush, code: int) -> NoReturn:
+    """Flush what the handlers hold (bounded in time), then exit."""
+    flush.run()
+    exit_now(code)
+
+
+def _leave(spec: WorkerSpec, flush: ExitFlush) -> NoReturn:
     """Run the exit handler (its failure is reported, not raised) and exit."""
     if spec.exit_handler is not None:
         try:
             spec.exit_handler()
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
-    exit_now(EXIT_OK)
+    _exit(flush, EXIT_OK)
+
+
+def _segment_of(answer: list[bytes | bytearray | memoryview]) -> int | None:
+    """The job id if ``answer`` is a RESULT whose payload is in a segment."""
+    head = answer[0]
+    if len(answer) != 1 or len(head) != HEADER.size:
+        return None  # an inline payload follows the header
+    kind, flags, _, job_id, _ = HEADER.unpack(head)
+    return job_id if kind == Kind.RESULT and flags & Flag.SEGMENT else None
 
 
 class PickledAtSpawn:
@@ -213,10 +251,15 @@ def run_worker(
     NOT_IMPORTABLE) instead of killing the process with a traceback only on
     stderr.
     """
+    lead_own_group()  # first: whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
-    if os.getppid() == boss_pid:  # not so under forkserver
-        set_parent_death_signal(boss_pid)
+    boss: OwnedFd | None = None
+    if not (os.getppid() == boss_pid and set_parent_death_signal(boss_pid)):
+        # Under forkserver (or without prctl) nothing kills us with the
+        # Boss: watch it, so as to leave no segment behind for it.
+        boss = open_pidfd(boss_pid, older_than_me=True)
+    flush = ExitFlush()  # after this, what the handlers set up is flushed at exit
     gc.freeze()  # never walk the objects inherited from the Boss (and main)
     forked = watch_forks()
     sock.setblocking(True)
@@ -243,36 +286,46 @@ def run_worker(
             try:
                 _send_all(sock, out)
             finally:
-                exit_now(EXIT_INIT_FAILED)
+                _exit(flush, EXIT_INIT_FAILED)
     alarm = _Alarm()
     out.append(encode(Kind.READY))
     decoder = Decoder(spec.read_size)
     todo: deque[Frame] = deque()
     done = 0
+    unsent_segment: int | None = None  # a result segment whose frame is not sent yet
     try:
         while True:
             _send_all(sock, out)  # answer before starting the next job
+            unsent_segment = None
             if not todo:
                 n = sock.recv_into(decoder.get_buffer())
                 if not n:  # the Boss is gone
-                    exit_now(EXIT_OK)
+                    _exit(flush, EXIT_OK)
                 decoder.buffer_updated(n)
                 todo.extend(decoder.take())
                 continue
             frame = todo.popleft()
             if frame.kind == Kind.SHUTDOWN:
-                _leave(spec)
-            out.extend(_run_job(spec, alarm, frame))
+                _leave(spec, flush)
+            answer = _run_job(spec, alarm, frame, boss)
             if forked:
                 # The handler forked and its child returned into our loop:
-                # that child must not speak on the Boss's socket.
+                # that child must not speak on the Boss's socket, nor flush
+                # its parent's queues.
                 exit_now(EXIT_OK)
+            unsent_segment = _segment_of(answer)
+            out.extend(answer)
             done += 1
             if spec.max_jobs is not None and done >= spec.max_jobs:
                 _send_all(sock, out)
-                _leave(spec)
-    except (BrokenPipeError, ConnectionResetError):
-        exit_now(EXIT_OK)  # the Boss is gone; nobody is left to answer
+                unsent_segment = None
+                _leave(spec, flush)
+    except (BrokenPipeError, ConnectionResetError, _BossGone):
+        # The Boss is gone; nobody is left to answer, nor to remove the
+        # segment of an answer it never got.
+        if unsent_segment is not None:
+            spec.segments.discard(unsent_segment)
+        _exit(flush, EXIT_OK)
     except BaseException:  # noqa: BLE001 - our own bug: say so and die
         traceback.print_exc(file=sys.stderr)
-        exit_now(1)
+        _exit(flush, 1)
