@@ -109,7 +109,7 @@ def test_details_are_plausible() -> None:
         assert [a.worker_pid for a in o.attempts] == [o.worker_pid]
     # Two workers, four jobs of 0.2 s: two had to wait for the first two.
     waits = sorted(o.started_at - o.queued_at for o in outcomes)  # type: ignore[operator]
-    assert waits[0] < 0.1 and waits[-1] >= 0.15
+    assert waits[-1] - waits[0] >= 0.15
 
 
 def _block_file(tmp_path: Path) -> str:

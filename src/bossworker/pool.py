@@ -142,7 +142,8 @@ class BossWorkerAsync:
         job whose worker died may have had side effects.  The job's
         :class:`Outcome` lists every attempt; :meth:`get_result` sees only
         the last.  :meth:`add_work`'s ``retries=`` overrides it.  A job larger
-        than a frame (4 GiB pickled) is never retried.
+        than a frame (4 GiB pickled) is never retried.  Needs the local
+        backend (``backend=None``).
     retry_on
         Which failures are retried: any of ``"died"`` (the worker died:
         a signal, ``os._exit``, a segfault, the OOM killer), ``"timed_out"``
@@ -185,6 +186,10 @@ class BossWorkerAsync:
                 f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
             )
         backend = LocalBackend() if backend is None else backend
+        # Retrying is the local Boss's: another backend would ignore it.
+        self._retry_backend = None if isinstance(backend, LocalBackend) else type(backend).__name__
+        if self._retries:
+            self._check_retry_backend()
         segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
         if method != "fork":
             # Handlers that a fresh interpreter cannot import by name travel
@@ -268,6 +273,7 @@ class BossWorkerAsync:
         payloads, limit = self._pickle_jobs(jobs, timeout)
         count = self._retries if retries is None else _check_retries(retries)
         if count:
+            self._check_retry_backend()
             ids, target = self._client.queue_jobs(payloads, limit, count, self._retry_on)
             try:
                 self._client.flush(target)
@@ -373,6 +379,8 @@ class BossWorkerAsync:
         :meth:`get_outcome` / :meth:`outcomes` yield its outcome with
         ``cancelled=True``.  One round trip to the Boss.  Allowed after a
         graceful :meth:`shut_down` began; False once the Boss is gone.
+        A cancelled job's outcome waits in main (a few bytes) until
+        :meth:`get_outcome` takes it or the pool is force-stopped.
         """
         if isinstance(job_id, bool) or not isinstance(job_id, int):
             raise InvalidArgumentError(f"job_id must be an int from add_work(), not {type(job_id).__name__}")
@@ -380,6 +388,12 @@ class BossWorkerAsync:
         if dropped:
             self._client.note_cancelled(job_id)
         return dropped
+
+    def _check_retry_backend(self) -> None:
+        if self._retry_backend is not None:
+            raise InvalidArgumentError(
+                f"retries= needs the local backend (backend=None); {self._retry_backend} does not retry jobs"
+            )
 
     def _outcome(self, frame: Frame) -> Outcome[Any]:
         """Turn an answer frame (or a cancelled job's marker) into its Outcome."""
