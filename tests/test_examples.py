@@ -73,3 +73,16 @@ def test_readme_executor_section_is_the_example() -> None:
     example = (ROOT / "examples/executor_example.py").read_text()
     body = example.split("from __future__ import annotations\n\n", 1)[1]
     assert body in readme
+
+
+def test_outcomes_example() -> None:
+    out = run(sys.executable, "examples/outcomes_example.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "1 ok 'OK' attempts=1",
+        "2 ok None attempts=1",
+        "3 raised KeyError 'boom'",
+        "4 worker died: SIGKILL",
+        "5 ok 'survived' attempts=2",
+        "unwrap raised KeyError 'boom'",
+    ]

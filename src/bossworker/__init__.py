@@ -21,6 +21,7 @@ from .errors import (
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
+    JobCancelledError,
     NoPendingResultsError,
     RemoteTraceback,
     SerializationError,
@@ -31,18 +32,22 @@ from .errors import (
     WorkerInitError,
 )
 from .executor import Executor, ExecutorOptions
+from .outcome import Attempt, Outcome
 from .pool import BossWorkerAsync
 from .stats import Stats
 
 __all__ = [
     "TIMED_OUT_ERROR",
+    "Attempt",
     "BossDiedError",
     "BossWorkerAsync",
     "BossWorkerError",
     "Executor",
     "ExecutorOptions",
     "InvalidArgumentError",
+    "JobCancelledError",
     "NoPendingResultsError",
+    "Outcome",
     "RemoteTraceback",
     "SerializationError",
     "ShutDownError",

@@ -205,17 +205,17 @@ async def _sleep_on(fut: asyncio.Future[None], timeout: float | None) -> bool:
 
 
 async def anext_result(
-    client: Client, waiter: SocketWaiter, blocking: bool, timeout: float | None
+    client: Client, waiter: SocketWaiter, blocking: bool, timeout: float | None, cancelled: bool = False
 ) -> Frame | None:
     """The asyncio twin of :meth:`Client.next_result`."""
     if not blocking:
-        return client.next_result(blocking=False, timeout=None)
+        return client.next_result(blocking=False, timeout=None, cancelled=cancelled)
     deadline = None if timeout is None else time.monotonic() + timeout
     must_be_pending = timeout is None
     forced_before = client.forced
     while True:
         client.poll()
-        frame, final = client.result_or_verdict(must_be_pending, forced_before)
+        frame, final = client.result_or_verdict(must_be_pending, forced_before, cancelled)
         if frame is not None or final:
             return frame
         remaining = None if deadline is None else deadline - time.monotonic()

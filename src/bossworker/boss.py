@@ -84,7 +84,19 @@ from .process import (
     preload_parent_death_signal,
     signal_description,
 )
-from .protocol import Decoder, Frame, InitFailure, Kind, ProtocolError, SendQueue, encode
+from .protocol import (
+    Decoder,
+    Flag,
+    Frame,
+    InitFailure,
+    Kind,
+    ProtocolError,
+    RetryOn,
+    SendQueue,
+    answer_header,
+    encode,
+    job_retry,
+)
 from .worker import PickledAtSpawn, SpecError, WorkerSpec, describe_exception, run_worker, unpickle_spec
 
 __all__ = ["BossConfig", "run_boss"]
@@ -168,6 +180,7 @@ class WorkerRecord:
     start_by: float = math.inf  # when a worker still STARTING is killed (init_timeout)
     answered_head: bool = False  # the head was already answered (timeout kill)
     pidfd: OwnedFd | None = None  # readable once the process exited (None: its sentinel is watched)
+    timed_out_head: bool = False  # killed for its head's deadline, answered (or retried) at its exit
 
     def deadline(self) -> float:
         """When the running job's time is up, grace included (inf if none)."""
@@ -223,6 +236,9 @@ class Boss:
         self.failed = 0
         self.timed_out = 0
         self.cancelled = 0  # dropped from the queue by a CANCEL: never answered
+        self.retried = 0  # failed attempts queued again (retries=), not answered
+        # Failed attempts so far of the jobs being retried (retries=), by id.
+        self.attempts: dict[int, int] = {}
         self.workers_started = 0
 
     # -- the loop ------------------------------------------------------------
@@ -361,15 +377,59 @@ class Boss:
         if self.selector.get_key(sock).events != events:
             self.selector.modify(sock, events, callback)
 
-    def _answer(self, job_id: int, kind: Kind, text: str = "") -> None:
-        """Answer a job on the Boss's own account (timeout, death, init failure)."""
+    def _answer(
+        self, job_id: int, kind: Kind, text: str = "", flags: int = 0, pid: int = 0, ran: float = 0.0
+    ) -> None:
+        """Answer a job on the Boss's own account (timeout, death, init
+        failure): ``pid`` is the worker that ran it (0: none), ``ran`` how
+        long it ran, ``flags`` why (Flag.DIED: its worker died)."""
         self.completed += 1
         self.failed += 1
+        if self.attempts:
+            self.attempts.pop(job_id, None)
         if kind is Kind.TIMED_OUT:
             self.timed_out += 1
-            self._send_to_main(encode(Kind.TIMED_OUT, job_id))
+        self._send_to_main(self._answer_frame(job_id, kind, text, flags, pid, ran))
+
+    @staticmethod
+    def _answer_frame(job_id: int, kind: Kind, text: str, flags: int, pid: int, ran: float) -> bytes:
+        payload = b"" if kind is Kind.TIMED_OUT else text.encode("utf-8", "replace")
+        return answer_header(kind, flags, len(payload), job_id, ran, pid) + payload
+
+    def _may_retry(self, job: Frame, cause: RetryOn) -> bool:
+        """Whether ``job``'s retry settings (set by main, in its header) allow
+        one more attempt after a failure of this ``cause``.  A job whose
+        payload travelled in a shared-memory segment is never retried: the
+        first attempt consumed it (main sends the jobs it lets be retried
+        inline whenever a frame can hold them)."""
+        retries, retry_on = job_retry(job.raw)
+        if not retries or not retry_on & cause or job.flags & Flag.SEGMENT:
+            return False
+        return self.attempts.get(job.job_id, 0) < retries
+
+    def _requeue(self, job: Frame, answer: bytes | bytearray) -> None:
+        """Retry ``job`` instead of answering it with ``answer``: tell main
+        (a RETRYING frame wrapping that answer, so the final outcome can list
+        every attempt) and put the job at the front of the queue, where any
+        live worker (the failed one is dead, or was stopped) takes it."""
+        self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
+        self.retried += 1
+        log.warning("retrying job %d (attempt %d)", job.job_id, self.attempts[job.job_id] + 1)
+        self._send_to_main(encode(Kind.RETRYING, job.job_id, answer))
+        self.queue.appendleft(job.raw)
+
+    def _fail_head(
+        self, w: WorkerRecord, job: Frame, cause: RetryOn, kind: Kind, text: str, flags: int
+    ) -> None:
+        """``job``, the one ``w`` was running, failed for ``cause`` with
+        ``w`` gone (dead, or killed at its deadline): retry it if its
+        settings allow, else answer it.  (The memory cap's kill answers
+        through here with RetryOn.MEMORY and Flag.MEMORY.)"""
+        ran = max(0.0, time.monotonic() - w.started_at)
+        if self._may_retry(job, cause):
+            self._requeue(job, self._answer_frame(job.job_id, kind, text, flags, w.pid, ran))
         else:
-            self._send_to_main(encode(kind, job_id, text.encode("utf-8", "replace")))
+            self._answer(job.job_id, kind, text, flags, w.pid, ran)
 
     def _stats_json(self) -> bytes:
         alive = [w for w in self.workers if w.state is not WorkerState.DEAD]
@@ -380,6 +440,7 @@ class Boss:
                 "failed": self.failed,
                 "timed_out": self.timed_out,
                 "cancelled": self.cancelled,
+                "retried": self.retried,
                 "queued": len(self.queue) + sum(max(0, len(w.inflight) - 1) for w in alive),
                 "running": sum(1 for w in alive if w.inflight and w.state is WorkerState.SERVING),
                 "workers_alive": len(alive),
@@ -580,7 +641,7 @@ class Boss:
             if not w.inflight or w.inflight[0].job_id != frame.job_id:
                 self._protocol_violation(w, f"an answer to job {frame.job_id} came out of turn")
                 return
-            w.inflight.popleft()
+            job = w.inflight.popleft()
             now = time.monotonic()
             # The worker says how long the job took; the time since the last
             # answer would also count time the worker spent waiting for work.
@@ -588,13 +649,19 @@ class Boss:
             w.service_time = ran if w.jobs_done == 0 else 0.8 * w.service_time + 0.2 * ran
             w.started_at = now  # the next job in flight starts now
             w.jobs_done += 1
-            self.completed += 1
-            if kind != Kind.RESULT:
-                self.failed += 1
-                if kind == Kind.TIMED_OUT:
-                    self.timed_out += 1
-                    log.warning("job %d timed out in worker %d", frame.job_id, w.pid)
-            self._send_to_main(frame.raw)
+            if kind == Kind.TIMED_OUT and self._may_retry(job, RetryOn.TIMED_OUT):
+                log.warning("job %d timed out in worker %d", frame.job_id, w.pid)
+                self._requeue(job, frame.raw)
+            else:
+                self.completed += 1
+                if self.attempts:
+                    self.attempts.pop(frame.job_id, None)
+                if kind != Kind.RESULT:
+                    self.failed += 1
+                    if kind == Kind.TIMED_OUT:
+                        self.timed_out += 1
+                        log.warning("job %d timed out in worker %d", frame.job_id, w.pid)
+                self._send_to_main(frame.raw)
             if self.config.worker.max_jobs is not None and w.jobs_done >= self.config.worker.max_jobs:
                 w.state = WorkerState.STOPPING  # it exits by itself now
                 self._retire(w)
@@ -618,8 +685,10 @@ class Boss:
             return
         text = PROTOCOL_VIOLATION_ERROR.format(detail=detail)
         log.error("worker %d: %s; killing it", w.pid, detail)
-        if w.state is WorkerState.SERVING and w.inflight and not w.answered_head:
-            self._answer(w.inflight[0].job_id, Kind.ERROR, text)
+        if w.state is WorkerState.SERVING and w.inflight and not w.answered_head and not w.timed_out_head:
+            self._answer(
+                w.inflight[0].job_id, Kind.ERROR, text, pid=w.pid, ran=time.monotonic() - w.started_at
+            )
             w.answered_head = True
         elif not w.ever_ready:
             w.init_error = text
@@ -668,17 +737,19 @@ class Boss:
         if inflight:
             # Now that the process is gone, nothing can still write its segments.
             self.config.worker.segments.discard(inflight[0].job_id)
-        if inflight and w.answered_head:
-            inflight.popleft()
-        elif inflight:
+        head: Frame | None = None
+        if inflight:
             head = inflight.popleft()
-            log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
-            self._answer(
-                head.job_id, Kind.ERROR, f"BossWorkerAsync: worker died ({reason}) while running this job"
-            )
-        # Jobs sent ahead that never started go back to the front, in order.
+        # Jobs sent ahead that never started go back to the front, in order
+        # (behind the head, if it is retried: _fail_head queues it first).
         self.queue.extendleft(reversed([frame.raw for frame in inflight]))
         inflight.clear()
+        if head is not None and w.timed_out_head:
+            self._fail_head(w, head, RetryOn.TIMED_OUT, Kind.TIMED_OUT, "", 0)
+        elif head is not None and not w.answered_head:
+            log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
+            text = f"BossWorkerAsync: worker died ({reason}) while running this job"
+            self._fail_head(w, head, RetryOn.DIED, Kind.ERROR, text, Flag.DIED)
         if self.draining and not self.queue:
             return  # no replacement needed to finish
         if not w.ever_ready:
@@ -726,8 +797,13 @@ class Boss:
             if w.deadline() <= now:
                 head = w.inflight[0]
                 log.warning("job %d overran its deadline in worker %d; killing it", head.job_id, w.pid)
-                self._answer(head.job_id, Kind.TIMED_OUT)
-                w.answered_head = True
+                if self._may_retry(head, RetryOn.TIMED_OUT):
+                    # Decided at its exit: the job must not run again while
+                    # this process may still write its result segment.
+                    w.timed_out_head = True
+                else:
+                    self._answer(head.job_id, Kind.TIMED_OUT, pid=w.pid, ran=now - w.started_at)
+                    w.answered_head = True
                 self._kill(w)
 
     def _retire(self, w: WorkerRecord) -> None:

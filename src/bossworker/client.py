@@ -58,9 +58,27 @@ from .errors import (
 from .payload import THRESHOLD, Pickled, Segments, chunks_of
 from .portable import send_chunks
 from .process import signal_description
-from .protocol import HEADER, MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
+from .protocol import (
+    HEADER,
+    MAX_PAYLOAD,
+    Decoder,
+    Flag,
+    Frame,
+    InitFailure,
+    Kind,
+    SendQueue,
+    decode_error,
+    encode,
+    job_header,
+)
 
-__all__ = ["Client"]
+__all__ = ["Client", "JobRecord"]
+
+#: What main knows of one answered job beyond its answer frame (see
+#: :meth:`Client.take_record`): when it was queued (wall clock) and its time
+#: limit, when its answer arrived, and the answers of the attempts that failed
+#: and were retried (each with its arrival time).
+JobRecord = tuple[float, float, float, list[tuple[float, Frame]]]
 
 # While blocked on a full socket, look at the Boss process this often.
 _LIVENESS_INTERVAL = 0.5
@@ -105,6 +123,16 @@ class Client:
         self._fd_holds = 0  # waits that use the descriptor (see hold_fd)
         self._fd_closed = False
         self._listeners: list[Callable[[], None]] = []
+        # Per-job details for outcomes, kept while a job is pending (popped
+        # by take_record): (queued_at, time limit), one tuple shared by all
+        # the jobs of an add_work call; when the answer arrived; the answers
+        # of failed attempts that were retried.
+        self._queued: dict[int, tuple[float, float]] = {}
+        self._received: dict[int, float] = {}
+        self._retried: dict[int, list[tuple[float, Frame]]] = {}
+        # Jobs dropped by BossWorkerAsync.cancel(), as (job_id, when), for
+        # get_outcome() (get_result() never sees them).
+        self._cancelled: deque[tuple[int, float]] = deque()
 
     # -- state ---------------------------------------------------------------
 
@@ -196,9 +224,15 @@ class Client:
     # loop for asyncio ones.  Readers push out what is queued too, so bytes
     # whose sender gave up waiting still go out.
 
-    def queue_jobs(self, pickles: Sequence[Pickled], timeout: float) -> tuple[list[int], int]:
+    def queue_jobs(
+        self, pickles: Sequence[Pickled], timeout: float, retries: int = 0, retry_on: int = 0
+    ) -> tuple[list[int], int]:
         """Queue one JOB frame per pickled job. Returns their ids and the
-        send target to pass to :meth:`flush` or :meth:`aflush`."""
+        send target to pass to :meth:`flush` or :meth:`aflush`.
+
+        ``retries`` and ``retry_on`` (protocol.RetryOn bits) ride in each
+        JOB's header; such a job travels inline (not in a segment, which its
+        first attempt would consume) unless it is too big for a frame."""
         with self._cond:
             if not self._accepting:
                 raise ShutDownError("the pool has been shut down; it takes no more work")
@@ -209,6 +243,9 @@ class Client:
             self._next_id += len(pickles)
             self._pending += len(pickles)
             ids = list(range(first, first + len(pickles)))
+            self._queued.update(dict.fromkeys(ids, (time.time(), timeout)))
+            if retries:
+                return ids, self._queue_retried(ids, pickles, timeout, retries, retry_on, in_segments)
             # Small frames are joined into one buffer (one copy of a few
             # bytes each); large pickles are queued as they are, uncopied.
             small: list[bytes | bytearray | memoryview] = []
@@ -231,6 +268,26 @@ class Client:
                         self._queue_bytes(chunk)
             self._queue_bytes(b"".join(small))
             return ids, self._queued_total
+
+    def _queue_retried(
+        self,
+        ids: list[int],
+        pickles: Sequence[Pickled],
+        timeout: float,
+        retries: int,
+        retry_on: int,
+        in_segments: set[int],
+    ) -> int:
+        """queue_jobs for jobs that may be retried (lock held)."""
+        for job_id, pickled in zip(ids, pickles, strict=True):
+            if job_id in in_segments:
+                self._queue_bytes(job_header(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout, retries, retry_on))
+                continue
+            chunks, size = chunks_of(pickled)
+            self._queue_bytes(job_header(Kind.JOB, 0, size, job_id, timeout, retries, retry_on))
+            for chunk in chunks:
+                self._queue_bytes(chunk)
+        return self._queued_total
 
     def _store_oversized(self, pickles: Sequence[Pickled], first: int) -> set[int]:
         """Put the jobs too big for a frame in segments, before anything is
@@ -355,10 +412,14 @@ class Client:
 
     def _file(self, frames: list[Frame]) -> None:
         """Put decoded frames where their readers look (lock held)."""
+        now = time.time()
         for frame in frames:
             kind = frame.kind
             if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
                 self._results.append(frame)
+                self._received[frame.job_id] = now
+            elif kind == Kind.RETRYING:
+                self._retried.setdefault(frame.job_id, []).append((now, Frame.parse(bytes(frame.payload))))
             elif kind == Kind.STATS:
                 self._stats_got += 1
                 self._stats_replies[self._stats_got] = json.loads(bytes(frame.payload))
@@ -368,6 +429,8 @@ class Client:
                 self._cancel_replies[self._cancels_got] = dropped
                 if dropped:
                     self._pending -= 1  # no result will ever come for it
+                    self._queued.pop(frame.job_id, None)
+                    self._retried.pop(frame.job_id, None)
             elif kind == Kind.READY:
                 self._ready = True
             elif kind == Kind.INIT_FAILED:
@@ -476,45 +539,73 @@ class Client:
                 self._close_fd_if_unheld()
                 self._cond.notify_all()
 
-    def next_result(self, blocking: bool, timeout: float | None) -> Frame | None:
-        """The next result frame, oldest first, or None (see get_result)."""
+    def next_result(self, blocking: bool, timeout: float | None, cancelled: bool = False) -> Frame | None:
+        """The next result frame, oldest first, or None (see get_result).
+
+        With ``cancelled``, a job dropped by :meth:`note_cancelled` comes
+        first, as a frame of kind CANCEL_REPLY (get_outcome; never
+        get_result)."""
         with self._cond:  # the common case: a result was read already
-            if self._results and not self._forced:
-                return self._take_result()
+            if (self._results or (cancelled and self._cancelled)) and not self._forced:
+                return self._take_result(cancelled)
         if not blocking:
             self.poll()
             with self._cond:
                 if self._forced:
                     return None  # discarded, or about to be
-                frame, _final = self.result_or_verdict(must_be_pending=False)
+                frame, _final = self.result_or_verdict(must_be_pending=False, cancelled=cancelled)
                 return frame  # None, or BossDiedError if the Boss died with results due
         deadline = None if timeout is None else time.monotonic() + timeout
         must_be_pending = timeout is None  # else work may still come from another thread
         with self._cond:  # re-entrant: result_or_verdict takes it again
             forced_before = self._forced
             while True:
-                frame, final = self.result_or_verdict(must_be_pending, forced_before)
+                frame, final = self.result_or_verdict(must_be_pending, forced_before, cancelled)
                 if frame is not None or final:
                     return frame
                 self.wait_for(
                     lambda: (
                         bool(self._results)
+                        or (cancelled and bool(self._cancelled))
                         or (self._forced and not forced_before)
                         or (must_be_pending and self._pending == 0)
                     ),
                     deadline,
                 )
                 if deadline is not None and time.monotonic() >= deadline:
-                    return self.result_or_verdict(False, forced_before)[0]
+                    return self.result_or_verdict(False, forced_before, cancelled)[0]
 
-    def _take_result(self) -> Frame:
+    def _take_result(self, cancelled: bool = False) -> Frame:
+        if cancelled and self._cancelled:
+            job_id, when = self._cancelled.popleft()
+            return Frame(Kind.CANCEL_REPLY, 0, job_id, when, b"")
         self._pending -= 1
         if self._pending == 0:
             self._wake_all()  # waiters with nothing left to wait for must say so
         return self._results.popleft()
 
+    def note_cancelled(self, job_id: int) -> None:
+        """Job ``job_id`` was dropped by a cancel: get_outcome will say so."""
+        with self._cond:
+            self._cancelled.append((job_id, time.time()))
+            self._cond.notify_all()
+
+    @property
+    def cancelled_waiting(self) -> int:
+        """Cancelled jobs whose outcome get_outcome has not handed out yet."""
+        return len(self._cancelled)
+
+    def take_record(self, job_id: int) -> JobRecord:
+        """What main knows of answered job ``job_id`` (see :data:`JobRecord`),
+        forgotten here.  Whoever takes a result frame calls this once."""
+        with self._cond:
+            queued_at, limit = self._queued.pop(job_id, (0.0, 0.0))
+            received = self._received.pop(job_id, 0.0)
+            retried = self._retried.pop(job_id, []) if self._retried else []
+        return queued_at, limit, received, retried
+
     def result_or_verdict(
-        self, must_be_pending: bool, forced_before: bool = False
+        self, must_be_pending: bool, forced_before: bool = False, cancelled: bool = False
     ) -> tuple[Frame | None, bool]:
         """A result already read, if any (no I/O), and whether waiting is
         pointless (the socket is closed).  With ``must_be_pending`` (a wait
@@ -530,8 +621,8 @@ class Client:
                 raise ShutDownError(
                     "the pool was stopped with shut_down(force=True); its unretrieved results were discarded"
                 )
-            if self._results:
-                return self._take_result(), True
+            if self._results or (cancelled and self._cancelled):
+                return self._take_result(cancelled), True
             if must_be_pending and self._pending == 0:
                 raise NoPendingResultsError("no results are pending: get_result() would wait forever")
             if self._eof or self._closed:
@@ -632,6 +723,10 @@ class Client:
         with self._cond:
             self._results.clear()
             self._pending = 0
+            self._queued.clear()
+            self._received.clear()
+            self._retried.clear()
+            self._cancelled.clear()
         self.segments.discard_all()
 
     def discard_orphan_segments(self) -> None:
@@ -671,4 +766,4 @@ class Client:
                 return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
         if frame.kind == Kind.TIMED_OUT:
             return {"ERROR": TIMED_OUT_ERROR}
-        return {"ERROR": bytes(frame.payload).decode("utf-8", "replace")}
+        return {"ERROR": decode_error(frame.flags, frame.payload)[0]}

@@ -18,8 +18,10 @@ catches all of them::
     ├── TaskTimeoutError            the task ran past its time limit (also a TimeoutError)
     ├── WorkerDiedError             the task's worker died under it (also a
     │                               concurrent.futures.process.BrokenProcessPool)
-    └── TaskError                   the task failed in a way that cannot be re-raised
-                                    as its own exception (unpicklable exception, ...)
+    ├── TaskError                   the task failed in a way that cannot be re-raised
+    │                               as its own exception (unpicklable exception, ...)
+    └── JobCancelledError           Outcome.error of a job dropped by cancel() (also a
+                                    concurrent.futures.CancelledError)
 
     RemoteTraceback                 not raised: the ``__cause__`` of a task's own
                                     exception re-raised in main, carrying the
@@ -29,11 +31,14 @@ A failure *inside one job* is never raised by the queue API: it travels back
 as that job's result, ``{"ERROR": "..."}``, so one bad job never poisons the
 pool.  A job that ran out of time gets exactly ``{"ERROR": TIMED_OUT_ERROR}``.
 The Executor turns the same answers into exceptions raised by that one
-future's ``result()``: the task's own exception, or one of the three above.
+future's ``result()``: the task's own exception, or one of the three above;
+``BossWorkerAsync.get_outcome()`` puts the same exceptions in
+``Outcome.error`` (see :mod:`bossworker.outcome`).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "BossDiedError",
     "BossWorkerError",
     "InvalidArgumentError",
+    "JobCancelledError",
     "NoPendingResultsError",
     "RemoteTraceback",
     "SerializationError",
@@ -203,3 +209,9 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class JobCancelledError(BossWorkerError, CancelledError):
+    """The ``error`` of the :class:`~bossworker.outcome.Outcome` of a job
+    that :meth:`BossWorkerAsync.cancel` dropped before it started (raised by
+    that outcome's ``unwrap()``).  Also a ``concurrent.futures.CancelledError``."""

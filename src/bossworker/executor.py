@@ -41,20 +41,13 @@ from typing import Any, TypeVar
 
 from .backend import Backend
 from .errors import (
-    NO_WORKER_COULD_START_PREFIX,
-    RESULT_NOT_PICKLABLE_PREFIX,
-    WORKER_DIED_PREFIX,
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
-    RemoteTraceback,
     SerializationError,
     ShutDownError,
-    TaskError,
-    TaskTimeoutError,
-    WorkerDiedError,
-    WorkerInitError,
 )
+from .outcome import error_from_answer, rebuild_exception
 from .payload import PICKLE_PROTOCOL, dump
 from .pool import BossWorkerAsync, _check_timeout
 from .protocol import Flag, Frame, Kind
@@ -109,18 +102,7 @@ class _Raised:
 
     def exception(self) -> BaseException:
         """The task's exception, rebuilt in main, remote traceback as ``__cause__``."""
-        exc: BaseException | None = None
-        if self.exc_pickle is not None:
-            with contextlib.suppress(Exception):
-                exc = pickle.loads(self.exc_pickle)
-        if not isinstance(exc, BaseException):
-            exc = TaskError(
-                f"{self.text} (raised in the worker; the exception itself could not be "
-                "pickled, so it arrives as this TaskError with its text and traceback)",
-                self.type_name,
-            )
-        exc.__cause__ = RemoteTraceback(f'\n"""\n{self.tb}"""')
-        return exc
+        return rebuild_exception(self.exc_pickle, self.text, self.type_name, self.tb)
 
 
 def _call(job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
@@ -337,6 +319,7 @@ class _Core:
         self._finish(error)
 
     def _complete(self, frame: Frame) -> None:
+        self.client.take_record(frame.job_id)  # the details outcomes use: not kept here
         with self.lock:
             future = self.futures.pop(frame.job_id, None)
         outcome = self._outcome(frame, future._limit if future is not None else 0.0)
@@ -365,13 +348,7 @@ class _Core:
             if type(value) is _Raised:
                 return False, value.exception()
             return True, value
-        if kind == Kind.TIMED_OUT:
-            return False, TaskTimeoutError(
-                f"the task ran past its time limit of {limit:g} s; it was stopped (its worker "
-                "killed and replaced if it had to be), and the other tasks carry on",
-                limit,
-            )
-        return False, _error_from_text(bytes(frame.payload).decode("utf-8", "replace"))
+        return False, error_from_answer(frame, limit, "task")
 
     def _finish(self, error: BaseException | None) -> None:
         """The socket is closed: fail what is unanswered, stop the pool."""
@@ -396,45 +373,6 @@ class _Core:
             if not self.killed:  # else the killing thread stops the pool
                 with contextlib.suppress(BossWorkerError):
                     self.pool.shut_down()
-
-
-def _error_from_text(text: str) -> BaseException:
-    """The exception for an ERROR the engine wrote on a task's behalf."""
-    error: BaseException
-    if text.startswith(WORKER_DIED_PREFIX):
-        reason = text[len(WORKER_DIED_PREFIX) :].split(")", 1)[0]
-        error = WorkerDiedError(
-            f"the worker running this task died ({reason}); it was replaced and the executor "
-            "carries on (unlike ProcessPoolExecutor, whose whole pool would now be broken)",
-            reason,
-            _exitcode(reason),
-        )
-    elif text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
-        error = SerializationError(f"the task's return value could not be pickled in the worker: {text}")
-    elif text.startswith(NO_WORKER_COULD_START_PREFIX):
-        error = WorkerInitError(f"no worker could run the initializer, so this task never ran: {text}")
-    else:
-        error = TaskError(text)
-    error.__cause__ = RemoteTraceback(f'\n"""\n{text}\n"""')
-    return error
-
-
-def _exitcode(reason: str) -> int | None:
-    """``"SIGKILL"`` -> -9, ``"exit code 3"`` -> 3 (multiprocessing's convention)."""
-    import signal
-
-    if reason.startswith("exit code "):
-        with contextlib.suppress(ValueError):
-            return int(reason[len("exit code ") :])
-        return None
-    if reason.startswith("signal "):
-        with contextlib.suppress(ValueError):
-            return -int(reason[len("signal ") :])
-        return None
-    try:
-        return -int(signal.Signals[reason])
-    except KeyError:
-        return None
 
 
 # -- interpreter exit ------------------------------------------------------------

@@ -7,12 +7,13 @@ import logging
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -30,9 +31,10 @@ from .errors import (
     SerializationError,
     ShutDownError,
 )
+from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
 from .payload import Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
-from .protocol import Kind
+from .protocol import Flag, Frame, Kind, RetryOn
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
 
@@ -50,6 +52,12 @@ MAX_TIMEOUT = 1e9
 # How long a worker may take to start (its init_handler included) unless
 # the constructor's init_timeout= says otherwise.
 DEFAULT_INIT_TIMEOUT = 60.0
+
+#: The most ``retries=`` a job may have (it travels in one byte of its header).
+MAX_RETRIES = 255
+
+#: The failures ``retry_on=`` may name, and their bits in a JOB's header.
+RETRY_CAUSES = {"died": RetryOn.DIED, "timed_out": RetryOn.TIMED_OUT, "memory": RetryOn.MEMORY}
 
 # How long a graceful stop waits for the Boss to exit after its BYE, and a
 # forced stop waits after SIGTERM, before killing it.
@@ -85,6 +93,66 @@ class BossWorkerAsync:
     handler a new process cannot import raises :class:`SerializationError`
     with that process's error, and a Boss that fails before it serves
     raises :class:`BossDiedError` with its error.
+
+    Parameters (all but ``work_handler`` keyword-only; a bad value raises
+    :class:`InvalidArgumentError` naming it, and nothing is started):
+
+    work_handler
+        ``job -> result``, called in a worker for each job.  Whatever it
+        raises (any ``BaseException``) becomes that job's failure, never the
+        pool's.  Under ``spawn``/``forkserver`` it must be importable by name
+        (a module-level function) or travel by value (the cloudpickle extra).
+    result_handler
+        ``result -> result``, called in *this* process inside
+        :meth:`get_result` (and its async twin) only; :meth:`get_outcome`
+        hands out the work handler's value untouched.  What it raises
+        propagates out of ``get_result``.  Default: none.
+    init_handler
+        Called once in each worker as it starts, before any job (a worker
+        is "ready" once it returns).  If it raises, that worker failed to
+        start (see above).  Default: none.
+    exit_handler
+        Called once in each worker that leaves normally (shut down, or
+        recycled after ``max_jobs_per_worker``); not after a kill.  What it
+        raises is printed, not propagated.  Default: none.
+    global_timeout
+        Seconds a job may run; ``0`` or ``None`` (default 0): no limit.
+        Over it, the job fails with ``TIMED_OUT_ERROR`` (SIGALRM in the
+        worker; if that does not stop it, the Boss kills and replaces the
+        worker ~0.25 s later).  :meth:`add_work`'s ``timeout=`` overrides it.
+    worker_count
+        Worker processes kept alive (at least 1; default 3); a worker that
+        dies is replaced.
+    read_size
+        Bytes asked for per socket read (at least 4096; default 1 MiB).
+    start_method
+        ``"fork"``, ``"spawn"`` or ``"forkserver"`` for the Boss and the
+        workers; ``None`` (default): the platform's safe default, as
+        CPython picks it.
+    max_jobs_per_worker
+        Recycle a worker (it runs ``exit_handler`` and a fresh one replaces
+        it) after this many jobs; ``None`` (default): never.  For leaky
+        handlers.
+    backend
+        Where the Boss runs: ``None`` (default) for processes on this
+        machine; see the README's "Scaling out".
+    init_timeout
+        Seconds a worker may take from its start to ready (its
+        ``init_handler``); ``0`` or ``None``: no limit; default 60.
+    retries
+        How many more times (0 to 255; default 0: never) a job is run again,
+        on another worker, when an attempt fails for one of ``retry_on``.
+        Never for an exception the handler raised.  Off by default because a
+        job whose worker died may have had side effects.  The job's
+        :class:`Outcome` lists every attempt; :meth:`get_result` sees only
+        the last.  :meth:`add_work`'s ``retries=`` overrides it.  A job larger
+        than a frame (4 GiB pickled) is never retried.  Needs the local
+        backend (``backend=None``).
+    retry_on
+        Which failures are retried: any of ``"died"`` (the worker died:
+        a signal, ``os._exit``, a segfault, the OOM killer), ``"timed_out"``
+        and ``"memory"`` (the memory cap killed the worker).  Default
+        ``("died",)``.  Has no effect while ``retries`` is 0.
     """
 
     def __init__(
@@ -101,6 +169,8 @@ class BossWorkerAsync:
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
         init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
+        retries: int = 0,
+        retry_on: Iterable[str] = ("died",),
     ) -> None:
         _check_callable("work_handler", work_handler, required=True)
         _check_callable("result_handler", result_handler)
@@ -112,12 +182,18 @@ class BossWorkerAsync:
         _check_int("read_size", read_size, minimum=4096)
         if max_jobs_per_worker is not None:
             _check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
+        self._retries = _check_retries(retries)
+        self._retry_on = _check_retry_on(retry_on)
         method = default_start_method() if start_method is None else start_method
         if method not in multiprocessing.get_all_start_methods():
             raise InvalidArgumentError(
                 f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
             )
         backend = LocalBackend() if backend is None else backend
+        # Retrying is the local Boss's: another backend would ignore it.
+        self._retry_backend = None if isinstance(backend, LocalBackend) else type(backend).__name__
+        if self._retries:
+            self._check_retry_backend()
         segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
         if method != "fork":
             # Handlers that a fresh interpreter cannot import by name travel
@@ -187,16 +263,28 @@ class BossWorkerAsync:
 
     # -- work in -------------------------------------------------------------
 
-    def add_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
+    def add_work(self, *jobs: Any, timeout: float | None = None, retries: int | None = None) -> list[int]:
         """Queue jobs; return one id per job, in order, unique to this pool.
 
         ``timeout`` (seconds) overrides ``global_timeout`` for these jobs;
-        0 means no limit.  Every job is pickled before any is sent: if one
-        cannot be, :class:`SerializationError` is raised and none is queued.
+        0 means no limit.  ``retries`` overrides the constructor's
+        ``retries`` for these jobs (``retry_on`` stays the pool's).  Every
+        job is pickled before any is sent: if one cannot be,
+        :class:`SerializationError` is raised and none is queued.
         Raises :class:`ShutDownError` after :meth:`shut_down`, and
         :class:`BossDiedError` if the Boss is gone.
         """
         payloads, limit = self._pickle_jobs(jobs, timeout)
+        count = self._retries if retries is None else _check_retries(retries)
+        if count:
+            self._check_retry_backend()
+            ids, target = self._client.queue_jobs(payloads, limit, count, self._retry_on)
+            try:
+                self._client.flush(target)
+            except BossDiedError:
+                self._client.forget_jobs(len(ids))
+                raise
+            return ids
         return self._client.add_jobs(payloads, limit)
 
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
@@ -239,6 +327,7 @@ class BossWorkerAsync:
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
         if frame is None:
             return None
+        self._client.take_record(frame.job_id)
         return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
 
     def get_result_nb(self, *, with_id: bool = False) -> Any:
@@ -249,6 +338,88 @@ class BossWorkerAsync:
         """Yield results as they come until none is pending."""
         while self._client.pending > 0:
             yield self.get_result(with_id=with_id)
+
+    def get_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
+        """The next job's :class:`~bossworker.outcome.Outcome`, in completion order.
+
+        The same stream as :meth:`get_result` (each job's answer goes to one
+        of them, whichever asks first), with the same ``blocking`` and
+        ``timeout`` rules, but typed: ``outcome.ok`` and ``outcome.value``
+        (the handler's return value, untouched: ``None`` stays ``None``,
+        ``result_handler`` is not applied), or ``outcome.error`` (the
+        handler's own exception, with the worker-side traceback as
+        ``__cause__``; :class:`TaskTimeoutError`, :class:`WorkerDiedError`,
+        ...; see :mod:`bossworker.outcome`), and ``outcome.unwrap()``.
+        Details: ``worker_pid``, ``run_time``, ``queued_at``,
+        ``started_at``, ``finished_at`` and ``attempts`` (more than one when
+        the job was retried).
+
+        A job dropped by :meth:`cancel` yields one outcome here too, with
+        ``cancelled=True`` (at once: it waits for nothing), so every job
+        added yields exactly one outcome; :meth:`get_result` never returns
+        anything for it.
+        """
+        if timeout is not None:
+            timeout = _check_timeout("timeout", timeout)
+        frame = self._client.next_result(blocking=bool(blocking), timeout=timeout, cancelled=True)
+        return None if frame is None else self._outcome(frame)
+
+    def outcomes(self) -> Iterator[Outcome[Any]]:
+        """Yield :meth:`get_outcome` until no job is pending (cancelled jobs
+        included: each yields its ``cancelled`` outcome)."""
+        while self._client.pending > 0 or self._client.cancelled_waiting:
+            outcome = self.get_outcome()
+            if outcome is not None:
+                yield outcome
+
+    def cancel(self, job_id: int) -> bool:
+        """Drop job ``job_id`` if it has not started yet; return whether it was.
+
+        A job still waits if it is in main's send queue or the Boss's queue;
+        one that a worker has (running, or sent ahead to it), that is done,
+        or that this pool never issued is not dropped (False).  A dropped
+        job is never run, :meth:`pending` stops counting it at once,
+        :meth:`get_result` never returns anything for it, and
+        :meth:`get_outcome` / :meth:`outcomes` yield its outcome with
+        ``cancelled=True``.  One round trip to the Boss.  Allowed after a
+        graceful :meth:`shut_down` began; False once the Boss is gone.
+        A cancelled job's outcome waits in main (a few bytes) until
+        :meth:`get_outcome` takes it or the pool is force-stopped.
+        """
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise InvalidArgumentError(f"job_id must be an int from add_work(), not {type(job_id).__name__}")
+        dropped = self._client.cancel_jobs([job_id])[0] is True
+        if dropped:
+            self._client.note_cancelled(job_id)
+        return dropped
+
+    def _check_retry_backend(self) -> None:
+        if self._retry_backend is not None:
+            raise InvalidArgumentError(
+                f"retries= needs the local backend (backend=None); {self._retry_backend} does not retry jobs"
+            )
+
+    def _outcome(self, frame: Frame) -> Outcome[Any]:
+        """Turn an answer frame (or a cancelled job's marker) into its Outcome."""
+        client = self._client
+        queued_at, limit, received, retried = client.take_record(frame.job_id)
+        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped; ``timeout`` holds when
+            return cancelled_outcome(frame.job_id, queued_at, frame.timeout)
+        ok = frame.kind == Kind.RESULT
+        value: Any
+        if ok:
+            try:
+                if frame.flags & Flag.SEGMENT:
+                    value = client.segments.load(frame.job_id, "r")
+                else:
+                    value = pickle.loads(frame.payload)
+            except Exception as exc:  # noqa: BLE001 - this job's failure only
+                ok = False
+                value = SerializationError(f"the job's result could not be unpickled in main: {exc!r}")
+                value.__cause__ = exc
+        else:
+            value = error_from_answer(frame, limit)
+        return make_outcome(frame, value, ok, queued_at, limit, received, retried)
 
     def _deliver(self, job_id: int, value: Any, with_id: bool) -> Any:
         if value is None:
@@ -346,7 +517,25 @@ class BossWorkerAsync:
         frame = await aio.anext_result(self._client, self._socket_waiter(), bool(blocking), timeout)
         if frame is None:
             return None
+        self._client.take_record(frame.job_id)
         return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
+
+    async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
+        """:meth:`get_outcome` for async code: same options, same outcomes."""
+        if timeout is not None:
+            timeout = _check_timeout("timeout", timeout)
+        from . import aio
+
+        waiter = self._socket_waiter()
+        frame = await aio.anext_result(self._client, waiter, bool(blocking), timeout, cancelled=True)
+        return None if frame is None else self._outcome(frame)
+
+    async def aoutcomes(self) -> AsyncIterator[Outcome[Any]]:
+        """``async for`` over outcomes until none is pending (see :meth:`outcomes`)."""
+        while self._client.pending > 0 or self._client.cancelled_waiting:
+            outcome = await self.aget_outcome()
+            if outcome is not None:
+                yield outcome
 
     async def aresults(self, *, with_id: bool = False) -> AsyncIterator[Any]:
         """``async for`` over results until none is pending."""
@@ -497,6 +686,28 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be at least {minimum}, not {value}")
+
+
+def _check_retries(value: object) -> int:
+    _check_int("retries", value, minimum=0)
+    assert isinstance(value, int)
+    if value > MAX_RETRIES:
+        raise InvalidArgumentError(f"retries must be at most {MAX_RETRIES}, not {value}")
+    return value
+
+
+def _check_retry_on(value: object) -> int:
+    """``retry_on=`` names as protocol.RetryOn bits."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidArgumentError(
+            f"retry_on must be a tuple of names out of {sorted(RETRY_CAUSES)}, not {value!r}"
+        )
+    bits = 0
+    for name in value:
+        if name not in RETRY_CAUSES:
+            raise InvalidArgumentError(f"retry_on names {name!r}; it takes {sorted(RETRY_CAUSES)}")
+        bits |= RETRY_CAUSES[name]
+    return bits
 
 
 def _check_timeout(name: str, value: object) -> float:

@@ -5,7 +5,10 @@ Every message between main, the Boss and a worker is one *frame*::
     offset  size  field
     0       1     kind      (Kind)
     1       1     flags     (Flag: how the payload is stored)
-    2       6     padding   (zero)
+    2       6     padding   (zero), but: in a JOB, its retry settings
+                            (u8 retries, u8 RetryOn bits, see job_header);
+                            in an answer, u32 at offset 4 = the pid of the
+                            worker that answered or died (see answer_header)
     8       8     length    of the payload, in bytes
     16      8     job_id    (0 when the frame is not about a job; in INIT_FAILED,
                             an InitFailure saying what failed)
@@ -50,12 +53,26 @@ __all__ = [
     "InitFailure",
     "Kind",
     "ProtocolError",
+    "RetryOn",
     "SendQueue",
+    "answer_header",
+    "answer_pid",
+    "decode_error",
     "encode",
+    "encode_error",
+    "job_header",
+    "job_retry",
 ]
 
 HEADER = struct.Struct("<BB6xQQd")
 HEADER_SIZE = HEADER.size  # 32
+# The same 32 bytes with the padding used (see job_header / answer_header).
+_JOB_HEADER = struct.Struct("<BBBB4xQQd")
+_ANSWER_HEADER = struct.Struct("<BB2xIQQd")
+_ANSWER_PID = struct.Struct("<I")
+# An ERROR payload that carries the exception (Flag.EXCEPTION): u32 length
+# of the text, the UTF-8 text, then the pickled exception.
+_ERROR_TEXT_LENGTH = struct.Struct("<I")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -90,6 +107,9 @@ class Kind(IntEnum):
     # elsewhere meanwhile do not collide.)
     CANCEL = 20  # main -> Boss: drop job ``job_id`` if it still waits in the queue
     CANCEL_REPLY = 21  # Boss -> main: payload = b"\x01" dropped, b"\x00" not (started, done or unknown)
+    # Boss -> main: job ``job_id`` failed an attempt and was queued again
+    # (retries=); header and payload as the ERROR / TIMED_OUT it replaces.
+    RETRYING = 22
 
 
 class InitFailure(IntEnum):
@@ -111,6 +131,15 @@ class Flag(IntEnum):
     EXCEPTION = 2  # an ERROR whose payload also carries the pickled exception
     DIED = 4  # an ERROR the Boss made because the job's worker died under it
     MEMORY = 8  # an ERROR the Boss made because the worker exceeded its memory cap
+
+
+class RetryOn(IntEnum):
+    """Bits of a JOB's retry mask: which failures of an attempt the Boss
+    retries (at most ``retries`` times), instead of answering them."""
+
+    DIED = 1  # the worker died under the job (signal, exit, segfault)
+    TIMED_OUT = 2  # the job ran out of time
+    MEMORY = 4  # the worker exceeded its memory cap
 
 
 _KINDS = frozenset(int(k) for k in Kind)
@@ -140,6 +169,48 @@ class Frame(NamedTuple):
 def encode(kind: Kind, job_id: int = 0, payload: Buffer = b"", timeout: float = 0.0, flags: int = 0) -> bytes:
     """Return one complete frame as bytes."""
     return HEADER.pack(kind, flags, len(payload), job_id, timeout) + payload
+
+
+def job_header(
+    kind: int, flags: int, length: int, job_id: int, timeout: float, retries: int, retry_on: int
+) -> bytes:
+    """A JOB frame's header with its retry settings (``retries`` <= 255)."""
+    return _JOB_HEADER.pack(kind, flags, retries, retry_on, length, job_id, timeout)
+
+
+def job_retry(raw: Buffer) -> tuple[int, int]:
+    """A JOB frame's ``(retries, retry_on)``: (0, 0) for one never retried."""
+    return raw[2], raw[3]
+
+
+def answer_header(kind: int, flags: int, length: int, job_id: int, ran: float, pid: int) -> bytes:
+    """The header of an answer (RESULT, ERROR, TIMED_OUT, RETRYING): ``ran``
+    is how long the job ran, ``pid`` the worker that ran it (0: none)."""
+    return _ANSWER_HEADER.pack(kind, flags, pid, length, job_id, ran)
+
+
+def answer_pid(raw: Buffer) -> int:
+    """The worker pid an answer carries (0 if none ran the job)."""
+    pid: int = _ANSWER_PID.unpack_from(raw, 4)[0]
+    return pid
+
+
+def encode_error(text: bytes, exception: bytes | None) -> tuple[int, bytes]:
+    """An ERROR payload and the flags saying how to read it: the text
+    alone, or (Flag.EXCEPTION) the text and the pickled exception."""
+    if exception is None:
+        return 0, text
+    return Flag.EXCEPTION, _ERROR_TEXT_LENGTH.pack(len(text)) + text + exception
+
+
+def decode_error(flags: int, payload: Buffer) -> tuple[str, memoryview | None]:
+    """An ERROR payload's text and, if it carries one, the pickled exception."""
+    view = memoryview(payload).cast("B")
+    if not flags & Flag.EXCEPTION:
+        return bytes(view).decode("utf-8", "replace"), None
+    (n,) = _ERROR_TEXT_LENGTH.unpack_from(view)
+    start = _ERROR_TEXT_LENGTH.size
+    return bytes(view[start : start + n]).decode("utf-8", "replace"), view[start + n :]
 
 
 class Decoder:

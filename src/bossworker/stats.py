@@ -17,19 +17,50 @@ class Stats:
     ``queued + running + completed + cancelled == added`` always holds: a job
     counts as queued from ``add_work`` until a worker starts it, wherever it
     waits (main's socket, the Boss's queue, or sent ahead to a busy worker).
+    A job being retried counts once: queued (or running) again, and
+    ``completed`` only when its last attempt is answered.
+
+    Fields:
+
+    added
+        Jobs handed to ``add_work`` so far (counted in main).
+    completed
+        Jobs answered: results produced, failures included (``failed``).
+    failed
+        Jobs answered with a failure: the handler raised, the job timed out
+        (``timed_out`` is a part of ``failed``), its worker died, its result
+        could not be pickled, or no worker could start.
+    timed_out
+        Jobs that ran out of time (also counted in ``failed``).
+    queued
+        Jobs waiting to start: ``added - completed - running - cancelled``.
+    running
+        Jobs a worker is running now.
+    workers_alive
+        Worker processes alive now.
+    workers_started
+        Worker processes started in all, replacements included.
+    jobs_per_worker
+        Jobs done by each live worker, by pid (read-only mapping).
+    cancelled
+        Jobs dropped before they started (``cancel()``, an Executor
+        future's ``cancel()``); never answered.
+    retried
+        Failed attempts that were run again (``retries=``), not answered:
+        a job retried twice counts 2 here and 1 in ``completed``.
     """
 
-    added: int  # jobs handed to add_work
-    completed: int  # results produced, ERROR results included
-    failed: int  # ERROR results, timeouts and worker deaths included
-    timed_out: int  # jobs that ran out of time
-    queued: int  # waiting to start
-    running: int  # being run by a worker now
-    workers_alive: int  # worker processes alive now
-    workers_started: int  # worker processes started in all, replacements included
+    added: int
+    completed: int
+    failed: int
+    timed_out: int
+    queued: int
+    running: int
+    workers_alive: int
+    workers_started: int
     jobs_per_worker: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
-    # ^ jobs done by each live worker, by pid
-    cancelled: int = 0  # dropped from the queue before they started (Executor futures' cancel())
+    cancelled: int = 0
+    retried: int = 0
 
     @classmethod
     def from_boss(cls, added: int, boss: Mapping[str, Any]) -> Stats:
@@ -49,4 +80,5 @@ class Stats:
             workers_started=int(boss["workers_started"]),
             jobs_per_worker=MappingProxyType(per_worker),
             cancelled=cancelled,
+            retried=int(boss.get("retried", 0)),
         )

@@ -55,7 +55,19 @@ from .process import (
     open_pidfd,
     set_parent_death_signal,
 )
-from .protocol import HEADER, MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
+from .protocol import (
+    HEADER,
+    MAX_PAYLOAD,
+    Decoder,
+    Flag,
+    Frame,
+    InitFailure,
+    Kind,
+    SendQueue,
+    answer_header,
+    encode,
+    encode_error,
+)
 
 __all__ = ["PICKLE_PROTOCOL", "WorkerSpec", "describe_exception", "run_worker"]
 
@@ -117,6 +129,29 @@ def _send_all(sock: socket.socket, queue: SendQueue) -> None:
         queue.consume(send_chunks(sock, queue.chunks()))
 
 
+def _answer(kind: Kind, job_id: int, started: float, payload: bytes = b"", flags: int = 0) -> bytes:
+    """The one place a worker packs an answer's header: how long the job ran
+    and this worker's pid ride in it (see protocol.answer_header)."""
+    header = answer_header(kind, flags, len(payload), job_id, time.perf_counter() - started, os.getpid())
+    return header + payload if payload else header
+
+
+def _error(job_id: int, started: float, text: str, exc: BaseException | None = None) -> bytes:
+    """An ERROR answer: ``text`` (what get_result() shows) and, when it
+    pickles, the exception itself, so that main can raise it as it is."""
+    pickled: bytes | None = None
+    if exc is not None:
+        try:
+            pickled = pickle.dumps(exc, PICKLE_PROTOCOL)
+        except BaseException:  # noqa: BLE001 - any failure means: the text alone
+            pickled = None
+    data = text.encode("utf-8", "replace")
+    if pickled is not None and len(pickled) + len(data) + 4 > MAX_PAYLOAD:
+        pickled = None
+    flags, payload = encode_error(data, pickled)
+    return _answer(Kind.ERROR, job_id, started, payload, flags)
+
+
 def _run_job(
     spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: OwnedFd | None = None
 ) -> list[bytes | bytearray | memoryview]:
@@ -148,35 +183,36 @@ def _run_job(
                 signal.setitimer(signal.ITIMER_REAL, 0)
             alarm.armed = False
     except _JobTimeout:
-        return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
+        return [_answer(Kind.TIMED_OUT, job_id, started)]
     except BaseException as exc:  # noqa: BLE001 - one bad job must not kill the worker
         if alarm.fired:  # the handler swallowed our _JobTimeout, then failed
-            return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
-        text = describe_exception(exc).encode("utf-8", "replace")
-        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
+            return [_answer(Kind.TIMED_OUT, job_id, started)]
+        return [_error(job_id, started, describe_exception(exc), exc)]
     if alarm.fired:  # the handler caught _JobTimeout itself and went on
-        return [encode(Kind.TIMED_OUT, job_id, timeout=time.perf_counter() - started)]
+        return [_answer(Kind.TIMED_OUT, job_id, started)]
     try:
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
-        text = f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}".encode(
-            "utf-8", "replace"
-        )
-        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
+        return [
+            _error(
+                job_id, started, f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}"
+            )
+        ]
     if boss is not None and has_exited(boss):
         raise _BossGone
     if spec.segments.store(job_id, "r", pickled):
-        return [HEADER.pack(Kind.RESULT, Flag.SEGMENT, 0, job_id, time.perf_counter() - started)]
+        return [_answer(Kind.RESULT, job_id, started, flags=Flag.SEGMENT)]
     if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
-        return [HEADER.pack(Kind.RESULT, 0, len(pickled), job_id, time.perf_counter() - started) + pickled]
+        return [_answer(Kind.RESULT, job_id, started, pickled)]
     chunks, size = chunks_of(pickled)
     if size > MAX_PAYLOAD:  # no room in /dev/shm, and too big for a frame
         text = (
             f"BossWorkerAsync: the result pickles to {size} bytes, above the {MAX_PAYLOAD}-byte limit "
             "of a frame, and /dev/shm had no room for it"
-        ).encode()
-        return [encode(Kind.ERROR, job_id, text, timeout=time.perf_counter() - started)]
-    return [HEADER.pack(Kind.RESULT, 0, size, job_id, time.perf_counter() - started), *chunks]
+        )
+        return [_error(job_id, started, text)]
+    ran = time.perf_counter() - started
+    return [answer_header(Kind.RESULT, 0, size, job_id, ran, os.getpid()), *chunks]
 
 
 def _exit(flush: ExitFlush, code: int) -> NoReturn:

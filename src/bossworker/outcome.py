@@ -1,0 +1,257 @@
+"""What one job came to: :class:`Outcome`, and the one place answers become exceptions.
+
+An answer frame (RESULT, ERROR or TIMED_OUT) says how a job ended; this
+module turns it into an :class:`Outcome` (``BossWorkerAsync.get_outcome``)
+or, for a failure, into the exception that stands for it (shared with
+:class:`bossworker.Executor`, so both raise the same thing for the same
+answer):
+
+=====================================  =========================================
+the answer                             ``Outcome.error`` / the future's exception
+=====================================  =========================================
+the handler raised, exception pickles  that exception, its own type and message;
+                                       the worker-side traceback is ``__cause__``
+                                       (a :class:`RemoteTraceback`)
+the handler raised, it does not        :class:`TaskError` (``type_name``, text)
+the job ran out of time                :class:`TaskTimeoutError`
+its worker died (Flag.DIED)            :class:`WorkerDiedError` (``reason``, ``exitcode``)
+its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY)
+the result could not be pickled        :class:`SerializationError`
+no worker could start                  :class:`WorkerInitError`
+anything else the engine reports       :class:`TaskError`
+=====================================  =========================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, NoReturn, TypeVar
+
+from . import errors
+from .errors import (
+    NO_WORKER_COULD_START_PREFIX,
+    RESULT_NOT_PICKLABLE_PREFIX,
+    WORKER_DIED_PREFIX,
+    JobCancelledError,
+    RemoteTraceback,
+    SerializationError,
+    TaskError,
+    TaskTimeoutError,
+    WorkerDiedError,
+    WorkerInitError,
+)
+from .protocol import Buffer, Flag, Frame, Kind, answer_pid, decode_error
+
+__all__ = ["Attempt", "Outcome", "error_from_answer", "rebuild_exception"]
+
+R = TypeVar("R")
+
+# The engine's own ERROR texts begin so; a handler's exception text begins
+# with its type's name.
+_ENGINE_PREFIX = "BossWorkerAsync:"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at a job: the worker that ran it and how it ended.
+
+    A job has one attempt unless it was retried (``retries=``): then one
+    per run, oldest first, the last being the one its :class:`Outcome` reports.
+    """
+
+    #: pid of the worker that ran it; None if none did (no worker could start).
+    worker_pid: int | None
+    #: Seconds it ran, as its worker measured it (the Boss, for a worker that
+    #: died or was killed at its deadline).
+    run_time: float
+    #: How it failed (see :attr:`Outcome.error`); None if it succeeded.
+    error: BaseException | None
+    #: When main received this attempt's answer (``time.time()``).
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[R]):
+    """How one job ended, from :meth:`BossWorkerAsync.get_outcome`.
+
+    Exactly one of these holds: ``ok`` (``value`` is the handler's return
+    value, untouched: ``None`` stays ``None`` and ``result_handler`` is not
+    applied), ``cancelled`` (dropped by :meth:`BossWorkerAsync.cancel`
+    before it started; ``error`` is a :class:`JobCancelledError`), or it
+    failed (``error`` says how; see the table in :mod:`bossworker.outcome`).
+    :meth:`unwrap` returns the value or raises the error.
+
+    Times are ``time.time()`` in main: ``queued_at`` when :meth:`add_work`
+    was called, ``finished_at`` when main received the answer, and
+    ``started_at`` is *derived*: ``finished_at - run_time``, so it is the
+    start as seen from main, late by the answer's trip from the worker
+    (typically well under a millisecond) and never before ``queued_at``.
+    ``run_time`` is measured by the worker (wall time: loading the job,
+    the handler, pickling the result), by the Boss for a worker that died
+    or was killed at its deadline.
+    """
+
+    job_id: int
+    ok: bool
+    value: R | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+    #: pid of the worker that ran the (last) attempt; None if none did
+    #: (cancelled, or no worker could start).
+    worker_pid: int | None = None
+    run_time: float = 0.0
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float = 0.0
+    #: Every attempt, oldest first; more than one only when the job was
+    #: retried (``retries=``).  Empty for a cancelled job.
+    attempts: tuple[Attempt, ...] = field(default=())
+
+    def unwrap(self) -> R:
+        """The handler's return value; for a job that failed or was
+        cancelled, raise its :attr:`error`."""
+        if self.ok:
+            return self.value  # type: ignore[return-value]  # R may be Optional: None is a value
+        assert self.error is not None
+        _raise(self.error)
+
+    @property
+    def retried(self) -> int:
+        """How many times the job was run again after a failed attempt."""
+        return max(0, len(self.attempts) - 1)
+
+
+def _raise(error: BaseException) -> NoReturn:
+    raise error
+
+
+def rebuild_exception(exc_pickle: Buffer | None, text: str, type_name: str, tb: str) -> BaseException:
+    """The exception a job raised in its worker, rebuilt in main: its own
+    type from ``exc_pickle``, or a :class:`TaskError` with its ``text`` and
+    ``type_name`` when it could not be pickled there or unpickled here.
+    The worker-side traceback ``tb`` becomes its ``__cause__``."""
+    exc: object = None
+    if exc_pickle is not None:
+        with contextlib.suppress(Exception):
+            exc = pickle.loads(exc_pickle)
+    if not isinstance(exc, BaseException):
+        exc = TaskError(
+            f"{text} (raised in the worker; the exception itself could not be pickled, "
+            "so it arrives as this TaskError with its text and traceback)",
+            type_name,
+        )
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
+
+def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseException:
+    """The exception for a failed answer (ERROR or TIMED_OUT; not RESULT).
+
+    ``limit`` is the job's time limit in seconds (for the message);
+    ``what`` names the unit of work in messages ("job", "task")."""
+    if frame.kind == Kind.TIMED_OUT:
+        return TaskTimeoutError(
+            f"the {what} ran past its time limit of {limit:g} s; it was stopped (its worker "
+            "killed and replaced if it had to be), and the others carry on",
+            limit,
+        )
+    text, exc_pickle = decode_error(frame.flags, frame.payload)
+    if frame.flags & Flag.EXCEPTION or not text.startswith(_ENGINE_PREFIX):
+        # The handler's own exception: "module.Type: message\n" + traceback.
+        head, _, tb = text.partition("\n")
+        type_name = head.partition(":")[0]
+        return rebuild_exception(exc_pickle, head, type_name, tb)
+    error: BaseException
+    if frame.flags & Flag.MEMORY:
+        # The memory cap's own error when there is one (see max_worker_memory).
+        memory_error = getattr(errors, "MemoryLimitError", None)
+        if isinstance(memory_error, type) and issubclass(memory_error, BaseException):
+            error = memory_error(text)
+        else:
+            error = _died(text, what)
+    elif frame.flags & Flag.DIED or text.startswith(WORKER_DIED_PREFIX):
+        # The flag from our Boss; the text from backends that do not set it.
+        error = _died(text, what)
+    elif text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
+        error = SerializationError(f"the {what}'s return value could not be pickled in the worker: {text}")
+    elif text.startswith(NO_WORKER_COULD_START_PREFIX):
+        error = WorkerInitError(f"no worker could run the initializer, so this {what} never ran: {text}")
+    else:
+        error = TaskError(text)
+    error.__cause__ = RemoteTraceback(f'\n"""\n{text}\n"""')
+    return error
+
+
+def _died(text: str, what: str) -> WorkerDiedError:
+    reason = text[len(WORKER_DIED_PREFIX) :].split(")", 1)[0] if text.startswith(WORKER_DIED_PREFIX) else ""
+    return WorkerDiedError(
+        f"the worker running this {what} died ({reason or text}); it was replaced and the pool "
+        "carries on (unlike ProcessPoolExecutor, whose whole pool would now be broken)",
+        reason,
+        exitcode_of(reason),
+    )
+
+
+def exitcode_of(reason: str) -> int | None:
+    """``"SIGKILL"`` -> -9, ``"exit code 3"`` -> 3 (multiprocessing's convention)."""
+    if reason.startswith("exit code "):
+        with contextlib.suppress(ValueError):
+            return int(reason[len("exit code ") :])
+        return None
+    if reason.startswith("signal "):
+        with contextlib.suppress(ValueError):
+            return -int(reason[len("signal ") :])
+        return None
+    try:
+        return -int(signal.Signals[reason])
+    except KeyError:
+        return None
+
+
+def _attempt(frame: Frame, received: float, limit: float, error: BaseException | None) -> Attempt:
+    pid = answer_pid(frame.raw)
+    return Attempt(pid or None, max(0.0, frame.timeout), error, received)
+
+
+def cancelled_outcome(job_id: int, queued_at: float, when: float) -> Outcome[R]:
+    """The outcome of a job dropped by ``cancel()`` before it started."""
+    error = JobCancelledError(f"job {job_id} was cancelled before it started")
+    return Outcome(job_id, False, None, error, True, None, 0.0, queued_at, None, when, ())
+
+
+def make_outcome(
+    frame: Frame,
+    value: object,
+    ok: bool,
+    queued_at: float,
+    limit: float,
+    received: float,
+    retried: Sequence[tuple[float, Frame]],
+) -> Outcome[R]:
+    """The outcome of answer ``frame``: ``ok`` and ``value`` (the result, or
+    the exception) decoded by the caller; the rest from what main recorded
+    (see :meth:`Client.take_record`)."""
+    error = None if ok else value
+    assert error is None or isinstance(error, BaseException)
+    attempts = [_attempt(f, t, limit, error_from_answer(f, limit)) for t, f in retried]
+    last = _attempt(frame, received, limit, error)
+    attempts.append(last)
+    run_time = last.run_time
+    started_at = max(queued_at, received - run_time)
+    return Outcome(
+        frame.job_id,
+        ok,
+        value if ok else None,  # type: ignore[arg-type]  # the caller decoded R
+        error,
+        False,
+        last.worker_pid,
+        run_time,
+        queued_at,
+        started_at,
+        received,
+        tuple(attempts),
+    )
