@@ -41,12 +41,14 @@ from typing import Any, TypeVar
 
 from .backend import Backend
 from .errors import (
+    MEMORY_LIMIT_PREFIX,
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
     WORKER_DIED_PREFIX,
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
+    MemoryLimitError,
     RemoteTraceback,
     SerializationError,
     ShutDownError,
@@ -409,6 +411,8 @@ def _error_from_text(text: str) -> BaseException:
             reason,
             _exitcode(reason),
         )
+    elif text.startswith(MEMORY_LIMIT_PREFIX):
+        error = MemoryLimitError.from_text(text)
     elif text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
         error = SerializationError(f"the task's return value could not be pickled in the worker: {text}")
     elif text.startswith(NO_WORKER_COULD_START_PREFIX):
@@ -484,7 +488,7 @@ class Executor(futures.Executor):
 
     ``Executor(max_workers=None, mp_context=None, initializer=None,
     initargs=(), *, max_tasks_per_child=None, start_method=None,
-    timeout=None, backend=None)``:
+    timeout=None, backend=None, max_worker_memory=None)``:
 
     * ``max_workers``: worker processes (default: the CPUs this process may
       use).  They start in the constructor, not on the first submit.
@@ -507,6 +511,10 @@ class Executor(futures.Executor):
       :class:`TaskTimeoutError`; its worker is stopped (killed if it is in C
       code) and replaced; the other tasks carry on.
     * ``backend``: where the Boss runs (e.g. the Dask backend).
+    * ``max_worker_memory``: a cap on each worker's resident memory (bytes,
+      or ``"512MiB"``, ``"1.5GB"``, ...; see :class:`BossWorkerAsync`).  A
+      task whose worker passes it fails with :class:`MemoryLimitError`; the
+      worker is replaced.
 
     Where it differs from ``ProcessPoolExecutor`` on purpose: a worker that
     dies fails only its own task's future, with :class:`WorkerDiedError` (a
@@ -531,6 +539,7 @@ class Executor(futures.Executor):
         start_method: str | None = None,
         timeout: float | None = None,
         backend: Backend | None = None,
+        max_worker_memory: int | str | None = None,
     ) -> None:
         workers = (
             _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
@@ -575,6 +584,7 @@ class Executor(futures.Executor):
             start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
+            max_worker_memory=max_worker_memory,
         )
         self._max_workers = workers
         self._core = _Core(pool, limit)

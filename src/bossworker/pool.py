@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from . import aio
 
-from . import byvalue
+from . import byvalue, memory
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
@@ -81,6 +81,19 @@ class BossWorkerAsync:
     handler a new process cannot import raises :class:`SerializationError`
     with that process's error, and a Boss that fails before it serves
     raises :class:`BossDiedError` with its error.
+
+    ``max_worker_memory`` (opt-in; bytes as an int, or a string such as
+    ``"512MiB"``, ``"1.5GB"``, ``"800M"``; at least 16 MiB) caps each
+    worker's resident memory (RSS, the worker process itself; Linux: it
+    reads ``/proc``, and is refused elsewhere).  A worker past the cap while
+    a job runs is killed and replaced, and that job's result is
+    ``{"ERROR": "BossWorkerAsync: worker exceeded its memory limit (...)"}``
+    (see :data:`~bossworker.errors.MEMORY_LIMIT_ERROR`); a worker found past
+    it after a job (a leak) is retired and replaced between jobs.  Checked
+    every 20 ms while a job runs, after every job, and once when a worker is
+    ready (over the cap then: an init failure).  Under ``fork`` a worker's
+    RSS includes the pages it shares with main: set the cap above main's
+    size, or use ``spawn``.
     """
 
     def __init__(
@@ -97,6 +110,7 @@ class BossWorkerAsync:
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
         init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
+        max_worker_memory: int | str | None = None,
     ) -> None:
         _check_callable("work_handler", work_handler, required=True)
         _check_callable("result_handler", result_handler)
@@ -108,6 +122,10 @@ class BossWorkerAsync:
         _check_int("read_size", read_size, minimum=4096)
         if max_jobs_per_worker is not None:
             _check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
+        memory_cap = None
+        if max_worker_memory is not None:
+            memory_cap = memory.parse_memory(max_worker_memory)
+            memory.check_supported()
         method = default_start_method() if start_method is None else start_method
         if method not in multiprocessing.get_all_start_methods():
             raise InvalidArgumentError(
@@ -141,7 +159,7 @@ class BossWorkerAsync:
                 ) from exc
         self._result_handler = result_handler
         self._start_method = method
-        config = BossConfig(spec, worker_count, method, os.getpid())
+        config = BossConfig(spec, worker_count, method, os.getpid(), max_worker_memory=memory_cap)
         sock, handle = backend.start(config)
         self._client = Client(sock, handle, read_size, segments)
         self._handle: BossHandle = handle

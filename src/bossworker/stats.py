@@ -30,6 +30,8 @@ class Stats:
     jobs_per_worker: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
     # ^ jobs done by each live worker, by pid
     cancelled: int = 0  # dropped from the queue before they started (Executor futures' cancel())
+    memory_kills: int = 0  # jobs stopped because their worker passed max_worker_memory (also in failed)
+    memory_recycles: int = 0  # workers retired between jobs because they had grown past max_worker_memory
 
     @classmethod
     def from_boss(cls, added: int, boss: Mapping[str, Any]) -> Stats:
@@ -49,4 +51,6 @@ class Stats:
             workers_started=int(boss["workers_started"]),
             jobs_per_worker=MappingProxyType(per_worker),
             cancelled=cancelled,
+            memory_kills=int(boss.get("memory_kills", 0)),
+            memory_recycles=int(boss.get("memory_recycles", 0)),
         )
