@@ -69,3 +69,8 @@ def grow_task(stop_mib: int) -> int:
     while rss() < stop_mib * MiB:
         chunks.append(b"\x01" * (8 * MiB))
     return len(chunks)
+
+
+def mixed(job: Any) -> dict[str, Any]:
+    """``grow(job)`` for a dict, ``where(job)`` for anything else."""
+    return grow(job) if isinstance(job, dict) else where(job)
