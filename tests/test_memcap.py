@@ -180,16 +180,21 @@ def test_leaky_handler_is_recycled_between_jobs(start_method: str) -> None:
             result = bw.get_result()
             assert "ERROR" not in result, result
             results.append(result)
-        stats = bw.stats()
+        # The last job may have left its worker past the cap too: wait
+        # for that recycling to end before counting.
+        stats = wait_until(
+            lambda: (s := bw.stats()).workers_alive == 1 and s.workers_started == 1 + s.memory_recycles and s,
+            what="the last recycling",
+        )
     pids = [r["pid"] for r in results]
     for before, after in itertools.pairwise(results):
         if before["rss"] > cap + MiB:
             assert after["pid"] != before["pid"], "a worker past the cap was given another job"
     recycled = len(set(pids)) - 1
     assert recycled >= 3
-    assert stats.memory_recycles == recycled and stats.memory_kills == 0 and stats.failed == 0
-    # Every worker left cleanly and was replaced: started = 1 + recycled.
-    assert stats.workers_started == 1 + recycled
+    # Every worker left cleanly and was replaced; the last one perhaps after the last job.
+    assert stats.memory_recycles in (recycled, recycled + 1)
+    assert stats.memory_kills == 0 and stats.failed == 0
 
 
 @pytest.mark.timeout(60)

@@ -72,7 +72,7 @@ from .errors import (
     PROTOCOL_VIOLATION_ERROR,
     START_FAILED_ERROR,
 )
-from .memory import CHECK_INTERVAL, RssProbe, mib
+from .memory import CHECK_INTERVAL, RssProbe, mib, shown_over
 from .portable import make_selector, send_chunks
 from .process import (
     Closable,
@@ -773,7 +773,7 @@ class Boss:
             self._answer(
                 head.job_id,
                 Kind.ERROR,
-                MEMORY_LIMIT_ERROR.format(rss_mib=mib(rss), limit_mib=mib(cap)),
+                MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap)),
                 flags=Flag.MEMORY,
             )
             w.answered_head = True
@@ -814,7 +814,7 @@ class Boss:
         rss = w.rss_probe.rss() if w.rss_probe is not None else None
         if cap is None or rss is None or rss <= cap:
             return False
-        w.init_error = MEMORY_AT_START_ERROR.format(rss_mib=mib(rss), limit_mib=mib(cap))
+        w.init_error = MEMORY_AT_START_ERROR.format(**shown_over(rss, cap))
         w.init_failure = InitFailure.WORKERS
         log.warning("worker %d: %s", w.pid, w.init_error)
         self._kill(w)

@@ -92,7 +92,7 @@ PROTOCOL_VIOLATION_ERROR = (
 #: The ERROR of a job whose worker went past ``max_worker_memory`` while it
 #: ran: the Boss killed the worker (SIGKILL) and replaced it; the answer frame
 #: carries ``protocol.Flag.MEMORY``.  Format with ``rss_mib=`` (what the Boss
-#: measured) and ``limit_mib=`` (the cap), both floats.
+#: measured, rounded up to 0.1) and ``limit_mib=`` (the cap, rounded down).
 MEMORY_LIMIT_ERROR = (
     "BossWorkerAsync: worker exceeded its memory limit ({rss_mib:.1f} MiB > {limit_mib:.1f} MiB)"
 )

@@ -19,6 +19,7 @@ portable path on Linux included); elsewhere the constructor refuses
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from fractions import Fraction
@@ -32,6 +33,7 @@ __all__ = [
     "check_supported",
     "mib",
     "parse_memory",
+    "shown_over",
 ]
 
 #: How often the Boss reads a busy worker's RSS (seconds).  A job is first
@@ -111,6 +113,13 @@ def check_supported() -> None:
 def mib(size: int) -> float:
     """``size`` bytes in MiB."""
     return size / (1024 * 1024)
+
+
+def shown_over(rss: int, cap: int) -> dict[str, float]:
+    """``rss_mib`` and ``limit_mib`` for the error texts, to 0.1 MiB: the
+    size rounded up and the cap down, so that a size just past the cap
+    never reads "200.0 MiB > 200.0 MiB"."""
+    return {"rss_mib": math.ceil(mib(rss) * 10) / 10, "limit_mib": math.floor(mib(cap) * 10) / 10}
 
 
 class RssProbe:
