@@ -784,11 +784,16 @@ class Boss:
         """After ``w`` answered: if it is past the cap (a leaky handler), it
         takes no more jobs and, once the jobs sent ahead to it are done, is
         told to leave (its exit_handler runs) and replaced, before a job of
-        its has to be killed for memory it leaked in earlier jobs."""
+        its has to be killed for memory it leaked in earlier jobs.  Measured
+        after every answer that leaves it idle, else every CHECK_INTERVAL."""
         cap = self.config.max_worker_memory
         if w.rss_probe is None or cap is None or w.state is not WorkerState.SERVING:
             return
-        if not w.over_memory:
+        # A worker with jobs sent ahead is running sub-millisecond jobs back
+        # to back: a system call after each would slow the Boss down for
+        # nothing, so it is measured at most every CHECK_INTERVAL.
+        due = not w.inflight or now - w.memory_checked_at >= CHECK_INTERVAL
+        if not w.over_memory and due:
             rss = w.rss_probe.rss()
             w.memory_checked_at = now
             if rss is None or rss <= cap:

@@ -90,8 +90,9 @@ class BossWorkerAsync:
     ``{"ERROR": "BossWorkerAsync: worker exceeded its memory limit (...)"}``
     (see :data:`~bossworker.errors.MEMORY_LIMIT_ERROR`); a worker found past
     it after a job (a leak) is retired and replaced between jobs.  Checked
-    every 20 ms while a job runs, after every job, and once when a worker is
-    ready (over the cap then: an init failure).  Under ``fork`` a worker's
+    every 20 ms while a job runs (from 20 ms after it started), after a job
+    (at most every 20 ms for sub-millisecond jobs sent ahead), and once when
+    a worker is ready (over the cap then: an init failure).  Under ``fork`` a worker's
     RSS includes the pages it shares with main: set the cap above main's
     size, or use ``spawn``.
     """
