@@ -166,35 +166,41 @@ def test_jobs_sent_ahead_go_back_to_the_queue(start_method: str, tmp_path: Path)
 
 @pytest.mark.timeout(60)
 def test_leaky_handler_is_recycled_between_jobs(start_method: str) -> None:
-    """Each job keeps 16 MiB: once a worker is past the cap after a job, it
-    takes no further job; it leaves cleanly (no job killed) and a new worker
-    takes over."""
+    """Each job keeps 8 MiB more: a worker found past the cap after a job
+    takes no further job; it leaves cleanly and a new worker takes over.
+
+    The job that crosses the cap may itself be killed instead, when the
+    Boss's in-job look (every 20 ms) falls between its allocation and its
+    answer (a slow job on a busy machine): the cap is a hard limit.  What
+    must never happen is a job run on a worker already past the cap."""
     with BossWorkerAsync(h.where, worker_count=1, start_method=start_method) as probe:
         baseline = probe.get_result() if probe.add_work(0) else None
     assert baseline is not None
-    cap = baseline["rss"] + 70 * MiB  # crossed at the 5th job of each worker
+    cap = baseline["rss"] + 36 * MiB  # crossed at the 5th job of each worker
     with BossWorkerAsync(h.leak, worker_count=1, start_method=start_method, max_worker_memory=cap) as bw:
         results = []
-        for _ in range(24):  # one at a time: each answer is checked before the next job
-            bw.add_work(16)
-            result = bw.get_result()
-            assert "ERROR" not in result, result
-            results.append(result)
+        for _ in range(30):  # one at a time: each answer is checked before the next job
+            bw.add_work(8)
+            results.append(bw.get_result())
         # The last job may have left its worker past the cap too: wait
         # for that recycling to end before counting.
         stats = wait_until(
-            lambda: (s := bw.stats()).workers_alive == 1 and s.workers_started == 1 + s.memory_recycles and s,
+            lambda: (
+                (s := bw.stats()).workers_alive == 1
+                and s.workers_started == 1 + s.memory_recycles + s.memory_kills
+                and s
+            ),
             what="the last recycling",
         )
-    pids = [r["pid"] for r in results]
+    kills = [r for r in results if "ERROR" in r]
+    assert all(KILLED.fullmatch(r["ERROR"]) for r in kills), kills
     for before, after in itertools.pairwise(results):
-        if before["rss"] > cap + MiB:
+        if "ERROR" not in before and before["rss"] > cap + MiB:
+            assert "ERROR" not in after, "a job ran on a worker already past the cap"
             assert after["pid"] != before["pid"], "a worker past the cap was given another job"
-    recycled = len(set(pids)) - 1
-    assert recycled >= 3
-    # Every worker left cleanly and was replaced; the last one perhaps after the last job.
-    assert stats.memory_recycles in (recycled, recycled + 1)
-    assert stats.memory_kills == 0 and stats.failed == 0
+    print(f"\n[memcap] {start_method}, leaky: {stats.memory_recycles} recycled, {len(kills)} killed")
+    assert stats.memory_kills == len(kills) == stats.failed
+    assert stats.memory_recycles >= 1 and stats.memory_recycles + stats.memory_kills >= 4
 
 
 @pytest.mark.timeout(60)
