@@ -86,3 +86,19 @@ def test_outcomes_example() -> None:
         "5 ok 'survived' attempts=2",
         "unwrap raised KeyError 'boom'",
     ]
+
+
+def test_memory_cap_example() -> None:
+    out = run(sys.executable, "examples/memory_cap_example.py")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:2] == ["10", "20"]
+    assert lines[2].startswith("{'ERROR': 'BossWorkerAsync: worker exceeded its memory limit (")
+    assert lines[2].endswith(" MiB > 256.0 MiB)'}")
+    assert lines[3] == "memory kills: 1"
+
+
+def test_readme_memory_caps_section_is_the_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples/memory_cap_example.py").read_text()
+    assert example.split("from __future__ import annotations\n\n", 1)[1] in readme

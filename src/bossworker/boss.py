@@ -71,7 +71,14 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
-from .errors import INIT_TIMEOUT_ERROR, PROTOCOL_VIOLATION_ERROR, START_FAILED_ERROR
+from .errors import (
+    INIT_TIMEOUT_ERROR,
+    MEMORY_AT_START_ERROR,
+    MEMORY_LIMIT_ERROR,
+    PROTOCOL_VIOLATION_ERROR,
+    START_FAILED_ERROR,
+)
+from .memory import CHECK_INTERVAL, RssProbe, mib, shown_over
 from .portable import make_selector, send_chunks
 from .process import (
     Closable,
@@ -142,6 +149,11 @@ class BossConfig:
     worker_count: int
     start_method: str
     main_pid: int
+    # The memory cap in bytes (max_worker_memory=), or None: no watching at
+    # all.  A worker whose resident size passes it mid-job is killed and
+    # its job answered with MEMORY_LIMIT_ERROR; one past it after an answer
+    # is retired (see Boss._check_memory, Boss._recycle_if_over_memory).
+    max_worker_memory: int | None = None
 
 
 class WorkerState(enum.Enum):
@@ -181,6 +193,14 @@ class WorkerRecord:
     answered_head: bool = False  # the head was already answered (timeout kill)
     pidfd: OwnedFd | None = None  # readable once the process exited (None: its sentinel is watched)
     timed_out_head: bool = False  # killed for its head's deadline, answered (or retried) at its exit
+    # With a memory cap only: reads the worker's resident size; when it was
+    # last read; and whether it was found past the cap after an answer (it
+    # then takes no more jobs and is retired once its jobs in flight are done).
+    rss_probe: RssProbe | None = None
+    memory_checked_at: float = 0.0
+    over_memory: bool = False
+    # The memory cap killed it mid-job: the ERROR text, answered (or retried) at its exit.
+    memory_kill_text: str | None = None
 
     def deadline(self) -> float:
         """When the running job's time is up, grace included (inf if none)."""
@@ -190,6 +210,15 @@ class WorkerRecord:
         if timeout <= 0:
             return math.inf
         return self.started_at + timeout + TIMEOUT_GRACE
+
+    def memory_check_due(self) -> float:
+        """When the running job's worker is next measured against the memory
+        cap (inf if no job runs).  A job is first measured CHECK_INTERVAL
+        after it started, so jobs shorter than that are only ever measured
+        after they answer."""
+        if self.state is not WorkerState.SERVING or not self.inflight or self.answered_head:
+            return math.inf
+        return max(self.started_at, self.memory_checked_at) + CHECK_INTERVAL
 
 
 class _ForcedStop(BaseException):
@@ -240,6 +269,8 @@ class Boss:
         # Failed attempts so far of the jobs being retried (retries=), by id.
         self.attempts: dict[int, int] = {}
         self.workers_started = 0
+        self.memory_kills = 0  # workers killed mid-job past the memory cap
+        self.memory_recycles = 0  # workers retired between jobs past the memory cap
 
     # -- the loop ------------------------------------------------------------
 
@@ -258,6 +289,8 @@ class Boss:
                 key.data(mask)
             now = time.monotonic()
             self._expire_deadlines(now)
+            if self.config.max_worker_memory is not None:
+                self._check_memory(now)
             self._kill_overdue(now)
             self._expire_starts(now)
             self._respawn_due(now)
@@ -285,8 +318,11 @@ class Boss:
     def _next_timeout(self) -> float:
         now = time.monotonic()
         soonest = self.next_parent_check
+        watch_memory = self.config.max_worker_memory is not None
         for w in self.workers:
             soonest = min(soonest, w.deadline())
+            if watch_memory:
+                soonest = min(soonest, w.memory_check_due())
             if w.state is WorkerState.STARTING:
                 soonest = min(soonest, w.start_by)
             if w.state is WorkerState.DEAD:
@@ -446,6 +482,8 @@ class Boss:
                 "workers_alive": len(alive),
                 "workers_started": self.workers_started,
                 "jobs_per_worker": {str(w.pid): w.jobs_done for w in alive},
+                "memory_kills": self.memory_kills,
+                "memory_recycles": self.memory_recycles,
             }
         ).encode()
 
@@ -467,6 +505,7 @@ class Boss:
             inherited = [self.main, self.selector, boss_end]
             inherited += [w.sock for w in self.workers]
             inherited += [fd for fd in (self.main_pidfd, *(w.pidfd for w in self.workers)) if fd is not None]
+            inherited += [w.rss_probe for w in self.workers if w.rss_probe is not None]
         process = self.ctx.Process(
             target=run_worker,
             args=(worker_end, self.worker_spec, os.getpid(), inherited),
@@ -489,6 +528,13 @@ class Boss:
         w = WorkerRecord(process, boss_end, process.pid or 0, decoder=Decoder(self.config.worker.read_size))
         if self.config.worker.init_timeout > 0:
             w.start_by = time.monotonic() + self.config.worker.init_timeout
+        if self.config.max_worker_memory is not None:
+            try:
+                # Opened now, while the new process is our unreaped child:
+                # the descriptor can only ever describe this process.
+                w.rss_probe = RssProbe(w.pid)
+            except OSError as exc:
+                log.warning("worker %d: cannot watch its memory (%s); its cap is not enforced", w.pid, exc)
         self.workers.append(w)
         self.workers_started += 1
         self.selector.register(boss_end, selectors.EVENT_READ, lambda mask: self._on_worker(w, mask))
@@ -544,7 +590,10 @@ class Boss:
             self.selector.unregister(w.process.sentinel)
 
     def _budget(self, w: WorkerRecord) -> int:
-        """How many more jobs ``w`` may be sent (recycling after max_jobs)."""
+        """How many more jobs ``w`` may be sent (recycling after max_jobs,
+        or because it is past the memory cap)."""
+        if w.over_memory:
+            return 0
         limit = self.config.worker.max_jobs
         return MAX_DEPTH if limit is None else limit - w.jobs_sent
 
@@ -665,7 +714,11 @@ class Boss:
             if self.config.worker.max_jobs is not None and w.jobs_done >= self.config.worker.max_jobs:
                 w.state = WorkerState.STOPPING  # it exits by itself now
                 self._retire(w)
+            elif self.config.max_worker_memory is not None:
+                self._recycle_if_over_memory(w, now)
         elif kind == Kind.READY:
+            if self.config.max_worker_memory is not None and self._over_memory_at_start(w):
+                return
             w.ever_ready = True
             self.init_failures = self.init_errors = 0
             if w.state is WorkerState.STARTING:
@@ -733,6 +786,8 @@ class Boss:
             log.warning("worker %d exited (%s)", w.pid, reason)
         self.workers.remove(w)
         w.process.close()
+        if w.rss_probe is not None:
+            w.rss_probe.close()
         inflight = w.inflight
         if inflight:
             # Now that the process is gone, nothing can still write its segments.
@@ -746,6 +801,8 @@ class Boss:
         inflight.clear()
         if head is not None and w.timed_out_head:
             self._fail_head(w, head, RetryOn.TIMED_OUT, Kind.TIMED_OUT, "", 0)
+        elif head is not None and w.memory_kill_text is not None:
+            self._fail_head(w, head, RetryOn.MEMORY, Kind.ERROR, w.memory_kill_text, Flag.MEMORY)
         elif head is not None and not w.answered_head:
             log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
             text = f"BossWorkerAsync: worker died ({reason}) while running this job"
@@ -805,6 +862,90 @@ class Boss:
                     self._answer(head.job_id, Kind.TIMED_OUT, pid=w.pid, ran=now - w.started_at)
                     w.answered_head = True
                 self._kill(w)
+
+    # -- workers: the memory cap ----------------------------------------------
+
+    def _check_memory(self, now: float) -> None:
+        """Measure each worker whose running job is due a look; kill one past
+        the cap (SIGKILL: it may be deep in C code) and answer its job with
+        MEMORY_LIMIT_ERROR and Flag.MEMORY.  Its replacement, and the return
+        of the jobs sent ahead to it, happen as after any death (_on_exit)."""
+        cap = self.config.max_worker_memory
+        assert cap is not None
+        for w in list(self.workers):
+            if w.memory_check_due() > now or w.rss_probe is None:
+                continue
+            rss = w.rss_probe.rss()
+            w.memory_checked_at = now
+            if rss is None or rss <= cap:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)  # first: every millisecond it grows
+            head = w.inflight[0]
+            log.warning(
+                "worker %d: %.1f MiB, past max_worker_memory (%.1f MiB), running job %d; killing it",
+                w.pid,
+                mib(rss),
+                mib(cap),
+                head.job_id,
+            )
+            self.memory_kills += 1
+            text = MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap))
+            if self._may_retry(head, RetryOn.MEMORY):
+                # Decided at its exit, as for a deadline (see _expire_deadlines).
+                w.memory_kill_text = text
+            else:
+                self._answer(
+                    head.job_id, Kind.ERROR, text, flags=Flag.MEMORY, pid=w.pid, ran=now - w.started_at
+                )
+                w.answered_head = True
+            w.retiring = False  # its death is not a clean exit
+            self._kill(w)
+
+    def _recycle_if_over_memory(self, w: WorkerRecord, now: float) -> None:
+        """After ``w`` answered: if it is past the cap (a leaky handler), it
+        takes no more jobs and, once the jobs sent ahead to it are done, is
+        told to leave (its exit_handler runs) and replaced, before a job of
+        its has to be killed for memory it leaked in earlier jobs.  Measured
+        after every answer that leaves it idle, else every CHECK_INTERVAL."""
+        cap = self.config.max_worker_memory
+        if w.rss_probe is None or cap is None or w.state is not WorkerState.SERVING:
+            return
+        # A worker with jobs sent ahead is running sub-millisecond jobs back
+        # to back: a system call after each would slow the Boss down for
+        # nothing, so it is measured at most every CHECK_INTERVAL.
+        due = not w.inflight or now - w.memory_checked_at >= CHECK_INTERVAL
+        if not w.over_memory and due:
+            rss = w.rss_probe.rss()
+            w.memory_checked_at = now
+            if rss is None or rss <= cap:
+                return
+            log.info(
+                "worker %d: %.1f MiB after its job, past max_worker_memory (%.1f MiB); recycling it",
+                w.pid,
+                mib(rss),
+                mib(cap),
+            )
+            w.over_memory = True
+        if not w.inflight:
+            self.memory_recycles += 1
+            w.state = WorkerState.STOPPING
+            self._retire(w)
+            w.out.append(encode(Kind.SHUTDOWN))
+            self._flush_worker(w)
+
+    def _over_memory_at_start(self, w: WorkerRecord) -> bool:
+        """A worker past the cap as soon as it is ready would see every job
+        killed: refuse it as an init failure that names both sizes."""
+        cap = self.config.max_worker_memory
+        rss = w.rss_probe.rss() if w.rss_probe is not None else None
+        if cap is None or rss is None or rss <= cap:
+            return False
+        w.init_error = MEMORY_AT_START_ERROR.format(**shown_over(rss, cap))
+        w.init_failure = InitFailure.WORKERS
+        log.warning("worker %d: %s", w.pid, w.init_error)
+        self._kill(w)
+        return True
 
     def _retire(self, w: WorkerRecord) -> None:
         w.retiring = True

@@ -148,6 +148,11 @@ class DaskBackend:
 
         from .dask_boss import DaskBossOptions
 
+        if config.max_worker_memory is not None:
+            raise InvalidArgumentError(
+                "max_worker_memory= is not supported with the Dask backend (its Boss does not watch "
+                "the memory of Dask's workers); use Dask's own per-worker memory_limit instead"
+            )
         # Workers answer inline: main cannot map a file on another machine.
         worker = dataclasses.replace(config.worker, segments=Segments(None))
         try:

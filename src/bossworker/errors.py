@@ -18,6 +18,8 @@ catches all of them::
     ├── TaskTimeoutError            the task ran past its time limit (also a TimeoutError)
     ├── WorkerDiedError             the task's worker died under it (also a
     │                               concurrent.futures.process.BrokenProcessPool)
+    ├── MemoryLimitError            the job's worker went past max_worker_memory and
+    │                               was killed (also a MemoryError)
     ├── TaskError                   the task failed in a way that cannot be re-raised
     │                               as its own exception (unpicklable exception, ...)
     └── JobCancelledError           Outcome.error of a job dropped by cancel() (also a
@@ -43,6 +45,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "INIT_TIMEOUT_ERROR",
+    "MEMORY_AT_START_ERROR",
+    "MEMORY_LIMIT_ERROR",
+    "MEMORY_LIMIT_PREFIX",
     "NOT_IMPORTABLE_HINT",
     "NO_WORKER_COULD_START_PREFIX",
     "PROTOCOL_VIOLATION_ERROR",
@@ -54,6 +59,7 @@ __all__ = [
     "BossWorkerError",
     "InvalidArgumentError",
     "JobCancelledError",
+    "MemoryLimitError",
     "NoPendingResultsError",
     "RemoteTraceback",
     "SerializationError",
@@ -87,6 +93,25 @@ START_FAILED_ERROR = "BossWorkerAsync: could not start a worker process: {error}
 PROTOCOL_VIOLATION_ERROR = (
     "BossWorkerAsync: the worker broke the frame protocol while running this job "
     "(did the handler write to the worker's socket?); it was replaced: {detail}"
+)
+
+#: The ERROR of a job whose worker went past ``max_worker_memory`` while it
+#: ran: the Boss killed the worker (SIGKILL) and replaced it; the answer frame
+#: carries ``protocol.Flag.MEMORY``.  Format with ``rss_mib=`` (what the Boss
+#: measured, rounded up to 0.1) and ``limit_mib=`` (the cap, rounded down).
+MEMORY_LIMIT_ERROR = (
+    "BossWorkerAsync: worker exceeded its memory limit ({rss_mib:.1f} MiB > {limit_mib:.1f} MiB)"
+)
+#: How :data:`MEMORY_LIMIT_ERROR` begins.
+MEMORY_LIMIT_PREFIX = "BossWorkerAsync: worker exceeded its memory limit ("
+
+#: Why a worker was refused before it took a job: it was over the cap as soon
+#: as it was ready (the interpreter, the imports and ``init_handler``), so
+#: every job would be killed.  Counts as an init failure.  Format with
+#: ``rss_mib=`` and ``limit_mib=``.
+MEMORY_AT_START_ERROR = (
+    "BossWorkerAsync: a worker used {rss_mib:.1f} MiB once started (init_handler included), "
+    "above max_worker_memory ({limit_mib:.1f} MiB); raise max_worker_memory"
 )
 
 #: Why a process started with ``spawn`` or ``forkserver`` cannot find a handler.
@@ -183,6 +208,34 @@ class WorkerDiedError(BossWorkerError, BrokenProcessPool):
         super().__init__(message)
         self.reason = reason
         self.exitcode = exitcode
+
+
+class MemoryLimitError(BossWorkerError, MemoryError):
+    """A job's worker went past ``max_worker_memory``: the Boss killed it
+    mid-job and replaced it; the other jobs carry on.
+
+    Also a :class:`MemoryError`, so code that catches running out of memory
+    catches this too.  ``rss`` is the worker's resident size the Boss
+    measured, ``limit`` the cap, both in bytes (0 if unknown).
+    """
+
+    def __init__(self, message: str, rss: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.rss = rss
+        self.limit = limit
+
+    @classmethod
+    def from_text(cls, text: str) -> MemoryLimitError:
+        """The exception for an engine ERROR text that starts with
+        :data:`MEMORY_LIMIT_PREFIX` (the numbers are read back from it)."""
+        rss = limit = 0
+        numbers = text[len(MEMORY_LIMIT_PREFIX) :].split(")", 1)[0].replace("MiB", "").split(">")
+        if len(numbers) == 2:
+            try:
+                rss, limit = (round(float(n) * 1024 * 1024) for n in numbers)
+            except ValueError:
+                rss = limit = 0
+        return cls(text, rss, limit)
 
 
 class TaskError(BossWorkerError):

@@ -422,7 +422,7 @@ class Executor(futures.Executor):
 
     ``Executor(max_workers=None, mp_context=None, initializer=None,
     initargs=(), *, max_tasks_per_child=None, start_method=None,
-    timeout=None, backend=None)``:
+    timeout=None, backend=None, max_worker_memory=None)``:
 
     * ``max_workers``: worker processes (default: the CPUs this process may
       use).  They start in the constructor, not on the first submit.
@@ -445,6 +445,10 @@ class Executor(futures.Executor):
       :class:`TaskTimeoutError`; its worker is stopped (killed if it is in C
       code) and replaced; the other tasks carry on.
     * ``backend``: where the Boss runs (e.g. the Dask backend).
+    * ``max_worker_memory``: a cap on each worker's resident memory (bytes,
+      or ``"512MiB"``, ``"1.5GB"``, ...; see :class:`BossWorkerAsync`).  A
+      task whose worker passes it fails with :class:`MemoryLimitError`; the
+      worker is replaced.
 
     Where it differs from ``ProcessPoolExecutor`` on purpose: a worker that
     dies fails only its own task's future, with :class:`WorkerDiedError` (a
@@ -469,6 +473,7 @@ class Executor(futures.Executor):
         start_method: str | None = None,
         timeout: float | None = None,
         backend: Backend | None = None,
+        max_worker_memory: int | str | None = None,
     ) -> None:
         workers = (
             _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
@@ -513,6 +518,7 @@ class Executor(futures.Executor):
             start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
+            max_worker_memory=max_worker_memory,
         )
         self._max_workers = workers
         self._core = _Core(pool, limit)

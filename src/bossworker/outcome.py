@@ -166,13 +166,8 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
         type_name = head.partition(":")[0]
         return rebuild_exception(exc_pickle, head, type_name, tb)
     error: BaseException
-    if frame.flags & Flag.MEMORY:
-        # The memory cap's own error when there is one (see max_worker_memory).
-        memory_error = getattr(errors, "MemoryLimitError", None)
-        if isinstance(memory_error, type) and issubclass(memory_error, BaseException):
-            error = memory_error(text)
-        else:
-            error = _died(text, what)
+    if frame.flags & Flag.MEMORY:  # the memory cap (max_worker_memory) killed its worker
+        error = errors.MemoryLimitError.from_text(text)
     elif frame.flags & Flag.DIED or text.startswith(WORKER_DIED_PREFIX):
         # The flag from our Boss; the text from backends that do not set it.
         error = _died(text, what)

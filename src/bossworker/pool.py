@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from . import aio
 
-from . import byvalue
+from . import byvalue, memory
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
@@ -153,6 +153,19 @@ class BossWorkerAsync:
         a signal, ``os._exit``, a segfault, the OOM killer), ``"timed_out"``
         and ``"memory"`` (the memory cap killed the worker).  Default
         ``("died",)``.  Has no effect while ``retries`` is 0.
+    max_worker_memory
+        Opt-in cap on each worker's resident memory: bytes as an int, or a
+        string such as ``"512MiB"``, ``"1.5GB"``, ``"800M"``; at least 16 MiB
+        (RSS of the worker process itself; Linux: it reads ``/proc``, and is
+        refused elsewhere).  A worker past the cap while a job runs is killed
+        and replaced, and that job fails with
+        :data:`~bossworker.errors.MEMORY_LIMIT_ERROR` (``MemoryLimitError`` in
+        its outcome; retried if ``retry_on`` has ``"memory"``); a worker found
+        past it after a job (a leak) is retired and replaced between jobs.
+        Checked every 20 ms while a job runs, after a job, and once when a
+        worker is ready (over the cap then: an init failure).  Under ``fork``
+        a worker's RSS includes the pages it shares with main: set the cap
+        above main's size, or use ``spawn``.  Default ``None``: no cap.
     """
 
     def __init__(
@@ -171,6 +184,7 @@ class BossWorkerAsync:
         init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
         retries: int = 0,
         retry_on: Iterable[str] = ("died",),
+        max_worker_memory: int | str | None = None,
     ) -> None:
         _check_callable("work_handler", work_handler, required=True)
         _check_callable("result_handler", result_handler)
@@ -184,6 +198,10 @@ class BossWorkerAsync:
             _check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
         self._retries = _check_retries(retries)
         self._retry_on = _check_retry_on(retry_on)
+        memory_cap = None
+        if max_worker_memory is not None:
+            memory_cap = memory.parse_memory(max_worker_memory)
+            memory.check_supported()
         method = default_start_method() if start_method is None else start_method
         if method not in multiprocessing.get_all_start_methods():
             raise InvalidArgumentError(
@@ -221,7 +239,7 @@ class BossWorkerAsync:
                 ) from exc
         self._result_handler = result_handler
         self._start_method = method
-        config = BossConfig(spec, worker_count, method, os.getpid())
+        config = BossConfig(spec, worker_count, method, os.getpid(), max_worker_memory=memory_cap)
         sock, handle = backend.start(config)
         self._client = Client(sock, handle, read_size, segments)
         self._handle: BossHandle = handle

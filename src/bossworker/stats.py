@@ -48,6 +48,12 @@ class Stats:
     retried
         Failed attempts that were run again (``retries=``), not answered:
         a job retried twice counts 2 here and 1 in ``completed``.
+    memory_kills
+        Jobs stopped because their worker passed ``max_worker_memory`` mid-job
+        (also counted in ``failed``, unless retried).
+    memory_recycles
+        Workers retired between jobs because they had grown past
+        ``max_worker_memory`` (a leak); no job failed.
     """
 
     added: int
@@ -59,8 +65,11 @@ class Stats:
     workers_alive: int
     workers_started: int
     jobs_per_worker: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+    # ^ jobs done by each live worker, by pid
     cancelled: int = 0
     retried: int = 0
+    memory_kills: int = 0
+    memory_recycles: int = 0
 
     @classmethod
     def from_boss(cls, added: int, boss: Mapping[str, Any]) -> Stats:
@@ -81,4 +90,6 @@ class Stats:
             jobs_per_worker=MappingProxyType(per_worker),
             cancelled=cancelled,
             retried=int(boss.get("retried", 0)),
+            memory_kills=int(boss.get("memory_kills", 0)),
+            memory_recycles=int(boss.get("memory_recycles", 0)),
         )
