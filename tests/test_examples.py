@@ -102,3 +102,16 @@ def test_readme_memory_caps_section_is_the_example() -> None:
     readme = (ROOT / "README.md").read_text()
     example = (ROOT / "examples/memory_cap_example.py").read_text()
     assert example.split("from __future__ import annotations\n\n", 1)[1] in readme
+
+
+def test_streams_example() -> None:
+    out = run(sys.executable, "examples/streams_example.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[0, 1, 4, 9, 16, 25, 36, 49]", "2470", "[0, 1, 4, 9, 16]"]
+
+
+def test_readme_streams_section_is_the_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples/streams_example.py").read_text()
+    body = example.split("from __future__ import annotations\n\n", 1)[1]
+    assert body in readme

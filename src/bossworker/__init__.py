@@ -20,6 +20,7 @@ from .errors import (
     TIMED_OUT_ERROR,
     BossDiedError,
     BossWorkerError,
+    InputClosedError,
     InvalidArgumentError,
     JobCancelledError,
     MemoryLimitError,
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .executor import Executor, ExecutorOptions
 from .outcome import Attempt, Outcome
-from .pool import BossWorkerAsync
+from .pool import BossWorkerAsync, StartMethod
 from .stats import Stats
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "BossWorkerError",
     "Executor",
     "ExecutorOptions",
+    "InputClosedError",
     "InvalidArgumentError",
     "JobCancelledError",
     "MemoryLimitError",
@@ -53,6 +55,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "ShutDownError",
+    "StartMethod",
     "Stats",
     "TaskError",
     "TaskTimeoutError",

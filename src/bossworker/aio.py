@@ -68,6 +68,15 @@ class SocketWaiter:
                 watch = self._watches[loop] = _LoopWatch(self, self._client, loop)
         return watch, watch.add_waiter()
 
+    async def wait(self, timeout: float | None) -> None:
+        """Return once something changed (frames read, the socket closed,
+        output to send, a forced stop), or after ``timeout`` seconds."""
+        watch, fut = self.enter()
+        try:
+            await _sleep_on(fut, timeout)
+        finally:
+            watch.leave(fut)
+
     def _forget(self, watch: _LoopWatch) -> None:
         with self._lock:
             if self._watches.get(watch.loop) is watch:
@@ -224,7 +233,7 @@ async def anext_result(
         watch, fut = waiter.enter()
         try:
             # Look again now that no wake-up can be missed.
-            frame, final = client.result_or_verdict(must_be_pending, forced_before)
+            frame, final = client.result_or_verdict(must_be_pending, forced_before, cancelled)
             if frame is not None or final:
                 return frame
             await _sleep_on(fut, remaining)

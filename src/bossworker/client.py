@@ -46,9 +46,11 @@ from typing import Any
 
 from .backend import BossHandle, forget_main_socket
 from .errors import (
+    INPUT_CLOSED_ERROR,
     NOT_IMPORTABLE_HINT,
     TIMED_OUT_ERROR,
     BossDiedError,
+    InputClosedError,
     InvalidArgumentError,
     NoPendingResultsError,
     SerializationError,
@@ -72,7 +74,7 @@ from .protocol import (
     job_header,
 )
 
-__all__ = ["Client", "JobRecord"]
+__all__ = ["Client", "JobRecord", "Lane"]
 
 #: What main knows of one answered job beyond its answer frame (see
 #: :meth:`Client.take_record`): when it was queued (wall clock) and its time
@@ -84,6 +86,20 @@ JobRecord = tuple[float, float, float, list[tuple[float, Frame]]]
 _LIVENESS_INTERVAL = 0.5
 # Payloads smaller than this are joined into one buffer before sending.
 _JOIN_BELOW = 64 * 1024
+
+
+class Lane:
+    """The answers to one stream's jobs (``BossWorkerAsync.map``), filed
+    here instead of get_result()'s queue, so a map and get_result() never
+    take each other's results.  Its jobs are not counted by ``pending``.
+    Guarded by the client's lock."""
+
+    __slots__ = ("abandoned", "frames", "outstanding")
+
+    def __init__(self) -> None:
+        self.frames: deque[Frame] = deque()  # answers read, oldest first
+        self.outstanding = 0  # jobs sent whose answer has not been read
+        self.abandoned = False  # nobody will take the answers: drop them
 
 
 class Client:
@@ -133,6 +149,13 @@ class Client:
         # Jobs dropped by BossWorkerAsync.cancel(), as (job_id, when), for
         # get_outcome() (get_result() never sees them).
         self._cancelled: deque[tuple[int, float]] = deque()
+        self._routes: dict[int, Lane] = {}  # job id -> the Lane its answer goes to
+        self._input_closed = False  # close_input() was called
+        # Who waits for work to be added or input to be closed (see
+        # next_result_until_closed): threads on the condition, asyncio
+        # tasks through callbacks.  Told only when someone waits.
+        self._input_waiters = 0
+        self._input_callbacks: list[Callable[[], None]] = []
 
     # -- state ---------------------------------------------------------------
 
@@ -225,25 +248,40 @@ class Client:
     # whose sender gave up waiting still go out.
 
     def queue_jobs(
-        self, pickles: Sequence[Pickled], timeout: float, retries: int = 0, retry_on: int = 0
+        self,
+        pickles: Sequence[Pickled],
+        timeout: float,
+        retries: int = 0,
+        retry_on: int = 0,
+        lane: Lane | None = None,
     ) -> tuple[list[int], int]:
         """Queue one JOB frame per pickled job. Returns their ids and the
         send target to pass to :meth:`flush` or :meth:`aflush`.
 
         ``retries`` and ``retry_on`` (protocol.RetryOn bits) ride in each
         JOB's header; such a job travels inline (not in a segment, which its
-        first attempt would consume) unless it is too big for a frame."""
+        first attempt would consume) unless it is too big for a frame.  With
+        a ``lane``, their answers go there and they do not count as pending."""
         with self._cond:
             if not self._accepting:
                 raise ShutDownError("the pool has been shut down; it takes no more work")
+            if self._input_closed:
+                raise InputClosedError(INPUT_CLOSED_ERROR)
             if self._eof or self._peer_gone:
                 raise BossDiedError("the Boss process has died")
             first = self._next_id
             in_segments = self._store_oversized(pickles, first)
             self._next_id += len(pickles)
-            self._pending += len(pickles)
             ids = list(range(first, first + len(pickles)))
-            self._queued.update(dict.fromkeys(ids, (time.time(), timeout)))
+            if lane is None:
+                self._pending += len(pickles)
+                self._queued.update(dict.fromkeys(ids, (time.time(), timeout)))
+                if self._input_waiters or self._input_callbacks:
+                    self._input_changed()
+            else:
+                lane.outstanding += len(pickles)
+                for job_id in ids:
+                    self._routes[job_id] = lane
             if retries:
                 return ids, self._queue_retried(ids, pickles, timeout, retries, retry_on, in_segments)
             # Small frames are joined into one buffer (one copy of a few
@@ -416,8 +454,12 @@ class Client:
         for frame in frames:
             kind = frame.kind
             if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
-                self._results.append(frame)
-                self._received[frame.job_id] = now
+                lane = self._routes.pop(frame.job_id, None) if self._routes else None
+                if lane is None:
+                    self._results.append(frame)
+                    self._received[frame.job_id] = now
+                else:
+                    self._file_in_lane(lane, frame)
             elif kind == Kind.RETRYING:
                 self._retried.setdefault(frame.job_id, []).append((now, Frame.parse(bytes(frame.payload))))
             elif kind == Kind.STATS:
@@ -438,6 +480,13 @@ class Client:
                 self._init_failure = frame.job_id
             elif kind == Kind.BYE:
                 self._bye = True
+
+    def _file_in_lane(self, lane: Lane, frame: Frame) -> None:
+        lane.outstanding -= 1
+        if not lane.abandoned:
+            lane.frames.append(frame)
+        elif frame.flags & Flag.SEGMENT:
+            self.segments.discard(frame.job_id)  # nobody will load it
 
     def _read(self, wait: float | None) -> None:
         """As the reader (the caller has set ``_reading``, which keeps the
@@ -631,6 +680,111 @@ class Client:
                 return None, True
             return None, False
 
+    # -- streams (BossWorkerAsync.map, close_input) ------------------------------
+
+    def lane_frame_or_verdict(self, lane: Lane) -> tuple[Frame | None, bool]:
+        """The next answer filed in ``lane`` (no I/O), and whether waiting is
+        over: True with None when the lane has nothing more to come.  Raises
+        if answers are due that can never come (Boss died, pool closed)."""
+        with self._cond:
+            if lane.frames:
+                return lane.frames.popleft(), True
+            if lane.outstanding == 0:
+                return None, True
+            if self._eof or self._closed:
+                if self.boss_died:
+                    raise BossDiedError(
+                        f"the Boss process has died with {lane.outstanding} result(s) of this map() due"
+                    )
+                raise ShutDownError(
+                    f"the pool was shut down (force=True) with {lane.outstanding} result(s) of this map() due"
+                )
+            return None, False
+
+    def next_lane_frame(self, lane: Lane) -> Frame | None:
+        """Block for the next answer of ``lane``; None if none is due."""
+        with self._cond:
+            while True:
+                frame, final = self.lane_frame_or_verdict(lane)
+                if frame is not None or final:
+                    return frame
+                self.wait_for(lambda: bool(lane.frames) or lane.outstanding == 0, None)
+
+    def abandon_lane(self, lane: Lane) -> None:
+        """Nobody will take ``lane``'s answers: drop those read and those to
+        come (the jobs still run: a job sent may have started)."""
+        with self._cond:
+            lane.abandoned = True
+            while lane.frames:
+                frame = lane.frames.popleft()
+                if frame.flags & Flag.SEGMENT:
+                    self.segments.discard(frame.job_id)
+
+    @property
+    def input_closed(self) -> bool:
+        """No more work will be added: close_input() or a shut-down."""
+        return self._input_closed or not self._accepting
+
+    def close_input(self) -> bool:
+        """No more add_work. Returns False if input was already closed."""
+        with self._cond:
+            was, self._input_closed = self._input_closed, True
+            self._input_changed()
+            return not was
+
+    def _input_changed(self) -> None:
+        """Wake whoever waits for work or the end of input (lock held)."""
+        self._cond.notify_all()
+        for callback in self._input_callbacks:
+            callback()
+
+    def watch_input(self, callback: Callable[[], None], watch: bool = True) -> None:
+        """Have ``callback`` called (lock held, so it must only schedule
+        work) whenever work is added or input closes; ``watch=False`` stops."""
+        with self._cond:
+            if watch:
+                self._input_callbacks.append(callback)
+            else:
+                self._input_callbacks.remove(callback)
+
+    def until_closed_step(self, take: bool = True) -> tuple[Frame | None, str]:
+        """What ``results(until_closed=True)`` does next, with no I/O: a
+        result to deliver (``"frame"``; taken only with ``take``), stop
+        (``"end"``: input closed and nothing pending), wait for the socket
+        (``"read"``: results are due) or wait for work or close_input()
+        (``"input"``)."""
+        with self._cond:
+            if self._results:
+                return (self._take_result() if take else None), "frame"
+            if self._pending == 0:
+                if self.input_closed:
+                    return None, "end"
+                if self._eof or self._closed:
+                    raise BossDiedError("the Boss process has died: no more work can be added")
+                return None, "input"
+            frame, final = self.result_or_verdict(must_be_pending=False)
+            if frame is not None:
+                return frame, "frame"
+            return None, "end" if final else "read"
+
+    def next_result_until_closed(self) -> Frame | None:
+        """The next result frame; None once input is closed and every
+        result was taken.  Until then, waits also while nothing is pending
+        (for another thread's add_work or close_input)."""
+        with self._cond:
+            while True:
+                frame, step = self.until_closed_step()
+                if step == "frame" or step == "end":
+                    return frame
+                if step == "input":
+                    self._input_waiters += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._input_waiters -= 1
+                else:
+                    self.wait_for(lambda: bool(self._results) or self._pending == 0, None)
+
     @property
     def bye(self) -> bool:
         """The Boss said every answer was sent."""
@@ -709,6 +863,7 @@ class Client:
         """No more add_work. Returns False if it had already stopped."""
         with self._cond:
             was, self._accepting = self._accepting, False
+            self._input_changed()  # results(until_closed=True) ends with the pool's input
             return was
 
     def drain(self) -> None:

@@ -8,7 +8,8 @@ catches all of them::
     │                               TypeError and a ValueError)
     ├── SerializationError          a job (or a handler under spawn) cannot be pickled
     ├── ShutDownError               you already shut the pool (or Executor) down
-    │                               (also a RuntimeError, as concurrent.futures raises)
+    │   │                           (also a RuntimeError, as concurrent.futures raises)
+    │   └── InputClosedError        you called close_input(): the pool takes no more work
     ├── NoPendingResultsError       a blocking wait would never end: nothing is pending
     ├── BossDiedError               the Boss process is gone; the pool is broken
     ├── WorkerInitError             no worker could start (its init_handler raised
@@ -45,6 +46,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "INIT_TIMEOUT_ERROR",
+    "INPUT_CLOSED_ERROR",
     "MEMORY_AT_START_ERROR",
     "MEMORY_LIMIT_ERROR",
     "MEMORY_LIMIT_PREFIX",
@@ -57,6 +59,7 @@ __all__ = [
     "WORKER_DIED_PREFIX",
     "BossDiedError",
     "BossWorkerError",
+    "InputClosedError",
     "InvalidArgumentError",
     "JobCancelledError",
     "MemoryLimitError",
@@ -114,6 +117,12 @@ MEMORY_AT_START_ERROR = (
     "above max_worker_memory ({limit_mib:.1f} MiB); raise max_worker_memory"
 )
 
+#: What ``add_work`` (or ``map``) raises after ``close_input()``.
+INPUT_CLOSED_ERROR = (
+    "close_input() was called: this pool takes no more work (the work in hand still runs and "
+    "its results stay retrievable; shut_down() when done)"
+)
+
 #: Why a process started with ``spawn`` or ``forkserver`` cannot find a handler.
 NOT_IMPORTABLE_HINT = (
     "under start_method={method!r} a new process imports the handlers by name, so they must be "
@@ -155,6 +164,15 @@ class ShutDownError(BossWorkerError, RuntimeError):
 
     Also a :class:`RuntimeError`: ``concurrent.futures`` executors raise that
     for a ``submit()`` after ``shutdown()``, and code catching it keeps working.
+    """
+
+
+class InputClosedError(ShutDownError):
+    """Work was added after :meth:`~bossworker.BossWorkerAsync.close_input`.
+
+    The pool itself still runs: results of the work in hand stay
+    retrievable.  A :class:`ShutDownError`, since either way the pool takes
+    no more work.
     """
 
 

@@ -37,7 +37,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .backend import Backend
 from .errors import (
@@ -49,7 +49,7 @@ from .errors import (
 )
 from .outcome import error_from_answer, rebuild_exception
 from .payload import PICKLE_PROTOCOL, dump
-from .pool import BossWorkerAsync, _check_timeout
+from .pool import BossWorkerAsync, StartMethod, _check_timeout
 from .protocol import Flag, Frame, Kind
 from .worker import _JobTimeout
 
@@ -189,7 +189,7 @@ class _Core:
     then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
     """
 
-    def __init__(self, pool: BossWorkerAsync, timeout: float) -> None:
+    def __init__(self, pool: BossWorkerAsync[Any, Any], timeout: float) -> None:
         self.pool = pool
         self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
         self.timeout = timeout
@@ -515,7 +515,7 @@ class Executor(futures.Executor):
             init_handler=init,
             global_timeout=limit,
             worker_count=workers,
-            start_method=method,
+            start_method=cast("StartMethod | None", method),  # checked by BossWorkerAsync
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
             max_worker_memory=max_worker_memory,
@@ -540,7 +540,7 @@ class Executor(futures.Executor):
         return self._core.pool.start_method
 
     @property
-    def pool(self) -> BossWorkerAsync:
+    def pool(self) -> BossWorkerAsync[Any, Any]:
         """The engine underneath (for :meth:`BossWorkerAsync.stats`); do not add work to it."""
         return self._core.pool
 

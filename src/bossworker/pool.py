@@ -13,14 +13,14 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from . import aio
 
-from . import byvalue, memory
+from . import byvalue, memory, streams
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .boss import BossConfig
 from .client import Client
@@ -38,12 +38,17 @@ from .protocol import Flag, Frame, Kind, RetryOn
 from .stats import Stats
 from .worker import PICKLE_PROTOCOL, WorkerSpec
 
-__all__ = ["BossWorkerAsync"]
+__all__ = ["BossWorkerAsync", "StartMethod"]
 
 log = logging.getLogger("bossworker")
 
 P = ParamSpec("P")
-R = TypeVar("R")
+J = TypeVar("J")  # a job: what the work handler takes
+R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
+
+#: The ``start_method`` values (``None``: the platform's default).
+StartMethod = Literal["fork", "spawn", "forkserver"]
+
 
 #: The largest time limit accepted anywhere (seconds, about 31 years): far
 #: below what ``select``, ``setitimer`` and ``threading`` can represent.
@@ -67,8 +72,15 @@ _FORCE_TIMEOUT = 1.0
 _WAITER_LOCK = threading.Lock()
 
 
-class BossWorkerAsync:
+class BossWorkerAsync(Generic[J, R]):
     """A Boss process and ``worker_count`` preforked workers.
+
+    Generic in ``J``, the job type, and ``R``, the result type, both
+    inferred from ``work_handler: Callable[[J], R]``: ``add_work`` takes
+    ``J``s and ``get_result`` returns ``R | dict[str, str]``, the dict being
+    a failed job's ``{"ERROR": ...}`` (or ``{}`` for a ``None`` result).
+    With a ``result_handler``, ``R`` covers what either returns (mypy
+    joins the two, e.g. ``object`` for ``int`` and ``str``).
 
     Feed it jobs with :meth:`add_work` and collect results with
     :meth:`get_result` at any time, interleaved, blocking or not.  See the
@@ -170,15 +182,15 @@ class BossWorkerAsync:
 
     def __init__(
         self,
-        work_handler: Callable[[Any], Any],
+        work_handler: Callable[[J], R],
         *,
-        result_handler: Callable[[Any], Any] | None = None,
+        result_handler: Callable[[Any], R] | None = None,
         init_handler: Callable[[], Any] | None = None,
         exit_handler: Callable[[], Any] | None = None,
         global_timeout: float | None = 0,
         worker_count: int = 3,
         read_size: int = 1024 * 1024,
-        start_method: str | None = None,
+        start_method: StartMethod | None = None,
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
         init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
@@ -268,6 +280,7 @@ class BossWorkerAsync:
         """Jobs added whose results have not been retrieved yet.
 
         Says nothing of readiness: the results may still be in the making.
+        Jobs of a :meth:`map` are its own and not counted here.
         """
         return self._client.pending
 
@@ -281,16 +294,22 @@ class BossWorkerAsync:
 
     # -- work in -------------------------------------------------------------
 
-    def add_work(self, *jobs: Any, timeout: float | None = None, retries: int | None = None) -> list[int]:
+    def add_work(self, *jobs: J, timeout: float | None = None, retries: int | None = None) -> list[int]:
         """Queue jobs; return one id per job, in order, unique to this pool.
+
+        **Each argument is one job**: ``add_work([1, 2, 3])`` queues ONE job,
+        the list (as in the seed).  Spread a list with ``add_work(*jobs)``;
+        for a long or endless iterable, use :meth:`map`, which keeps at most
+        ``max_in_flight`` jobs in flight.
 
         ``timeout`` (seconds) overrides ``global_timeout`` for these jobs;
         0 means no limit.  ``retries`` overrides the constructor's
         ``retries`` for these jobs (``retry_on`` stays the pool's).  Every
         job is pickled before any is sent: if one cannot be,
         :class:`SerializationError` is raised and none is queued.
-        Raises :class:`ShutDownError` after :meth:`shut_down`, and
-        :class:`BossDiedError` if the Boss is gone.
+        Raises :class:`ShutDownError` after :meth:`shut_down`,
+        :class:`InputClosedError` (a ShutDownError) after :meth:`close_input`,
+        and :class:`BossDiedError` if the Boss is gone.
         """
         payloads, limit = self._pickle_jobs(jobs, timeout)
         count = self._retries if retries is None else _check_retries(retries)
@@ -304,6 +323,95 @@ class BossWorkerAsync:
                 raise
             return ids
         return self._client.add_jobs(payloads, limit)
+
+    def close_input(self) -> None:
+        """Say that no more work is coming.  Harmless to call again.
+
+        ``add_work``, ``aadd_work`` and ``map`` raise :class:`InputClosedError`
+        from then on; the work in hand runs on and its results stay
+        retrievable.  ``results(until_closed=True)`` and
+        ``aresults(until_closed=True)``, running beside a producer, end once
+        input is closed (here or by :meth:`shut_down`) and the last result
+        was taken, not before.
+        """
+        self._client.close_input()
+
+    def map(
+        self,
+        iterable: Iterable[J],
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        progress: streams.Progress = False,
+    ) -> Iterator[R | dict[str, str]]:
+        """Run every item of ``iterable`` as a job; yield the results.
+
+        Each result is what :meth:`get_result` would return for that job
+        (``result_handler`` applied, ``{"ERROR": ...}`` for a failure), in
+        input order with ``ordered=True`` (the default), else as they come.
+        The iterable may be endless: at most ``max_in_flight`` (default
+        1024) jobs are *in flight* (sent and not yet yielded, answers held
+        for their turn included), so memory stays flat.  It is read in the
+        consuming thread, in batches, as room frees up.  ``timeout`` is each
+        job's time limit, as in :meth:`add_work`.  ``progress=True`` (or a
+        dict of tqdm arguments) shows a bar, with ``len(iterable)`` as its
+        total when it has one.
+
+        Its jobs are its own: they never come out of :meth:`get_result` and
+        :meth:`pending` does not count them.  Leaving the loop early drops
+        the results still to come (jobs already sent still run).  An item
+        that cannot be pickled raises :class:`SerializationError` there.
+        """
+        limit, window = self._stream_args(max_in_flight, timeout, progress)
+        return streams.map_jobs(
+            self._client,
+            self._frame_result,
+            iterable,
+            ordered=bool(ordered),
+            max_in_flight=window,
+            limit=limit,
+            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
+        )
+
+    def amap(
+        self,
+        iterable: Iterable[J] | AsyncIterable[J],
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        progress: streams.Progress = False,
+    ) -> AsyncIterator[R | dict[str, str]]:
+        """:meth:`map` for ``async for``, over a plain or an async iterable.
+
+        An async iterable's items are sent as they come, while results are
+        awaited, so a slow source never holds results back.  A plain
+        iterable is read in the event loop: it must not block.
+        """
+        limit, window = self._stream_args(max_in_flight, timeout, progress)
+        return streams.amap(
+            self._client,
+            self._socket_waiter(),
+            self._frame_result,
+            iterable,
+            ordered=bool(ordered),
+            max_in_flight=window,
+            limit=limit,
+            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
+        )
+
+    def _stream_args(
+        self, max_in_flight: int | None, timeout: float | None, progress: streams.Progress
+    ) -> tuple[float, int]:
+        limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
+        streams.check_progress(progress)
+        return limit, streams.check_max_in_flight(max_in_flight)
+
+    def _frame_result(self, frame: Frame) -> R | dict[str, str]:
+        """What get_result() returns for ``frame`` (without its id)."""
+        value: R | dict[str, str] = self._deliver(frame.job_id, self._client.unpickle_result(frame), False)
+        return value
 
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
         if not jobs:
@@ -321,6 +429,24 @@ class BossWorkerAsync:
 
     # -- results out ---------------------------------------------------------
 
+    @overload
+    def get_result(
+        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[False] = False
+    ) -> R | dict[str, str]: ...
+    @overload
+    def get_result(
+        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[True]
+    ) -> tuple[int, R | dict[str, str]]: ...
+    @overload
+    def get_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[False] = False
+    ) -> R | dict[str, str] | None: ...
+    @overload
+    def get_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[True]
+    ) -> tuple[int, R | dict[str, str]] | None: ...
+    @overload
+    def get_result(self, blocking: bool = True, timeout: float | None = None, *, with_id: bool) -> Any: ...
     def get_result(
         self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
     ) -> Any:
@@ -352,10 +478,38 @@ class BossWorkerAsync:
         """``get_result(blocking=False)``: a result, or None at once."""
         return self.get_result(blocking=False, with_id=with_id)
 
-    def results(self, *, with_id: bool = False) -> Iterator[Any]:
-        """Yield results as they come until none is pending."""
-        while self._client.pending > 0:
-            yield self.get_result(with_id=with_id)
+    @overload
+    def results(
+        self,
+        *,
+        with_id: Literal[False] = False,
+        until_closed: bool = False,
+        progress: streams.Progress = False,
+    ) -> Iterator[R | dict[str, str]]: ...
+    @overload
+    def results(
+        self, *, with_id: Literal[True], until_closed: bool = False, progress: streams.Progress = False
+    ) -> Iterator[tuple[int, R | dict[str, str]]]: ...
+    def results(
+        self, *, with_id: bool = False, until_closed: bool = False, progress: streams.Progress = False
+    ) -> Iterator[Any]:
+        """Yield results (as :meth:`get_result` does) as they come.
+
+        By default until none is pending, even if another thread is about
+        to add work.  With ``until_closed=True``, until :meth:`close_input`
+        (or :meth:`shut_down`) was called *and* the last result was taken:
+        while nothing is pending it waits for work from another thread.
+        ``progress=True`` (or a dict of tqdm arguments) shows a bar whose
+        total is the results taken plus those pending (it grows as work is
+        added); without tqdm, one hint line on stderr, never an error.
+        """
+        streams.check_progress(progress)
+        return streams.results(
+            self._client,
+            lambda frame: self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id),
+            bool(until_closed),
+            lambda: streams.Bar(progress, self._client.pending),
+        )
 
     def get_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
         """The next job's :class:`~bossworker.outcome.Outcome`, in completion order.
@@ -489,7 +643,7 @@ class BossWorkerAsync:
         if died and client.pending:
             raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
 
-    def __enter__(self) -> BossWorkerAsync:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -505,7 +659,7 @@ class BossWorkerAsync:
     # The same pool from async code, never blocking the event loop: these
     # wait on main's socket with loop.add_reader / add_writer (see aio.py).
 
-    async def aadd_work(self, *jobs: Any, timeout: float | None = None) -> list[int]:
+    async def aadd_work(self, *jobs: J, timeout: float | None = None) -> list[int]:
         """:meth:`add_work` that waits in the event loop when the socket is full.
 
         Its jobs are queued before the first wait: if the call is cancelled
@@ -524,6 +678,26 @@ class BossWorkerAsync:
             raise
         return ids
 
+    @overload
+    async def aget_result(
+        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[False] = False
+    ) -> R | dict[str, str]: ...
+    @overload
+    async def aget_result(
+        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[True]
+    ) -> tuple[int, R | dict[str, str]]: ...
+    @overload
+    async def aget_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[False] = False
+    ) -> R | dict[str, str] | None: ...
+    @overload
+    async def aget_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[True]
+    ) -> tuple[int, R | dict[str, str]] | None: ...
+    @overload
+    async def aget_result(
+        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool
+    ) -> Any: ...
     async def aget_result(
         self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
     ) -> Any:
@@ -555,10 +729,31 @@ class BossWorkerAsync:
             if outcome is not None:
                 yield outcome
 
-    async def aresults(self, *, with_id: bool = False) -> AsyncIterator[Any]:
-        """``async for`` over results until none is pending."""
-        while self._client.pending > 0:
-            yield await self.aget_result(with_id=with_id)
+    @overload
+    def aresults(
+        self,
+        *,
+        with_id: Literal[False] = False,
+        until_closed: bool = False,
+        progress: streams.Progress = False,
+    ) -> AsyncIterator[R | dict[str, str]]: ...
+    @overload
+    def aresults(
+        self, *, with_id: Literal[True], until_closed: bool = False, progress: streams.Progress = False
+    ) -> AsyncIterator[tuple[int, R | dict[str, str]]]: ...
+    def aresults(
+        self, *, with_id: bool = False, until_closed: bool = False, progress: streams.Progress = False
+    ) -> AsyncIterator[Any]:
+        """``async for`` over results: :meth:`results` for async code, same
+        options (``until_closed`` waits for a producer task or thread)."""
+        streams.check_progress(progress)
+        return streams.aresults(
+            self._client,
+            self._socket_waiter(),
+            lambda frame: self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id),
+            bool(until_closed),
+            lambda: streams.Bar(progress, self._client.pending),
+        )
 
     async def ashut_down(self, force: bool = False) -> None:
         """:meth:`shut_down` that waits in the event loop."""
@@ -595,7 +790,7 @@ class BossWorkerAsync:
                 waiter = self._waiter
         return waiter
 
-    async def __aenter__(self) -> BossWorkerAsync:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

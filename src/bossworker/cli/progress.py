@@ -66,7 +66,7 @@ class Progress:
     def __init__(
         self,
         bar: Any,
-        bw: BossWorkerAsync,
+        bw: BossWorkerAsync[Any, Any],
         state: RunState,
         writer: Writer,
         console: Console,
@@ -89,7 +89,7 @@ class Progress:
     def maybe_start(
         cls,
         enabled: bool,
-        bw: BossWorkerAsync,
+        bw: BossWorkerAsync[Any, Any],
         state: RunState,
         writer: Writer,
         source: IO[bytes],

@@ -7,10 +7,10 @@ import signal
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from ..errors import BossWorkerError, SerializationError, WorkerInitError
-from ..pool import BossWorkerAsync
+from ..pool import BossWorkerAsync, StartMethod
 from .console import Console, start_own_line
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, OutputError, UsageError, one_line
 from .logs import LogPump
@@ -29,7 +29,9 @@ _COLLECTOR_JOIN_TIMEOUT = 5.0
 class Collector(threading.Thread):
     """Takes results from the pool and hands their records to the writer."""
 
-    def __init__(self, bw: BossWorkerAsync, state: RunState, writer: Writer, pump: LogPump | None) -> None:
+    def __init__(
+        self, bw: BossWorkerAsync[Any, Any], state: RunState, writer: Writer, pump: LogPump | None
+    ) -> None:
         super().__init__(name="bossworker-collector", daemon=True)
         self._bw = bw
         self._state = state
@@ -149,7 +151,7 @@ def run_pool(
     writer.flush()
 
 
-def start_pool(options: RunOptions) -> BossWorkerAsync:
+def start_pool(options: RunOptions) -> BossWorkerAsync[Any, Any]:
     """The pool; :class:`UsageError` if the handlers cannot be used."""
     backend: Any = None
     if options.dask is not None:
@@ -162,7 +164,7 @@ def start_pool(options: RunOptions) -> BossWorkerAsync:
             init_handler=options.init,
             global_timeout=options.timeout,
             worker_count=options.workers,
-            start_method=options.start_method,
+            start_method=cast("StartMethod | None", options.start_method),  # checked by BossWorkerAsync
             max_jobs_per_worker=options.max_jobs_per_worker,
             backend=backend,
         )
