@@ -94,12 +94,17 @@ class Lane:
     take each other's results.  Its jobs are not counted by ``pending``.
     Guarded by the client's lock."""
 
-    __slots__ = ("abandoned", "frames", "outstanding")
+    __slots__ = ("abandoned", "frames", "outstanding", "queued", "received", "retried")
 
-    def __init__(self) -> None:
+    def __init__(self, records: bool = False) -> None:
         self.frames: deque[Frame] = deque()  # answers read, oldest first
         self.outstanding = 0  # jobs sent whose answer has not been read
         self.abandoned = False  # nobody will take the answers: drop them
+        # With ``records`` (a map of outcomes), what take_lane_record hands
+        # out; kept here, not in the client, so they go with the lane.
+        self.queued: dict[int, tuple[float, float]] | None = {} if records else None
+        self.received: dict[int, float] = {}
+        self.retried: dict[int, list[tuple[float, Frame]]] = {}
 
 
 class Client:
@@ -127,6 +132,8 @@ class Client:
         self._cancels_sent = 0
         self._cancel_replies: dict[int, bool] = {}  # reply number -> dropped
         self._cancels_got = 0
+        # Jobs whose cancel() yields an outcome (get_outcome), once dropped.
+        self._cancel_outcomes: set[int] = set()
         self._ready = False
         self._init_error: str | None = None
         self._init_failure = 0  # an InitFailure
@@ -282,6 +289,8 @@ class Client:
                 lane.outstanding += len(pickles)
                 for job_id in ids:
                     self._routes[job_id] = lane
+                if lane.queued is not None:
+                    lane.queued.update(dict.fromkeys(ids, (time.time(), timeout)))
             if retries:
                 return ids, self._queue_retried(ids, pickles, timeout, retries, retry_on, in_segments)
             # Small frames are joined into one buffer (one copy of a few
@@ -459,9 +468,18 @@ class Client:
                     self._results.append(frame)
                     self._received[frame.job_id] = now
                 else:
+                    if lane.queued is not None and not lane.abandoned:
+                        lane.received[frame.job_id] = now
                     self._file_in_lane(lane, frame)
             elif kind == Kind.RETRYING:
-                self._retried.setdefault(frame.job_id, []).append((now, Frame.parse(bytes(frame.payload))))
+                lane = self._routes.get(frame.job_id) if self._routes else None
+                if lane is None:
+                    retried = self._retried
+                elif lane.queued is not None and not lane.abandoned:
+                    retried = lane.retried
+                else:
+                    continue  # nobody will ask for this job's attempts
+                retried.setdefault(frame.job_id, []).append((now, Frame.parse(bytes(frame.payload))))
             elif kind == Kind.STATS:
                 self._stats_got += 1
                 self._stats_replies[self._stats_got] = json.loads(bytes(frame.payload))
@@ -469,10 +487,20 @@ class Client:
                 self._cancels_got += 1
                 dropped = bytes(frame.payload) == b"\x01"
                 self._cancel_replies[self._cancels_got] = dropped
+                told = frame.job_id in self._cancel_outcomes
+                if told:
+                    self._cancel_outcomes.discard(frame.job_id)
                 if dropped:
                     self._pending -= 1  # no result will ever come for it
-                    self._queued.pop(frame.job_id, None)
                     self._retried.pop(frame.job_id, None)
+                    if told:
+                        # Filed by whoever reads, in the same step as the
+                        # pending count, so a reader waiting for outcomes
+                        # sees it before it waits again.
+                        self._cancelled.append((frame.job_id, now))
+                        self._input_changed()
+                    else:
+                        self._queued.pop(frame.job_id, None)
             elif kind == Kind.READY:
                 self._ready = True
             elif kind == Kind.INIT_FAILED:
@@ -591,7 +619,7 @@ class Client:
     def next_result(self, blocking: bool, timeout: float | None, cancelled: bool = False) -> Frame | None:
         """The next result frame, oldest first, or None (see get_result).
 
-        With ``cancelled``, a job dropped by :meth:`note_cancelled` comes
+        With ``cancelled``, a job dropped by ``cancel_jobs(outcomes=True)`` comes
         first, as a frame of kind CANCEL_REPLY (get_outcome; never
         get_result)."""
         with self._cond:  # the common case: a result was read already
@@ -633,12 +661,6 @@ class Client:
             self._wake_all()  # waiters with nothing left to wait for must say so
         return self._results.popleft()
 
-    def note_cancelled(self, job_id: int) -> None:
-        """Job ``job_id`` was dropped by a cancel: get_outcome will say so."""
-        with self._cond:
-            self._cancelled.append((job_id, time.time()))
-            self._cond.notify_all()
-
     @property
     def cancelled_waiting(self) -> int:
         """Cancelled jobs whose outcome get_outcome has not handed out yet."""
@@ -652,6 +674,12 @@ class Client:
             received = self._received.pop(job_id, 0.0)
             retried = self._retried.pop(job_id, []) if self._retried else []
         return queued_at, limit, received, retried
+
+    def take_lane_record(self, lane: Lane, job_id: int) -> JobRecord:
+        """:meth:`take_record` for a job of a ``Lane(records=True)``."""
+        with self._cond:
+            queued_at, limit = lane.queued.pop(job_id, (0.0, 0.0)) if lane.queued is not None else (0.0, 0.0)
+            return queued_at, limit, lane.received.pop(job_id, 0.0), lane.retried.pop(job_id, [])
 
     def result_or_verdict(
         self, must_be_pending: bool, forced_before: bool = False, cancelled: bool = False
@@ -747,15 +775,16 @@ class Client:
             else:
                 self._input_callbacks.remove(callback)
 
-    def until_closed_step(self, take: bool = True) -> tuple[Frame | None, str]:
+    def until_closed_step(self, take: bool = True, cancelled: bool = False) -> tuple[Frame | None, str]:
         """What ``results(until_closed=True)`` does next, with no I/O: a
         result to deliver (``"frame"``; taken only with ``take``), stop
         (``"end"``: input closed and nothing pending), wait for the socket
         (``"read"``: results are due) or wait for work or close_input()
-        (``"input"``)."""
+        (``"input"``).  With ``cancelled`` (outcomes), the marker of a job
+        cancel() dropped counts as a result."""
         with self._cond:
-            if self._results:
-                return (self._take_result() if take else None), "frame"
+            if self._results or (cancelled and self._cancelled):
+                return (self._take_result(cancelled) if take else None), "frame"
             if self._pending == 0:
                 if self.input_closed:
                     return None, "end"
@@ -767,13 +796,14 @@ class Client:
                 return frame, "frame"
             return None, "end" if final else "read"
 
-    def next_result_until_closed(self) -> Frame | None:
+    def next_result_until_closed(self, cancelled: bool = False) -> Frame | None:
         """The next result frame; None once input is closed and every
         result was taken.  Until then, waits also while nothing is pending
-        (for another thread's add_work or close_input)."""
+        (for another thread's add_work or close_input).  ``cancelled``: as
+        in :meth:`next_result`."""
         with self._cond:
             while True:
-                frame, step = self.until_closed_step()
+                frame, step = self.until_closed_step(cancelled=cancelled)
                 if step == "frame" or step == "end":
                     return frame
                 if step == "input":
@@ -783,7 +813,12 @@ class Client:
                     finally:
                         self._input_waiters -= 1
                 else:
-                    self.wait_for(lambda: bool(self._results) or self._pending == 0, None)
+                    self.wait_for(
+                        lambda: (
+                            bool(self._results) or (cancelled and bool(self._cancelled)) or self._pending == 0
+                        ),
+                        None,
+                    )
 
     @property
     def bye(self) -> bool:
@@ -830,7 +865,7 @@ class Client:
                 raise ShutDownError("the pool was shut down before the Boss answered")
             raise BossDiedError("the Boss process died before it answered")
 
-    def cancel_jobs(self, job_ids: Sequence[int]) -> list[bool | None]:
+    def cancel_jobs(self, job_ids: Sequence[int], outcomes: bool = False) -> list[bool | None]:
         """Ask the Boss to drop these jobs if they still wait in its queue.
 
         One round trip for the lot; returns, in order, True for each job
@@ -838,7 +873,9 @@ class Client:
         False for one the Boss did not drop (a worker has it, it is done, or
         the id is unknown), and None where no answer came because the Boss
         is gone or the pool was closed.  Allowed after :meth:`stop_accepting`: cancelling is how a
-        shutdown drops queued work.
+        shutdown drops queued work.  With ``outcomes``, each dropped job
+        also yields a cancelled marker to ``next_result(cancelled=True)``,
+        filed when the reply is read (so no waiter can miss it).
         """
         if not job_ids:
             return []
@@ -850,6 +887,8 @@ class Client:
             last = self._cancels_sent
             for job_id in job_ids:
                 self._queue_bytes(encode(Kind.CANCEL, job_id))
+            if outcomes:
+                self._cancel_outcomes.update(job_ids)
             target = self._queued_total
         try:
             self.flush(target)
@@ -882,6 +921,7 @@ class Client:
             self._received.clear()
             self._retried.clear()
             self._cancelled.clear()
+            self._cancel_outcomes.clear()
         self.segments.discard_all()
 
     def discard_orphan_segments(self) -> None:
