@@ -486,6 +486,12 @@ class Client:
             elif kind == Kind.CANCEL_REPLY:
                 self._cancels_got += 1
                 dropped = bytes(frame.payload) == b"\x01"
+                lane = self._routes.get(frame.job_id) if self._routes else None
+                if lane is not None:  # an abandoned map's job (cancel_lane): nobody waits for this reply
+                    if dropped:
+                        del self._routes[frame.job_id]
+                        lane.outstanding -= 1  # no answer will come for it
+                    continue
                 self._cancel_replies[self._cancels_got] = dropped
                 told = frame.job_id in self._cancel_outcomes
                 if told:
@@ -740,13 +746,25 @@ class Client:
 
     def abandon_lane(self, lane: Lane) -> None:
         """Nobody will take ``lane``'s answers: drop those read and those to
-        come (the jobs still run: a job sent may have started)."""
+        come, and ask the Boss to drop its jobs that have not started (one
+        CANCEL each, sent without waiting for the replies: a job a worker
+        has already runs to its end, and its answer is dropped)."""
         with self._cond:
             lane.abandoned = True
             while lane.frames:
                 frame = lane.frames.popleft()
                 if frame.flags & Flag.SEGMENT:
                     self.segments.discard(frame.job_id)
+            if lane.outstanding == 0 or self._eof or self._closed or self._peer_gone:
+                return
+            waiting = [job_id for job_id, owner in self._routes.items() if owner is lane]
+            # Counted as sent, so the replies to later cancel_jobs() calls
+            # keep their numbers; _file drops these replies by their route.
+            self._cancels_sent += len(waiting)
+            for job_id in waiting:
+                self._queue_bytes(encode(Kind.CANCEL, job_id))
+        with contextlib.suppress(BossDiedError):
+            self.poll()  # sent now if the socket takes them, else by the next call that sends
 
     @property
     def input_closed(self) -> bool:
@@ -877,18 +895,22 @@ class Client:
         also yields a cancelled marker to ``next_result(cancelled=True)``,
         filed when the reply is read (so no waiter can miss it).
         """
-        if not job_ids:
-            return []
         with self._cond:
+            # A map's job is the map's own (its lane counts on its answer):
+            # never dropped from here.
+            in_a_map = [job_id in self._routes for job_id in job_ids]
+            asked = [job_id for job_id, mapped in zip(job_ids, in_a_map, strict=True) if not mapped]
+            if not asked:
+                return [False] * len(job_ids)
             if self._eof or self._closed:
                 return [None] * len(job_ids)
             first = self._cancels_sent + 1
-            self._cancels_sent += len(job_ids)
+            self._cancels_sent += len(asked)
             last = self._cancels_sent
-            for job_id in job_ids:
+            for job_id in asked:
                 self._queue_bytes(encode(Kind.CANCEL, job_id))
             if outcomes:
-                self._cancel_outcomes.update(job_ids)
+                self._cancel_outcomes.update(asked)
             target = self._queued_total
         try:
             self.flush(target)
@@ -896,7 +918,8 @@ class Client:
             return [None] * len(job_ids)
         with self._cond:
             self.wait_for(lambda: self._cancels_got >= last, None)
-            return [self._cancel_replies.pop(n, None) for n in range(first, last + 1)]
+            replies = iter([self._cancel_replies.pop(n, None) for n in range(first, last + 1)])
+            return [False if mapped else next(replies) for mapped in in_a_map]
 
     def stop_accepting(self) -> bool:
         """No more add_work. Returns False if it had already stopped."""

@@ -360,8 +360,9 @@ class BossWorkerAsync(Generic[J, R]):
         total when it has one.  :meth:`map_outcomes` yields outcomes instead.
 
         Its jobs are its own: they never come out of :meth:`get_result` and
-        :meth:`pending` does not count them.  Leaving the loop early drops
-        the results still to come (jobs already sent still run).  An item
+        :meth:`pending` does not count them.  Leaving the loop early (or
+        closing the generator) drops the results still to come and cancels
+        the jobs not yet started; those a worker has run to their end.  An item
         that cannot be pickled raises :class:`SerializationError` there.
         """
         limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
