@@ -43,7 +43,12 @@ from bossworker import (
     WorkerDiedError,
     WorkerInitError,
 )
-from bossworker.errors import NO_WORKER_COULD_START_PREFIX, RESULT_NOT_PICKLABLE_PREFIX, WORKER_DIED_PREFIX
+from bossworker.errors import (
+    NO_WORKER_COULD_START_PREFIX,
+    RESULT_NOT_PICKLABLE_PREFIX,
+    WORKER_DIED_PREFIX,
+    result_not_picklable_error,
+)
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,12 +149,17 @@ def test_exceptions_keep_their_type_and_the_remote_traceback(start_method: str) 
 
 def test_engine_error_prefixes_match_the_engine_texts() -> None:
     """The Executor sorts engine ERRORs by these prefixes: they must be the texts
-    boss.py and worker.py write."""
+    boss.py writes and (through errors.py's functions) worker.py writes."""
     src = ROOT / "src" / "bossworker"
     boss, worker = (src / "boss.py").read_text(), (src / "worker.py").read_text()
     assert 'f"' + WORKER_DIED_PREFIX + "{reason}) while running this job" in boss
     assert NO_WORKER_COULD_START_PREFIX + ": " in boss
-    assert RESULT_NOT_PICKLABLE_PREFIX + ": " in worker
+    assert "result_not_picklable_error(" in worker
+    assert (
+        result_not_picklable_error("PicklingError: x")
+        == "BossWorkerAsync: result could not be pickled: PicklingError: x"
+    )
+    assert result_not_picklable_error("x").startswith(RESULT_NOT_PICKLABLE_PREFIX + ": ")
 
 
 # -- wait() and as_completed() ----------------------------------------------------------

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import select
 import socket
 import threading
@@ -48,7 +47,6 @@ from .backend import BossHandle, forget_main_socket
 from .errors import (
     INPUT_CLOSED_ERROR,
     NOT_IMPORTABLE_HINT,
-    TIMED_OUT_ERROR,
     BossDiedError,
     InputClosedError,
     InvalidArgumentError,
@@ -57,11 +55,11 @@ from .errors import (
     ShutDownError,
     WorkerInitError,
 )
-from .payload import THRESHOLD, Pickled, Segments, chunks_of
+from .jobs import frame_text, job_frames, retried_job_frames
+from .payload import Pickled, Segments, chunks_of
 from .portable import send_chunks
 from .process import signal_description
 from .protocol import (
-    HEADER,
     MAX_PAYLOAD,
     Decoder,
     Flag,
@@ -69,9 +67,7 @@ from .protocol import (
     InitFailure,
     Kind,
     SendQueue,
-    decode_error,
     encode,
-    job_header,
 )
 
 __all__ = ["Client", "JobRecord", "Lane"]
@@ -84,8 +80,6 @@ JobRecord = tuple[float, float, float, list[tuple[float, Frame]]]
 
 # While blocked on a full socket, look at the Boss process this often.
 _LIVENESS_INTERVAL = 0.5
-# Payloads smaller than this are joined into one buffer before sending.
-_JOIN_BELOW = 64 * 1024
 
 
 class Lane:
@@ -292,49 +286,12 @@ class Client:
                 if lane.queued is not None:
                     lane.queued.update(dict.fromkeys(ids, (time.time(), timeout)))
             if retries:
-                return ids, self._queue_retried(ids, pickles, timeout, retries, retry_on, in_segments)
-            # Small frames are joined into one buffer (one copy of a few
-            # bytes each); large pickles are queued as they are, uncopied.
-            small: list[bytes | bytearray | memoryview] = []
-            pack = HEADER.pack
-            for job_id, pickled in zip(ids, pickles, strict=True):
-                if type(pickled) is bytes and len(pickled) < THRESHOLD:  # the usual case, made cheap
-                    small += (pack(Kind.JOB, 0, len(pickled), job_id, timeout), pickled)
-                    continue
-                if job_id in in_segments or self.segments.store(job_id, "j", pickled):
-                    small.append(pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
-                    continue
-                chunks, size = chunks_of(pickled)
-                small.append(pack(Kind.JOB, 0, size, job_id, timeout))
-                if size < _JOIN_BELOW:
-                    small += chunks
-                else:
-                    self._queue_bytes(b"".join(small))
-                    small = []
-                    for chunk in chunks:
-                        self._queue_bytes(chunk)
-            self._queue_bytes(b"".join(small))
+                frames = retried_job_frames(ids, pickles, timeout, retries, retry_on, in_segments)
+            else:
+                frames = job_frames(ids, pickles, timeout, self.segments, in_segments)
+            for data in frames:
+                self._queue_bytes(data)
             return ids, self._queued_total
-
-    def _queue_retried(
-        self,
-        ids: list[int],
-        pickles: Sequence[Pickled],
-        timeout: float,
-        retries: int,
-        retry_on: int,
-        in_segments: set[int],
-    ) -> int:
-        """queue_jobs for jobs that may be retried (lock held)."""
-        for job_id, pickled in zip(ids, pickles, strict=True):
-            if job_id in in_segments:
-                self._queue_bytes(job_header(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout, retries, retry_on))
-                continue
-            chunks, size = chunks_of(pickled)
-            self._queue_bytes(job_header(Kind.JOB, 0, size, job_id, timeout, retries, retry_on))
-            for chunk in chunks:
-                self._queue_bytes(chunk)
-        return self._queued_total
 
     def _store_oversized(self, pickles: Sequence[Pickled], first: int) -> set[int]:
         """Put the jobs too big for a frame in segments, before anything is
@@ -510,7 +467,7 @@ class Client:
             elif kind == Kind.READY:
                 self._ready = True
             elif kind == Kind.INIT_FAILED:
-                self._init_error = bytes(frame.payload).decode("utf-8", "replace")
+                self._init_error = frame_text(frame)
                 self._init_failure = frame.job_id
             elif kind == Kind.BYE:
                 self._bye = True
@@ -972,16 +929,3 @@ class Client:
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._wake_all()
             self._close_fd_if_unheld()
-
-    def unpickle_result(self, frame: Frame) -> Any:
-        """Turn a result frame into the value get_result() hands out."""
-        if frame.kind == Kind.RESULT:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    return self.segments.load(frame.job_id, "r")
-                return pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
-                return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
-        if frame.kind == Kind.TIMED_OUT:
-            return {"ERROR": TIMED_OUT_ERROR}
-        return {"ERROR": decode_error(frame.flags, frame.payload)[0]}

@@ -31,6 +31,7 @@ from .errors import (
     SerializationError,
     ShutDownError,
 )
+from .jobs import result_value
 from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
 from .payload import Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
@@ -477,7 +478,9 @@ class BossWorkerAsync(Generic[J, R]):
 
     def _frame_result(self, frame: Frame) -> R | dict[str, str]:
         """What get_result() returns for ``frame`` (without its id)."""
-        value: R | dict[str, str] = self._deliver(frame.job_id, self._client.unpickle_result(frame), False)
+        value: R | dict[str, str] = self._deliver(
+            frame.job_id, result_value(frame, self._client.segments), False
+        )
         return value
 
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
@@ -539,7 +542,7 @@ class BossWorkerAsync(Generic[J, R]):
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
+        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
 
     def get_result_nb(self, *, with_id: bool = False) -> Any:
         """``get_result(blocking=False)``: a result, or None at once."""
@@ -573,7 +576,7 @@ class BossWorkerAsync(Generic[J, R]):
         streams.check_progress(progress)
         return streams.results(
             self._client,
-            lambda frame: self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id),
+            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )
@@ -782,7 +785,7 @@ class BossWorkerAsync(Generic[J, R]):
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
+        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
 
     async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
         """:meth:`get_outcome` for async code: same options, same outcomes."""
@@ -829,7 +832,7 @@ class BossWorkerAsync(Generic[J, R]):
         return streams.aresults(
             self._client,
             self._socket_waiter(),
-            lambda frame: self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id),
+            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )
