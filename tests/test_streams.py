@@ -307,8 +307,10 @@ def test_mypy_checks_a_users_jobs_and_start_method(tmp_path: Path, monkeypatch: 
         [
             "--strict",
             "--no-error-summary",
+            # A cache of its own: a shared one replays the errors of an
+            # earlier run (same module names, other temporary paths).
             "--cache-dir",
-            str(ROOT / ".mypy_cache"),
+            str(tmp_path / ".mypy_cache"),
             *(str(tmp_path / name) for name in ("good.py", "bad_job.py", "bad_method.py", "bad_result.py")),
         ]
     )
