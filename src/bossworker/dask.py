@@ -69,7 +69,7 @@ import sys
 from typing import Any
 
 from .backend import BossHandle, register_main_socket
-from .boss import BossConfig
+from .config import BossConfig
 from .errors import InvalidArgumentError, SerializationError
 from .payload import Segments
 from .process import exit_now

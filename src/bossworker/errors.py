@@ -142,6 +142,30 @@ RESULT_NOT_PICKLABLE_PREFIX = "BossWorkerAsync: result could not be pickled"
 NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
 
+# Texts the Boss writes ---------------------------------------------------------
+# The answers and start-up reports the Boss writes itself, on a job's or a
+# worker's behalf (the local Boss and any other driving boss.core).
+
+
+def worker_died_text(reason: str) -> str:
+    """The ERROR of a job whose worker died under it; ``reason`` is the exit
+    status in words (``SIGKILL``, ``exit code 3``, see
+    :func:`bossworker.process.signal_description`)."""
+    return f"{WORKER_DIED_PREFIX}{reason}) while running this job"
+
+
+def no_worker_could_start_text(last_error: str) -> str:
+    """The ERROR of a queued job answered because every worker keeps failing
+    at start-up; ``last_error`` is the latest start-up failure."""
+    return f"{NO_WORKER_COULD_START_PREFIX}: {last_error}"
+
+
+def exited_before_ready_text(reason: str) -> str:
+    """The start-up failure of a worker that exited without a word (no
+    INIT_FAILED) before it was ready."""
+    return f"worker exited ({reason}) before it was ready"
+
+
 class BossWorkerError(Exception):
     """Base class of every exception raised by bossworker."""
 
@@ -286,3 +310,11 @@ class JobCancelledError(BossWorkerError, CancelledError):
     """The ``error`` of the :class:`~bossworker.outcome.Outcome` of a job
     that :meth:`BossWorkerAsync.cancel` dropped before it started (raised by
     that outcome's ``unwrap()``).  Also a ``concurrent.futures.CancelledError``."""
+
+
+class _JobTimeout(BaseException):  # noqa: N818 - not an error a user sees
+    """Raised in a worker by its SIGALRM while a job runs (see
+    ``worker._Alarm``).  A BaseException, so that a handler's ``except
+    Exception`` does not swallow it; the Executor's work handler lets it
+    through.  Here, not in worker.py, so that main-side modules need not
+    import the worker's module to name it."""

@@ -41,6 +41,7 @@ from typing import Any, TypeVar, cast
 
 from .backend import Backend
 from .errors import (
+    _JobTimeout,
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
@@ -51,7 +52,6 @@ from .outcome import error_from_answer, rebuild_exception
 from .payload import PICKLE_PROTOCOL, dump
 from .pool import BossWorkerAsync, StartMethod, _check_timeout
 from .protocol import Flag, Frame, Kind
-from .worker import _JobTimeout
 
 __all__ = ["Executor", "ExecutorOptions"]
 

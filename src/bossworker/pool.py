@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
 
 from . import byvalue, memory, streams
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
-from .boss import BossConfig
 from .client import Client
+from .config import BossConfig, WorkerSpec
 from .errors import (
     NOT_IMPORTABLE_HINT,
     BossDiedError,
@@ -32,11 +32,10 @@ from .errors import (
     ShutDownError,
 )
 from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
-from .payload import Pickled, Segments, dump, new_prefix
+from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
 from .protocol import Flag, Frame, Kind, RetryOn
 from .stats import Stats
-from .worker import PICKLE_PROTOCOL, WorkerSpec
 
 __all__ = ["BossWorkerAsync", "StartMethod"]
 
