@@ -58,7 +58,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
 
-from .boss import TIMEOUT_GRACE
+from .boss.link import TIMEOUT_GRACE
 from .dask import CHILD_BOOT, _stdin_from_devnull
 from .payload import Segments
 from .process import exit_now, ignore_interrupts, signal_description

@@ -312,7 +312,7 @@ class JobCancelledError(BossWorkerError, CancelledError):
     that outcome's ``unwrap()``).  Also a ``concurrent.futures.CancelledError``."""
 
 
-class _JobTimeout(BaseException):  # noqa: N818 - not an error a user sees
+class _JobTimeout(BaseException):
     """Raised in a worker by its SIGALRM while a job runs (see
     ``worker._Alarm``).  A BaseException, so that a handler's ``except
     Exception`` does not swallow it; the Executor's work handler lets it

@@ -41,12 +41,12 @@ from typing import Any, TypeVar, cast
 
 from .backend import Backend
 from .errors import (
-    _JobTimeout,
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
     SerializationError,
     ShutDownError,
+    _JobTimeout,
 )
 from .outcome import error_from_answer, rebuild_exception
 from .payload import PICKLE_PROTOCOL, dump
