@@ -83,7 +83,7 @@ class LocalBackend:
         # The Boss's code is loaded here, at the first start, not when
         # bossworker is imported: main's own code never needs it (a forked
         # Boss then finds it loaded; a spawned one imports it by name).
-        from .boss import run_boss
+        from .boss.main import run_boss
 
         ctx: Any = multiprocessing.get_context(config.start_method)  # typeshed lacks .Process
         main_end, boss_end = socket.socketpair()
