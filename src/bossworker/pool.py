@@ -621,7 +621,7 @@ class BossWorkerAsync(Generic[J, R]):
         client, handle = self._client, self._handle
         if not force and not client.boss_died:
             client.drain()
-            _join_or_kill(handle, _JOIN_TIMEOUT)
+            _join_after_bye(handle, _JOIN_TIMEOUT)
         self._end_shut_down(force)
 
     def _begin_shut_down(self, force: bool) -> bool:
@@ -807,10 +807,13 @@ class BossWorkerAsync(Generic[J, R]):
         )
 
 
-def _join_or_kill(handle: BossHandle, timeout: float) -> None:
+def _join_after_bye(handle: BossHandle, timeout: float) -> None:
+    """Wait up to ``timeout`` for a Boss that said BYE to exit.  One still
+    there is stopped by force right after (``_end_shut_down`` calls
+    ``_force_stop``: SIGTERM, then SIGKILL); this says so."""
     handle.join(timeout)
     if handle.is_alive():
-        log.error("the Boss did not exit after its BYE; killing it")
+        log.error("the Boss did not exit after its BYE; stopping it by force")
 
 
 def _force_stop(client: Client, handle: BossHandle) -> None:
