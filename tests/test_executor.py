@@ -43,7 +43,13 @@ from bossworker import (
     WorkerDiedError,
     WorkerInitError,
 )
-from bossworker.errors import NO_WORKER_COULD_START_PREFIX, RESULT_NOT_PICKLABLE_PREFIX, WORKER_DIED_PREFIX
+from bossworker.errors import (
+    NO_WORKER_COULD_START_PREFIX,
+    RESULT_NOT_PICKLABLE_PREFIX,
+    WORKER_DIED_PREFIX,
+    no_worker_could_start_text,
+    worker_died_text,
+)
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,11 +150,11 @@ def test_exceptions_keep_their_type_and_the_remote_traceback(start_method: str) 
 
 def test_engine_error_prefixes_match_the_engine_texts() -> None:
     """The Executor sorts engine ERRORs by these prefixes: they must be the texts
-    boss.py and worker.py write."""
+    the Boss (errors.py's "Texts the Boss writes") and worker.py write."""
     src = ROOT / "src" / "bossworker"
-    boss, worker = (src / "boss.py").read_text(), (src / "worker.py").read_text()
-    assert 'f"' + WORKER_DIED_PREFIX + "{reason}) while running this job" in boss
-    assert NO_WORKER_COULD_START_PREFIX + ": " in boss
+    worker = (src / "worker.py").read_text()
+    assert worker_died_text("SIGKILL") == WORKER_DIED_PREFIX + "SIGKILL) while running this job"
+    assert no_worker_could_start_text("boom") == NO_WORKER_COULD_START_PREFIX + ": boom"
     assert RESULT_NOT_PICKLABLE_PREFIX + ": " in worker
 
 

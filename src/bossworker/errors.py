@@ -71,6 +71,9 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "WorkerInitError",
+    "exited_before_ready_text",
+    "no_worker_could_start_text",
+    "worker_died_text",
 ]
 
 
