@@ -2,10 +2,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator
 
 import psutil
 import pytest
+
+# A shell starts a background job (`scripts/test &`, a CI runner without job
+# control) with SIGINT ignored, and an ignored signal stays ignored across
+# exec: every CLI the tests start would then ignore the Ctrl-C the tests send
+# it. A handled signal is reset to its default at exec, so handle it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
 

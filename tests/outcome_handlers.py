@@ -100,3 +100,9 @@ def wait_for_file(path: str) -> int:
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.005)
     return os.getpid()
+
+
+def raise_on_odd(n: int) -> int:
+    if n % 2:
+        raise ValueError(f"odd {n}")
+    return n

@@ -19,3 +19,9 @@ def fail_on_odd(x: int) -> int:
     if x % 2:
         raise ValueError(f"odd: {x}")
     return x
+
+
+def nap(x: int) -> int:
+    """``x``, after 20 ms."""
+    time.sleep(0.02)
+    return x

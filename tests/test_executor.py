@@ -47,8 +47,9 @@ from bossworker.errors import (
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
     WORKER_DIED_PREFIX,
-    no_worker_could_start_text,
-    worker_died_text,
+    no_worker_could_start_error,
+    result_not_picklable_error,
+    worker_died_error,
 )
 from waiting import wait_until
 
@@ -150,12 +151,20 @@ def test_exceptions_keep_their_type_and_the_remote_traceback(start_method: str) 
 
 def test_engine_error_prefixes_match_the_engine_texts() -> None:
     """The Executor sorts engine ERRORs by these prefixes: they must be the texts
-    the Boss (errors.py's "Texts the Boss writes") and worker.py write."""
+    the Boss and worker.py write, through errors.py's functions."""
     src = ROOT / "src" / "bossworker"
+    link, core = (src / "boss" / "link.py").read_text(), (src / "boss" / "core.py").read_text()
     worker = (src / "worker.py").read_text()
-    assert worker_died_text("SIGKILL") == WORKER_DIED_PREFIX + "SIGKILL) while running this job"
-    assert no_worker_could_start_text("boom") == NO_WORKER_COULD_START_PREFIX + ": boom"
-    assert RESULT_NOT_PICKLABLE_PREFIX + ": " in worker
+    assert "worker_died_error(" in link
+    assert "no_worker_could_start_error(" in core
+    assert worker_died_error("SIGKILL") == WORKER_DIED_PREFIX + "SIGKILL) while running this job"
+    assert no_worker_could_start_error("boom") == NO_WORKER_COULD_START_PREFIX + ": boom"
+    assert "result_not_picklable_error(" in worker
+    assert (
+        result_not_picklable_error("PicklingError: x")
+        == "BossWorkerAsync: result could not be pickled: PicklingError: x"
+    )
+    assert result_not_picklable_error("x").startswith(RESULT_NOT_PICKLABLE_PREFIX + ": ")
 
 
 # -- wait() and as_completed() ----------------------------------------------------------

@@ -918,3 +918,26 @@ def test_graceful_shutdown_does_not_wait_forever_for_a_hung_exit_handler() -> No
     assert time.monotonic() - start < 10
     assert sorted(bw.results()) == [1, 2, 3]  # nothing lost
     assert not wait_gone(workers, 5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("round_", range(3))
+def test_a_stopped_boss_bounds_what_it_can(round_: int) -> None:
+    """A SIGSTOPped Boss is alive and silent (README, "Never hangs"): a
+    bounded get_result returns None at its bound, and a forced stop ends the
+    Boss and its workers anyway (SIGKILL reaches a stopped process)."""
+    bw = BossWorkerAsync(handlers.echo, worker_count=2)
+    boss = psutil.Process(bw.boss_pid)
+    workers = workers_of(bw)
+    assert len(workers) == 2
+    os.kill(bw.boss_pid, signal.SIGSTOP)
+    wait_until(lambda: boss.status() == psutil.STATUS_STOPPED, what="the Boss to stop")
+    bw.add_work(*range(5))  # the socket buffers them: add_work does not wait on the Boss
+    started = time.monotonic()
+    assert bw.get_result(timeout=0.3) is None
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    bw.shut_down(force=True)
+    assert time.monotonic() - started < 10
+    assert wait_gone([boss, *workers], timeout=10) == []
+    assert bw.pending() == 0

@@ -17,8 +17,8 @@ import bossworker
 pytestmark = pytest.mark.timeout(60)
 
 PACKAGE = Path(bossworker.__file__).parent
-# What main imports: the package, its asyncio half, the command line.
-MAIN_ROOTS = ("bossworker", "bossworker.aio", "bossworker.cli")
+# What main imports: the package, its asyncio half, the command line, the Dask backend.
+MAIN_ROOTS = ("bossworker", "bossworker.aio", "bossworker.cli", "bossworker.dask", "bossworker.dask.backend")
 # Main-side modules named by the design (docs/design.md): they must not
 # reach the Boss's or the worker's code, directly or through another module.
 MAIN_SIDE = (
@@ -121,7 +121,7 @@ def test_the_graph_is_read_from_the_source() -> None:
     assert "bossworker.client" in graph["bossworker.pool"]
     assert "bossworker.protocol" in graph["bossworker.boss.core"]
     assert "bossworker.worker" in graph["bossworker.boss.local"]
-    assert "bossworker.boss" in graph["bossworker.dask_boss"]  # a module's package runs first
+    assert "bossworker.boss" in graph["bossworker.dask.plugin"]  # a module's package runs first
     assert "bossworker" not in graph["bossworker.boss.core"]  # ... and is running already
     assert "bossworker.pool" in graph["bossworker.cli.main"]
 
@@ -175,7 +175,7 @@ def test_importing_and_using_the_package_in_main_leaves_boss_and_worker_unloaded
     script = textwrap.dedent(
         """
         import sys
-        import bossworker, bossworker.aio, bossworker.cli, bossworker.config
+        import bossworker, bossworker.aio, bossworker.cli, bossworker.config, bossworker.dask
         from bossworker import Executor, BossWorkerAsync, Stats
         loaded = sorted(m for m in sys.modules if m == "bossworker.worker" or m.startswith("bossworker.boss"))
         print(",".join(loaded))

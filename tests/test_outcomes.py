@@ -6,7 +6,10 @@ import asyncio
 import inspect
 import os
 import signal
+import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -294,3 +297,129 @@ def test_workers_pid_is_in_the_answer_header(tmp_path: Path) -> None:
         pids = [(o.worker_pid, o.value) for o in bw.outcomes()]
     assert len(pids) == 30 and all(pid == value for pid, value in pids)
     assert os.getpid() not in {pid for pid, _ in pids}
+
+
+# -- outcomes as streams: map_outcomes, outcomes(until_closed=, progress=) ------
+
+
+@pytest.mark.timeout(60)
+def test_map_outcomes_in_order_with_details_and_real_errors(start_method: str) -> None:
+    with BossWorkerAsync(h.raise_on_odd, worker_count=2, start_method=start_method) as bw:
+        workers = {c.pid for c in psutil.Process(bw.boss_pid).children()}
+        before = time.time()
+        got = list(bw.map_outcomes(range(200), max_in_flight=16))
+        after = time.time()
+        # A map's jobs are its own: nothing reaches get_outcome or pending.
+        assert bw.pending() == 0 and bw.get_outcome(blocking=False) is None
+    assert [o.job_id for o in got] == sorted(o.job_id for o in got)  # input order
+    for n, o in enumerate(got):
+        assert o.worker_pid in workers and len(o.attempts) == 1
+        assert before <= o.queued_at <= o.started_at <= o.finished_at <= after  # type: ignore[operator]
+        if n % 2:
+            assert not o.ok and type(o.error) is ValueError and str(o.error) == f"odd {n}"
+            assert isinstance(o.error.__cause__, RemoteTraceback)
+        else:
+            assert o.ok and o.value == n and o.unwrap() == n
+
+
+@pytest.mark.timeout(60)
+def test_map_outcomes_unordered_retries_and_async(tmp_path: Path) -> None:
+    markers = [str(tmp_path / f"m{i}") for i in range(12)]
+    with BossWorkerAsync(h.die_once, worker_count=2, retries=1) as bw:
+        got = list(bw.map_outcomes(markers, ordered=False, max_in_flight=4))
+        assert sorted(o.value["marker"] for o in got) == sorted(markers)  # type: ignore[index]
+        for o in got:
+            assert o.ok and len(o.attempts) == 2 and isinstance(o.attempts[0].error, WorkerDiedError)
+        # retries=0 for one map: the death is the outcome.
+        [o] = bw.map_outcomes([str(tmp_path / "once")], retries=0)
+        assert isinstance(o.error, WorkerDiedError) and len(o.attempts) == 1
+        # A plain map takes the pool's retries too (it used to ignore them).
+        assert [r["marker"] for r in bw.map([str(tmp_path / "m-map")])] == [str(tmp_path / "m-map")]
+        assert bw.stats().retried == 13
+
+    async def main() -> list[Outcome[int]]:
+        async def numbers() -> AsyncIterator[int]:
+            for i in range(30):
+                yield i
+
+        async with BossWorkerAsync(h.echo, worker_count=2) as pool:
+            return [o async for o in pool.amap_outcomes(numbers(), max_in_flight=5)]
+
+    outcomes = asyncio.run(main())
+    assert [o.value for o in outcomes] == list(range(30)) and all(o.ok for o in outcomes)
+
+
+@pytest.mark.timeout(120)
+def test_outcomes_until_closed_beside_a_producer_thread(tmp_path: Path) -> None:
+    """A consumer of outcomes(until_closed=True) beside a producer that adds
+    work, cancels some of it, then closes input: every job yields exactly one
+    outcome, and the loop ends only after the last.  Repeated: the end of
+    input races the last answers."""
+    for _ in range(20):
+        with BossWorkerAsync(h.echo, worker_count=2) as bw:
+            added: list[int] = []
+
+            def produce(bw: BossWorkerAsync[int, int], added: list[int]) -> None:
+                for i in range(5):
+                    added.extend(bw.add_work(*range(i * 10, i * 10 + 10)))
+                bw.close_input()
+
+            thread = threading.Thread(target=produce, args=(bw, added))
+            thread.start()
+            got = list(bw.outcomes(until_closed=True))
+            thread.join(10)
+            assert sorted(o.job_id for o in got) == sorted(added) and len(got) == 50
+    # A cancel from another thread while the consumer is the one reading
+    # the socket (it reads the Boss's reply): the cancelled outcome is filed
+    # as the reply is read, so the consumer takes it at once.  Also for a
+    # plain blocking get_outcome(), which used to wait for the next answer.
+    for round_ in range(10):
+        _cancel_beside_a_reading_consumer(str(tmp_path / f"go{round_}"), until_closed=bool(round_ % 2))
+
+
+def _cancel_beside_a_reading_consumer(go: str, until_closed: bool) -> None:
+    results: list[Outcome[object] | None] = []
+
+    def consume() -> None:
+        if until_closed:
+            results.extend(bw.outcomes(until_closed=True))
+        else:
+            results.append(bw.get_outcome())
+
+    with BossWorkerAsync(h.wait_for_file, worker_count=1) as bw:
+        ids = bw.add_work(*[go] * 3)
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        wait_until(lambda: bw.stats().running == 1, what="the first job starting")
+        assert bw.cancel(ids[2]) is True
+        wait_until(lambda: len(results) == 1, what="the cancelled job's outcome")
+        first = results[0]
+        assert first is not None and first.job_id == ids[2] and first.cancelled
+        Path(go).touch()
+        bw.close_input()
+        consumer.join(30)
+        assert not consumer.is_alive()
+        results.extend(bw.outcomes())
+    assert sorted(o.job_id for o in results if o is not None) == ids
+
+
+@pytest.mark.timeout(60)
+def test_aoutcomes_until_closed_and_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def main() -> list[Outcome[object]]:
+        async with BossWorkerAsync(h.echo, worker_count=2) as bw:
+
+            async def produce() -> None:
+                for i in range(4):
+                    await bw.aadd_work(*range(i * 5, i * 5 + 5))
+                    await asyncio.sleep(0)
+                bw.close_input()
+
+            producer = asyncio.ensure_future(produce())
+            got = [o async for o in bw.aoutcomes(until_closed=True, progress={"file": sys.stderr})]
+            await producer
+            return got
+
+    outcomes = asyncio.run(main())
+    assert sorted(o.value for o in outcomes) == list(range(20))  # type: ignore[type-var]
+    # The bar ran (tqdm is installed for the tests) and counted every outcome.
+    assert "20/20" in capsys.readouterr().err

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from bossworker import BossWorkerAsync, InputClosedError, SerializationError, ShutDownError, streams
-from stream_handlers import double, fail_on_odd, jitter
+from stream_handlers import double, fail_on_odd, jitter, nap
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,3 +322,35 @@ def test_mypy_checks_a_users_jobs_and_start_method(tmp_path: Path, monkeypatch: 
     assert any('"start_method"' in e and "sapwn" in e for e in by_file["bad_method.py"]), stdout
     assert any("incompatible types in assignment" in e.lower() for e in by_file["bad_result.py"]), stdout
     assert len(errors) == sum(len(v) for v in by_file.values()), stdout
+
+
+@pytest.mark.timeout(120)
+def test_leaving_a_map_early_cancels_its_jobs_not_started() -> None:
+    """A map left after 3 results of 500 in flight: the Boss drops the jobs
+    no worker has, so the pool's graceful shut-down does not wait for them,
+    and the pool stays exact for other work (repeated: the cancels race the
+    dispatch of the next jobs)."""
+    for round_ in range(6):
+        with BossWorkerAsync(nap, worker_count=2) as bw:
+            for value in bw.map(range(500), max_in_flight=500, ordered=bool(round_ % 2)):
+                if value >= 0:
+                    break  # the first result: 498 or so jobs are still queued
+            assert bw.add_work(7) and bw.get_result() == 7 and bw.pending() == 0
+            stats = wait_until(lambda: (s := bw.stats()).queued == 0 and s.running == 0 and s)
+            # What ran: the first answers, those sent ahead to the two workers
+            # (a few each), and nothing of the rest.
+            assert stats.completed + stats.cancelled == 501
+            assert stats.cancelled >= 400, stats
+
+    # amap, left from a task.
+    async def main() -> int:
+        async with BossWorkerAsync(nap, worker_count=2) as bw:
+            async for _ in bw.amap(range(500), max_in_flight=500):
+                break
+            stats = bw.stats()
+            while stats.queued or stats.running:
+                await asyncio.sleep(0.01)
+                stats = bw.stats()
+            return stats.cancelled
+
+    assert asyncio.run(main()) >= 400

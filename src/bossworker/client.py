@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import select
 import socket
 import threading
@@ -48,7 +47,6 @@ from .backend import BossHandle, forget_main_socket
 from .errors import (
     INPUT_CLOSED_ERROR,
     NOT_IMPORTABLE_HINT,
-    TIMED_OUT_ERROR,
     BossDiedError,
     InputClosedError,
     InvalidArgumentError,
@@ -57,11 +55,11 @@ from .errors import (
     ShutDownError,
     WorkerInitError,
 )
-from .payload import THRESHOLD, Pickled, Segments, chunks_of
+from .jobs import frame_text, job_frames, retried_job_frames
+from .payload import Pickled, Segments, chunks_of
 from .portable import send_chunks
 from .process import signal_description
 from .protocol import (
-    HEADER,
     MAX_PAYLOAD,
     Decoder,
     Flag,
@@ -69,9 +67,7 @@ from .protocol import (
     InitFailure,
     Kind,
     SendQueue,
-    decode_error,
     encode,
-    job_header,
 )
 
 __all__ = ["Client", "JobRecord", "Lane"]
@@ -84,8 +80,6 @@ JobRecord = tuple[float, float, float, list[tuple[float, Frame]]]
 
 # While blocked on a full socket, look at the Boss process this often.
 _LIVENESS_INTERVAL = 0.5
-# Payloads smaller than this are joined into one buffer before sending.
-_JOIN_BELOW = 64 * 1024
 
 
 class Lane:
@@ -94,12 +88,17 @@ class Lane:
     take each other's results.  Its jobs are not counted by ``pending``.
     Guarded by the client's lock."""
 
-    __slots__ = ("abandoned", "frames", "outstanding")
+    __slots__ = ("abandoned", "frames", "outstanding", "queued", "received", "retried")
 
-    def __init__(self) -> None:
+    def __init__(self, records: bool = False) -> None:
         self.frames: deque[Frame] = deque()  # answers read, oldest first
         self.outstanding = 0  # jobs sent whose answer has not been read
         self.abandoned = False  # nobody will take the answers: drop them
+        # With ``records`` (a map of outcomes), what take_lane_record hands
+        # out; kept here, not in the client, so they go with the lane.
+        self.queued: dict[int, tuple[float, float]] | None = {} if records else None
+        self.received: dict[int, float] = {}
+        self.retried: dict[int, list[tuple[float, Frame]]] = {}
 
 
 class Client:
@@ -127,6 +126,8 @@ class Client:
         self._cancels_sent = 0
         self._cancel_replies: dict[int, bool] = {}  # reply number -> dropped
         self._cancels_got = 0
+        # Jobs whose cancel() yields an outcome (get_outcome), once dropped.
+        self._cancel_outcomes: set[int] = set()
         self._ready = False
         self._init_error: str | None = None
         self._init_failure = 0  # an InitFailure
@@ -282,50 +283,15 @@ class Client:
                 lane.outstanding += len(pickles)
                 for job_id in ids:
                     self._routes[job_id] = lane
+                if lane.queued is not None:
+                    lane.queued.update(dict.fromkeys(ids, (time.time(), timeout)))
             if retries:
-                return ids, self._queue_retried(ids, pickles, timeout, retries, retry_on, in_segments)
-            # Small frames are joined into one buffer (one copy of a few
-            # bytes each); large pickles are queued as they are, uncopied.
-            small: list[bytes | bytearray | memoryview] = []
-            pack = HEADER.pack
-            for job_id, pickled in zip(ids, pickles, strict=True):
-                if type(pickled) is bytes and len(pickled) < THRESHOLD:  # the usual case, made cheap
-                    small += (pack(Kind.JOB, 0, len(pickled), job_id, timeout), pickled)
-                    continue
-                if job_id in in_segments or self.segments.store(job_id, "j", pickled):
-                    small.append(pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
-                    continue
-                chunks, size = chunks_of(pickled)
-                small.append(pack(Kind.JOB, 0, size, job_id, timeout))
-                if size < _JOIN_BELOW:
-                    small += chunks
-                else:
-                    self._queue_bytes(b"".join(small))
-                    small = []
-                    for chunk in chunks:
-                        self._queue_bytes(chunk)
-            self._queue_bytes(b"".join(small))
+                frames = retried_job_frames(ids, pickles, timeout, retries, retry_on, in_segments)
+            else:
+                frames = job_frames(ids, pickles, timeout, self.segments, in_segments)
+            for data in frames:
+                self._queue_bytes(data)
             return ids, self._queued_total
-
-    def _queue_retried(
-        self,
-        ids: list[int],
-        pickles: Sequence[Pickled],
-        timeout: float,
-        retries: int,
-        retry_on: int,
-        in_segments: set[int],
-    ) -> int:
-        """queue_jobs for jobs that may be retried (lock held)."""
-        for job_id, pickled in zip(ids, pickles, strict=True):
-            if job_id in in_segments:
-                self._queue_bytes(job_header(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout, retries, retry_on))
-                continue
-            chunks, size = chunks_of(pickled)
-            self._queue_bytes(job_header(Kind.JOB, 0, size, job_id, timeout, retries, retry_on))
-            for chunk in chunks:
-                self._queue_bytes(chunk)
-        return self._queued_total
 
     def _store_oversized(self, pickles: Sequence[Pickled], first: int) -> set[int]:
         """Put the jobs too big for a frame in segments, before anything is
@@ -459,24 +425,49 @@ class Client:
                     self._results.append(frame)
                     self._received[frame.job_id] = now
                 else:
+                    if lane.queued is not None and not lane.abandoned:
+                        lane.received[frame.job_id] = now
                     self._file_in_lane(lane, frame)
             elif kind == Kind.RETRYING:
-                self._retried.setdefault(frame.job_id, []).append((now, Frame.parse(bytes(frame.payload))))
+                lane = self._routes.get(frame.job_id) if self._routes else None
+                if lane is None:
+                    retried = self._retried
+                elif lane.queued is not None and not lane.abandoned:
+                    retried = lane.retried
+                else:
+                    continue  # nobody will ask for this job's attempts
+                retried.setdefault(frame.job_id, []).append((now, Frame.parse(bytes(frame.payload))))
             elif kind == Kind.STATS:
                 self._stats_got += 1
                 self._stats_replies[self._stats_got] = json.loads(bytes(frame.payload))
             elif kind == Kind.CANCEL_REPLY:
                 self._cancels_got += 1
                 dropped = bytes(frame.payload) == b"\x01"
+                lane = self._routes.get(frame.job_id) if self._routes else None
+                if lane is not None:  # an abandoned map's job (cancel_lane): nobody waits for this reply
+                    if dropped:
+                        del self._routes[frame.job_id]
+                        lane.outstanding -= 1  # no answer will come for it
+                    continue
                 self._cancel_replies[self._cancels_got] = dropped
+                told = frame.job_id in self._cancel_outcomes
+                if told:
+                    self._cancel_outcomes.discard(frame.job_id)
                 if dropped:
                     self._pending -= 1  # no result will ever come for it
-                    self._queued.pop(frame.job_id, None)
                     self._retried.pop(frame.job_id, None)
+                    if told:
+                        # Filed by whoever reads, in the same step as the
+                        # pending count, so a reader waiting for outcomes
+                        # sees it before it waits again.
+                        self._cancelled.append((frame.job_id, now))
+                        self._input_changed()
+                    else:
+                        self._queued.pop(frame.job_id, None)
             elif kind == Kind.READY:
                 self._ready = True
             elif kind == Kind.INIT_FAILED:
-                self._init_error = bytes(frame.payload).decode("utf-8", "replace")
+                self._init_error = frame_text(frame)
                 self._init_failure = frame.job_id
             elif kind == Kind.BYE:
                 self._bye = True
@@ -591,7 +582,7 @@ class Client:
     def next_result(self, blocking: bool, timeout: float | None, cancelled: bool = False) -> Frame | None:
         """The next result frame, oldest first, or None (see get_result).
 
-        With ``cancelled``, a job dropped by :meth:`note_cancelled` comes
+        With ``cancelled``, a job dropped by ``cancel_jobs(outcomes=True)`` comes
         first, as a frame of kind CANCEL_REPLY (get_outcome; never
         get_result)."""
         with self._cond:  # the common case: a result was read already
@@ -633,12 +624,6 @@ class Client:
             self._wake_all()  # waiters with nothing left to wait for must say so
         return self._results.popleft()
 
-    def note_cancelled(self, job_id: int) -> None:
-        """Job ``job_id`` was dropped by a cancel: get_outcome will say so."""
-        with self._cond:
-            self._cancelled.append((job_id, time.time()))
-            self._cond.notify_all()
-
     @property
     def cancelled_waiting(self) -> int:
         """Cancelled jobs whose outcome get_outcome has not handed out yet."""
@@ -652,6 +637,12 @@ class Client:
             received = self._received.pop(job_id, 0.0)
             retried = self._retried.pop(job_id, []) if self._retried else []
         return queued_at, limit, received, retried
+
+    def take_lane_record(self, lane: Lane, job_id: int) -> JobRecord:
+        """:meth:`take_record` for a job of a ``Lane(records=True)``."""
+        with self._cond:
+            queued_at, limit = lane.queued.pop(job_id, (0.0, 0.0)) if lane.queued is not None else (0.0, 0.0)
+            return queued_at, limit, lane.received.pop(job_id, 0.0), lane.retried.pop(job_id, [])
 
     def result_or_verdict(
         self, must_be_pending: bool, forced_before: bool = False, cancelled: bool = False
@@ -712,13 +703,25 @@ class Client:
 
     def abandon_lane(self, lane: Lane) -> None:
         """Nobody will take ``lane``'s answers: drop those read and those to
-        come (the jobs still run: a job sent may have started)."""
+        come, and ask the Boss to drop its jobs that have not started (one
+        CANCEL each, sent without waiting for the replies: a job a worker
+        has already runs to its end, and its answer is dropped)."""
         with self._cond:
             lane.abandoned = True
             while lane.frames:
                 frame = lane.frames.popleft()
                 if frame.flags & Flag.SEGMENT:
                     self.segments.discard(frame.job_id)
+            if lane.outstanding == 0 or self._eof or self._closed or self._peer_gone:
+                return
+            waiting = [job_id for job_id, owner in self._routes.items() if owner is lane]
+            # Counted as sent, so the replies to later cancel_jobs() calls
+            # keep their numbers; _file drops these replies by their route.
+            self._cancels_sent += len(waiting)
+            for job_id in waiting:
+                self._queue_bytes(encode(Kind.CANCEL, job_id))
+        with contextlib.suppress(BossDiedError):
+            self.poll()  # sent now if the socket takes them, else by the next call that sends
 
     @property
     def input_closed(self) -> bool:
@@ -747,15 +750,16 @@ class Client:
             else:
                 self._input_callbacks.remove(callback)
 
-    def until_closed_step(self, take: bool = True) -> tuple[Frame | None, str]:
+    def until_closed_step(self, take: bool = True, cancelled: bool = False) -> tuple[Frame | None, str]:
         """What ``results(until_closed=True)`` does next, with no I/O: a
         result to deliver (``"frame"``; taken only with ``take``), stop
         (``"end"``: input closed and nothing pending), wait for the socket
         (``"read"``: results are due) or wait for work or close_input()
-        (``"input"``)."""
+        (``"input"``).  With ``cancelled`` (outcomes), the marker of a job
+        cancel() dropped counts as a result."""
         with self._cond:
-            if self._results:
-                return (self._take_result() if take else None), "frame"
+            if self._results or (cancelled and self._cancelled):
+                return (self._take_result(cancelled) if take else None), "frame"
             if self._pending == 0:
                 if self.input_closed:
                     return None, "end"
@@ -767,13 +771,14 @@ class Client:
                 return frame, "frame"
             return None, "end" if final else "read"
 
-    def next_result_until_closed(self) -> Frame | None:
+    def next_result_until_closed(self, cancelled: bool = False) -> Frame | None:
         """The next result frame; None once input is closed and every
         result was taken.  Until then, waits also while nothing is pending
-        (for another thread's add_work or close_input)."""
+        (for another thread's add_work or close_input).  ``cancelled``: as
+        in :meth:`next_result`."""
         with self._cond:
             while True:
-                frame, step = self.until_closed_step()
+                frame, step = self.until_closed_step(cancelled=cancelled)
                 if step == "frame" or step == "end":
                     return frame
                 if step == "input":
@@ -783,7 +788,12 @@ class Client:
                     finally:
                         self._input_waiters -= 1
                 else:
-                    self.wait_for(lambda: bool(self._results) or self._pending == 0, None)
+                    self.wait_for(
+                        lambda: (
+                            bool(self._results) or (cancelled and bool(self._cancelled)) or self._pending == 0
+                        ),
+                        None,
+                    )
 
     @property
     def bye(self) -> bool:
@@ -830,7 +840,7 @@ class Client:
                 raise ShutDownError("the pool was shut down before the Boss answered")
             raise BossDiedError("the Boss process died before it answered")
 
-    def cancel_jobs(self, job_ids: Sequence[int]) -> list[bool | None]:
+    def cancel_jobs(self, job_ids: Sequence[int], outcomes: bool = False) -> list[bool | None]:
         """Ask the Boss to drop these jobs if they still wait in its queue.
 
         One round trip for the lot; returns, in order, True for each job
@@ -838,18 +848,26 @@ class Client:
         False for one the Boss did not drop (a worker has it, it is done, or
         the id is unknown), and None where no answer came because the Boss
         is gone or the pool was closed.  Allowed after :meth:`stop_accepting`: cancelling is how a
-        shutdown drops queued work.
+        shutdown drops queued work.  With ``outcomes``, each dropped job
+        also yields a cancelled marker to ``next_result(cancelled=True)``,
+        filed when the reply is read (so no waiter can miss it).
         """
-        if not job_ids:
-            return []
         with self._cond:
+            # A map's job is the map's own (its lane counts on its answer):
+            # never dropped from here.
+            in_a_map = [job_id in self._routes for job_id in job_ids]
+            asked = [job_id for job_id, mapped in zip(job_ids, in_a_map, strict=True) if not mapped]
+            if not asked:
+                return [False] * len(job_ids)
             if self._eof or self._closed:
                 return [None] * len(job_ids)
             first = self._cancels_sent + 1
-            self._cancels_sent += len(job_ids)
+            self._cancels_sent += len(asked)
             last = self._cancels_sent
-            for job_id in job_ids:
+            for job_id in asked:
                 self._queue_bytes(encode(Kind.CANCEL, job_id))
+            if outcomes:
+                self._cancel_outcomes.update(asked)
             target = self._queued_total
         try:
             self.flush(target)
@@ -857,7 +875,8 @@ class Client:
             return [None] * len(job_ids)
         with self._cond:
             self.wait_for(lambda: self._cancels_got >= last, None)
-            return [self._cancel_replies.pop(n, None) for n in range(first, last + 1)]
+            replies = iter([self._cancel_replies.pop(n, None) for n in range(first, last + 1)])
+            return [False if mapped else next(replies) for mapped in in_a_map]
 
     def stop_accepting(self) -> bool:
         """No more add_work. Returns False if it had already stopped."""
@@ -882,6 +901,7 @@ class Client:
             self._received.clear()
             self._retried.clear()
             self._cancelled.clear()
+            self._cancel_outcomes.clear()
         self.segments.discard_all()
 
     def discard_orphan_segments(self) -> None:
@@ -909,16 +929,3 @@ class Client:
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._wake_all()
             self._close_fd_if_unheld()
-
-    def unpickle_result(self, frame: Frame) -> Any:
-        """Turn a result frame into the value get_result() hands out."""
-        if frame.kind == Kind.RESULT:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    return self.segments.load(frame.job_id, "r")
-                return pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
-                return {"ERROR": f"BossWorkerAsync: result could not be unpickled: {exc!r}"}
-        if frame.kind == Kind.TIMED_OUT:
-            return {"ERROR": TIMED_OUT_ERROR}
-        return {"ERROR": decode_error(frame.flags, frame.payload)[0]}

@@ -45,6 +45,7 @@ from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "DASK_TASK_CANCELLED_ERROR",
     "INIT_TIMEOUT_ERROR",
     "INPUT_CLOSED_ERROR",
     "MEMORY_AT_START_ERROR",
@@ -52,6 +53,8 @@ __all__ = [
     "MEMORY_LIMIT_PREFIX",
     "NOT_IMPORTABLE_HINT",
     "NO_WORKER_COULD_START_PREFIX",
+    "POOL_NOT_SET_UP_ERROR",
+    "POOL_SHUTTING_DOWN_ERROR",
     "PROTOCOL_VIOLATION_ERROR",
     "RESULT_NOT_PICKLABLE_PREFIX",
     "START_FAILED_ERROR",
@@ -71,9 +74,19 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "WorkerInitError",
+    "could_not_start_worker_error",
+    "dask_start_error",
+    "dask_task_failed_error",
+    "dask_worker_died_error",
     "exited_before_ready_text",
-    "no_worker_could_start_text",
-    "worker_died_text",
+    "handlers_not_unpicklable_error",
+    "job_not_sent_error",
+    "job_payload_lost_error",
+    "no_worker_could_start_error",
+    "result_not_picklable_error",
+    "result_not_unpicklable_error",
+    "result_too_big_error",
+    "worker_died_error",
 ]
 
 
@@ -136,7 +149,7 @@ NOT_IMPORTABLE_HINT = (
 # How the engine's ERROR texts begin, for the answers the Boss or a worker
 # writes on a job's behalf.  The Executor tells them apart by these prefixes
 # (tests/test_executor.py pins each one), so keep them in step with the
-# texts in boss.py and worker.py.
+# texts below (and the Boss's).
 #: A job whose worker died under it: ``... (SIGKILL) while running this job``.
 WORKER_DIED_PREFIX = "BossWorkerAsync: worker died ("
 #: A job whose return value the worker could not pickle.
@@ -145,27 +158,107 @@ RESULT_NOT_PICKLABLE_PREFIX = "BossWorkerAsync: result could not be pickled"
 NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
 
-# Texts the Boss writes ---------------------------------------------------------
-# The answers and start-up reports the Boss writes itself, on a job's or a
-# worker's behalf (the local Boss and any other driving boss.core).
+# ---------------------------------------------------------------------------
+# Texts main and workers write
+#
+# Users match on these texts (and tests pin them): change one here and it
+# changes everywhere it is written.  Each is a constant or a small function
+# that fills in the details; the prefixes above say how some of them begin.
+# ---------------------------------------------------------------------------
 
 
-def worker_died_text(reason: str) -> str:
-    """The ERROR of a job whose worker died under it; ``reason`` is the exit
-    status in words (``SIGKILL``, ``exit code 3``, see
-    :func:`bossworker.process.signal_description`)."""
+def worker_died_error(reason: str) -> str:
+    """The ERROR of a job whose worker died under it; ``reason`` is how it
+    ended (``"SIGKILL"``, ``"exit code 3"``)."""
     return f"{WORKER_DIED_PREFIX}{reason}) while running this job"
 
 
-def no_worker_could_start_text(last_error: str) -> str:
-    """The ERROR of a queued job answered because every worker keeps failing
-    at start-up; ``last_error`` is the latest start-up failure."""
+def no_worker_could_start_error(last_error: str) -> str:
+    """The ERROR of a job no worker could be started for; ``last_error`` is
+    the last start-up failure."""
     return f"{NO_WORKER_COULD_START_PREFIX}: {last_error}"
+
+
+def result_not_picklable_error(detail: str) -> str:
+    """The ERROR of a job whose return value the worker could not pickle;
+    ``detail`` is the pickling error (``describe_exception``)."""
+    return f"{RESULT_NOT_PICKLABLE_PREFIX}: {detail}"
+
+
+def result_too_big_error(size: int, limit: int) -> str:
+    """The ERROR of a job whose result pickles to more than a frame holds
+    while ``/dev/shm`` has no room for it."""
+    return (
+        f"BossWorkerAsync: the result pickles to {size} bytes, above the {limit}-byte limit "
+        "of a frame, and /dev/shm had no room for it"
+    )
+
+
+def result_not_unpicklable_error(exc: BaseException) -> str:
+    """What ``get_result()`` hands out (as ``{"ERROR": ...}``) for a result
+    main could not unpickle."""
+    return f"BossWorkerAsync: result could not be unpickled: {exc!r}"
+
+
+def handlers_not_unpicklable_error(detail: str) -> str:
+    """Why one of our processes on a Dask worker could not start: the
+    handlers did not unpickle there (``detail``: ``describe_exception``)."""
+    return (
+        "BossWorkerAsync: the handlers could not be unpickled on the Dask worker "
+        f"(is their module importable there?): {detail}"
+    )
+
+
+def could_not_start_worker_error(detail: str) -> str:
+    """Why a Dask worker's slot has no worker: its process could not be made."""
+    return f"BossWorkerAsync: could not start a worker: {detail}"
+
+
+#: Why a Dask worker's slot gives up starting a worker: the pool is closing.
+POOL_SHUTTING_DOWN_ERROR = "BossWorkerAsync: the pool is shutting down"
+
+#: The ERROR of a Dask task that ran where the pool's plugin is not set up.
+POOL_NOT_SET_UP_ERROR = "BossWorkerAsync: the pool is not set up on this Dask worker (is it shutting down?)"
+
+#: The ERROR of a job whose Dask task was cancelled under it.
+DASK_TASK_CANCELLED_ERROR = "BossWorkerAsync: the Dask task was cancelled"
+
+
+def dask_start_error(where: str, detail: str) -> str:
+    """Why the Dask Boss could not start (INIT_FAILED to main); ``where``
+    names the cluster."""
+    return f"BossWorkerAsync: could not start on the Dask cluster at {where}: {detail}"
+
+
+def job_payload_lost_error(exc: BaseException) -> str:
+    """The ERROR of a job whose shared-memory payload the Dask Boss could not read."""
+    return f"BossWorkerAsync: the job's payload is lost: {exc}"
+
+
+def job_not_sent_error(exc: BaseException) -> str:
+    """The ERROR of a large job the Dask Boss could not scatter to a Dask worker."""
+    return f"BossWorkerAsync: the job could not be sent to a Dask worker: {exc!r}"
+
+
+def dask_worker_died_error(exc: BaseException) -> str:
+    """The ERROR of a job whose Dask worker died (Dask's ``KilledWorker``):
+    a :func:`worker_died_error`, so it reads as any worker death."""
+    return worker_died_error(f"its Dask worker died: {exc}")
+
+
+def dask_task_failed_error(detail: str) -> str:
+    """The ERROR of a job whose Dask task failed outside our worker."""
+    return f"BossWorkerAsync: the Dask task failed: {detail}"
+
+
+# Texts the Boss writes ---------------------------------------------------------
+# (besides worker_died_error and no_worker_could_start_error above, which it
+# shares with the Dask side).
 
 
 def exited_before_ready_text(reason: str) -> str:
     """The start-up failure of a worker that exited without a word (no
-    INIT_FAILED) before it was ready."""
+    INIT_FAILED) before it was ready; ``reason`` is how it ended."""
     return f"worker exited ({reason}) before it was ready"
 
 

@@ -44,7 +44,8 @@ from .errors import (
     WorkerDiedError,
     WorkerInitError,
 )
-from .protocol import Buffer, Flag, Frame, Kind, answer_pid, decode_error
+from .jobs import decode_error
+from .protocol import Buffer, Flag, Frame, Kind, answer_pid
 
 __all__ = ["Attempt", "Outcome", "error_from_answer", "rebuild_exception"]
 

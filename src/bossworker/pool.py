@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
 
 from . import byvalue, memory, streams
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
-from .client import Client
+from .client import Client, JobRecord, Lane
 from .config import BossConfig, WorkerSpec
 from .errors import (
     NOT_IMPORTABLE_HINT,
@@ -31,6 +31,7 @@ from .errors import (
     SerializationError,
     ShutDownError,
 )
+from .jobs import result_value
 from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
 from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
@@ -342,6 +343,7 @@ class BossWorkerAsync(Generic[J, R]):
         ordered: bool = True,
         max_in_flight: int | None = None,
         timeout: float | None = None,
+        retries: int | None = None,
         progress: streams.Progress = False,
     ) -> Iterator[R | dict[str, str]]:
         """Run every item of ``iterable`` as a job; yield the results.
@@ -352,24 +354,54 @@ class BossWorkerAsync(Generic[J, R]):
         The iterable may be endless: at most ``max_in_flight`` (default
         1024) jobs are *in flight* (sent and not yet yielded, answers held
         for their turn included), so memory stays flat.  It is read in the
-        consuming thread, in batches, as room frees up.  ``timeout`` is each
-        job's time limit, as in :meth:`add_work`.  ``progress=True`` (or a
+        consuming thread, in batches, as room frees up.  ``timeout`` and
+        ``retries`` are as in :meth:`add_work`.  ``progress=True`` (or a
         dict of tqdm arguments) shows a bar, with ``len(iterable)`` as its
-        total when it has one.
+        total when it has one.  :meth:`map_outcomes` yields outcomes instead.
 
         Its jobs are its own: they never come out of :meth:`get_result` and
-        :meth:`pending` does not count them.  Leaving the loop early drops
-        the results still to come (jobs already sent still run).  An item
+        :meth:`pending` does not count them.  Leaving the loop early (or
+        closing the generator) drops the results still to come and cancels
+        the jobs not yet started; those a worker has run to their end.  An item
         that cannot be pickled raises :class:`SerializationError` there.
         """
-        limit, window = self._stream_args(max_in_flight, timeout, progress)
+        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
         return streams.map_jobs(
             self._client,
             self._frame_result,
             iterable,
+            lane=Lane(),
             ordered=bool(ordered),
             max_in_flight=window,
             limit=limit,
+            retry=retry,
+            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
+        )
+
+    def map_outcomes(
+        self,
+        iterable: Iterable[J],
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: streams.Progress = False,
+    ) -> Iterator[Outcome[R]]:
+        """:meth:`map`, yielding each job's :class:`~bossworker.outcome.Outcome`
+        (as :meth:`get_outcome` makes them: the value untouched, the real
+        exception, the details) instead of its :meth:`get_result` value."""
+        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
+        lane = Lane(records=True)
+        return streams.map_jobs(
+            self._client,
+            lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)),
+            iterable,
+            lane=lane,
+            ordered=bool(ordered),
+            max_in_flight=window,
+            limit=limit,
+            retry=retry,
             make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
         )
 
@@ -380,6 +412,7 @@ class BossWorkerAsync(Generic[J, R]):
         ordered: bool = True,
         max_in_flight: int | None = None,
         timeout: float | None = None,
+        retries: int | None = None,
         progress: streams.Progress = False,
     ) -> AsyncIterator[R | dict[str, str]]:
         """:meth:`map` for ``async for``, over a plain or an async iterable.
@@ -388,28 +421,65 @@ class BossWorkerAsync(Generic[J, R]):
         awaited, so a slow source never holds results back.  A plain
         iterable is read in the event loop: it must not block.
         """
-        limit, window = self._stream_args(max_in_flight, timeout, progress)
+        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
         return streams.amap(
             self._client,
             self._socket_waiter(),
             self._frame_result,
             iterable,
+            lane=Lane(),
             ordered=bool(ordered),
             max_in_flight=window,
             limit=limit,
+            retry=retry,
+            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
+        )
+
+    def amap_outcomes(
+        self,
+        iterable: Iterable[J] | AsyncIterable[J],
+        *,
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        progress: streams.Progress = False,
+    ) -> AsyncIterator[Outcome[R]]:
+        """:meth:`map_outcomes` for ``async for`` (see :meth:`amap`)."""
+        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
+        lane = Lane(records=True)
+        return streams.amap(
+            self._client,
+            self._socket_waiter(),
+            lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)),
+            iterable,
+            lane=lane,
+            ordered=bool(ordered),
+            max_in_flight=window,
+            limit=limit,
+            retry=retry,
             make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
         )
 
     def _stream_args(
-        self, max_in_flight: int | None, timeout: float | None, progress: streams.Progress
-    ) -> tuple[float, int]:
+        self,
+        max_in_flight: int | None,
+        timeout: float | None,
+        retries: int | None,
+        progress: streams.Progress,
+    ) -> tuple[float, int, streams.Retry]:
         limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
         streams.check_progress(progress)
-        return limit, streams.check_max_in_flight(max_in_flight)
+        count = self._retries if retries is None else _check_retries(retries)
+        if count:
+            self._check_retry_backend()
+        return limit, streams.check_max_in_flight(max_in_flight), (count, self._retry_on if count else 0)
 
     def _frame_result(self, frame: Frame) -> R | dict[str, str]:
         """What get_result() returns for ``frame`` (without its id)."""
-        value: R | dict[str, str] = self._deliver(frame.job_id, self._client.unpickle_result(frame), False)
+        value: R | dict[str, str] = self._deliver(
+            frame.job_id, result_value(frame, self._client.segments), False
+        )
         return value
 
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
@@ -471,7 +541,7 @@ class BossWorkerAsync(Generic[J, R]):
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
+        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
 
     def get_result_nb(self, *, with_id: bool = False) -> Any:
         """``get_result(blocking=False)``: a result, or None at once."""
@@ -505,7 +575,7 @@ class BossWorkerAsync(Generic[J, R]):
         streams.check_progress(progress)
         return streams.results(
             self._client,
-            lambda frame: self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id),
+            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )
@@ -535,13 +605,20 @@ class BossWorkerAsync(Generic[J, R]):
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout, cancelled=True)
         return None if frame is None else self._outcome(frame)
 
-    def outcomes(self) -> Iterator[Outcome[Any]]:
+    def outcomes(
+        self, *, until_closed: bool = False, progress: streams.Progress = False
+    ) -> Iterator[Outcome[R]]:
         """Yield :meth:`get_outcome` until no job is pending (cancelled jobs
-        included: each yields its ``cancelled`` outcome)."""
-        while self._client.pending > 0 or self._client.cancelled_waiting:
-            outcome = self.get_outcome()
-            if outcome is not None:
-                yield outcome
+        included: each yields its ``cancelled`` outcome).  ``until_closed``
+        and ``progress`` are as in :meth:`results`."""
+        streams.check_progress(progress)
+        return streams.results(
+            self._client,
+            self._outcome,
+            bool(until_closed),
+            lambda: streams.Bar(progress, self._client.pending + self._client.cancelled_waiting),
+            cancelled=True,
+        )
 
     def cancel(self, job_id: int) -> bool:
         """Drop job ``job_id`` if it has not started yet; return whether it was.
@@ -559,10 +636,7 @@ class BossWorkerAsync(Generic[J, R]):
         """
         if isinstance(job_id, bool) or not isinstance(job_id, int):
             raise InvalidArgumentError(f"job_id must be an int from add_work(), not {type(job_id).__name__}")
-        dropped = self._client.cancel_jobs([job_id])[0] is True
-        if dropped:
-            self._client.note_cancelled(job_id)
-        return dropped
+        return self._client.cancel_jobs([job_id], outcomes=True)[0] is True
 
     def _check_retry_backend(self) -> None:
         if self._retry_backend is not None:
@@ -570,10 +644,11 @@ class BossWorkerAsync(Generic[J, R]):
                 f"retries= needs the local backend (backend=None); {self._retry_backend} does not retry jobs"
             )
 
-    def _outcome(self, frame: Frame) -> Outcome[Any]:
-        """Turn an answer frame (or a cancelled job's marker) into its Outcome."""
+    def _outcome(self, frame: Frame, record: JobRecord | None = None) -> Outcome[R]:
+        """Turn an answer frame (or a cancelled job's marker) into its Outcome;
+        ``record`` is what main knows of the job (default: the client's)."""
         client = self._client
-        queued_at, limit, received, retried = client.take_record(frame.job_id)
+        queued_at, limit, received, retried = client.take_record(frame.job_id) if record is None else record
         if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped; ``timeout`` holds when
             return cancelled_outcome(frame.job_id, queued_at, frame.timeout)
         ok = frame.kind == Kind.RESULT
@@ -709,7 +784,7 @@ class BossWorkerAsync(Generic[J, R]):
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id)
+        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
 
     async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
         """:meth:`get_outcome` for async code: same options, same outcomes."""
@@ -721,12 +796,19 @@ class BossWorkerAsync(Generic[J, R]):
         frame = await aio.anext_result(self._client, waiter, bool(blocking), timeout, cancelled=True)
         return None if frame is None else self._outcome(frame)
 
-    async def aoutcomes(self) -> AsyncIterator[Outcome[Any]]:
-        """``async for`` over outcomes until none is pending (see :meth:`outcomes`)."""
-        while self._client.pending > 0 or self._client.cancelled_waiting:
-            outcome = await self.aget_outcome()
-            if outcome is not None:
-                yield outcome
+    def aoutcomes(
+        self, *, until_closed: bool = False, progress: streams.Progress = False
+    ) -> AsyncIterator[Outcome[R]]:
+        """``async for`` over outcomes: :meth:`outcomes` for async code, same options."""
+        streams.check_progress(progress)
+        return streams.aresults(
+            self._client,
+            self._socket_waiter(),
+            self._outcome,
+            bool(until_closed),
+            lambda: streams.Bar(progress, self._client.pending + self._client.cancelled_waiting),
+            cancelled=True,
+        )
 
     @overload
     def aresults(
@@ -749,7 +831,7 @@ class BossWorkerAsync(Generic[J, R]):
         return streams.aresults(
             self._client,
             self._socket_waiter(),
-            lambda frame: self._deliver(frame.job_id, self._client.unpickle_result(frame), with_id),
+            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )

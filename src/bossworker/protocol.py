@@ -57,9 +57,7 @@ __all__ = [
     "SendQueue",
     "answer_header",
     "answer_pid",
-    "decode_error",
     "encode",
-    "encode_error",
     "job_header",
     "job_retry",
 ]
@@ -70,9 +68,6 @@ HEADER_SIZE = HEADER.size  # 32
 _JOB_HEADER = struct.Struct("<BBBB4xQQd")
 _ANSWER_HEADER = struct.Struct("<BB2xIQQd")
 _ANSWER_PID = struct.Struct("<I")
-# An ERROR payload that carries the exception (Flag.EXCEPTION): u32 length
-# of the text, the UTF-8 text, then the pickled exception.
-_ERROR_TEXT_LENGTH = struct.Struct("<I")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -193,24 +188,6 @@ def answer_pid(raw: Buffer) -> int:
     """The worker pid an answer carries (0 if none ran the job)."""
     pid: int = _ANSWER_PID.unpack_from(raw, 4)[0]
     return pid
-
-
-def encode_error(text: bytes, exception: bytes | None) -> tuple[int, bytes]:
-    """An ERROR payload and the flags saying how to read it: the text
-    alone, or (Flag.EXCEPTION) the text and the pickled exception."""
-    if exception is None:
-        return 0, text
-    return Flag.EXCEPTION, _ERROR_TEXT_LENGTH.pack(len(text)) + text + exception
-
-
-def decode_error(flags: int, payload: Buffer) -> tuple[str, memoryview | None]:
-    """An ERROR payload's text and, if it carries one, the pickled exception."""
-    view = memoryview(payload).cast("B")
-    if not flags & Flag.EXCEPTION:
-        return bytes(view).decode("utf-8", "replace"), None
-    (n,) = _ERROR_TEXT_LENGTH.unpack_from(view)
-    start = _ERROR_TEXT_LENGTH.size
-    return bytes(view[start : start + n]).decode("utf-8", "replace"), view[start + n :]
 
 
 class Decoder:

@@ -48,6 +48,8 @@ _hint_shown = False
 
 #: ``progress=``: False, True, or keyword arguments for ``tqdm`` (``file=``, ``desc=``, ...).
 Progress = bool | Mapping[str, Any]
+#: ``(retries, retry_on bits)`` for a stream's jobs, as ``add_work`` sends them.
+Retry = tuple[int, int]
 
 
 class Bar:
@@ -130,9 +132,12 @@ def _pickle(items: list[Any], first_index: int) -> tuple[list[Pickled], Serializ
 class _Window:
     """The jobs of one map in flight, and the order to yield answers in."""
 
-    def __init__(self, client: Client, limit: float, size: int, ordered: bool) -> None:
+    def __init__(
+        self, client: Client, lane: Lane, limit: float, size: int, ordered: bool, retry: Retry
+    ) -> None:
         self.client = client
-        self.lane = Lane()
+        self.lane = lane
+        self.retry = retry  # (retries, retry_on): as add_work's
         self.limit = limit
         self.size = size
         self.ordered = ordered
@@ -157,7 +162,7 @@ class _Window:
         self.sent += len(payloads)
         if not payloads:
             return 0
-        ids, target = self.client.queue_jobs(payloads, self.limit, lane=self.lane)
+        ids, target = self.client.queue_jobs(payloads, self.limit, *self.retry, lane=self.lane)
         self.in_flight += len(ids)
         if self.ordered:
             self.order.extend(ids)
@@ -189,13 +194,16 @@ def map_jobs(
     deliver: Callable[[Frame], T],
     iterable: Iterable[Any],
     *,
+    lane: Lane,
     ordered: bool,
     max_in_flight: int,
     limit: float,
+    retry: Retry,
     make_bar: Callable[[], Bar],
 ) -> Iterator[T]:
-    """The generator behind ``BossWorkerAsync.map``."""
-    window = _Window(client, limit, max_in_flight, ordered)
+    """The generator behind ``BossWorkerAsync.map`` (and ``map_outcomes``:
+    ``deliver`` makes what is yielded of each answer frame of ``lane``)."""
+    window = _Window(client, lane, limit, max_in_flight, ordered, retry)
     items = iter(iterable)
     bar = make_bar()
     exhausted = False
@@ -239,9 +247,11 @@ async def amap(
     deliver: Callable[[Frame], T],
     iterable: Iterable[Any] | AsyncIterable[Any],
     *,
+    lane: Lane,
     ordered: bool,
     max_in_flight: int,
     limit: float,
+    retry: Retry,
     make_bar: Callable[[], Bar],
 ) -> AsyncIterator[T]:
     """The async generator behind ``BossWorkerAsync.amap``.
@@ -255,7 +265,7 @@ async def amap(
 
     from .aio import aflush
 
-    window = _Window(client, limit, max_in_flight, ordered)
+    window = _Window(client, lane, limit, max_in_flight, ordered, retry)
     bar = make_bar()
     sync_items = iter(iterable) if not isinstance(iterable, AsyncIterable) else None
     async_items = aiter(iterable) if isinstance(iterable, AsyncIterable) else None
@@ -318,25 +328,30 @@ async def amap(
 
 
 def results(
-    client: Client, deliver: Callable[[Frame], T], until_closed: bool, make_bar: Callable[[], Bar]
+    client: Client,
+    deliver: Callable[[Frame], T],
+    until_closed: bool,
+    make_bar: Callable[[], Bar],
+    cancelled: bool = False,
 ) -> Iterator[T]:
-    """The generator behind ``BossWorkerAsync.results``."""
+    """The generator behind ``BossWorkerAsync.results`` and ``outcomes``
+    (``cancelled``: the markers of cancelled jobs count as results)."""
     done = 0
     bar = make_bar()
     try:
         while True:
             if until_closed:
-                frame = client.next_result_until_closed()
+                frame = client.next_result_until_closed(cancelled)
                 if frame is None:
                     return
             else:
-                if client.pending == 0:
+                if client.pending == 0 and not (cancelled and client.cancelled_waiting):
                     return
-                frame = client.next_result(blocking=True, timeout=None)
+                frame = client.next_result(blocking=True, timeout=None, cancelled=cancelled)
                 assert frame is not None  # blocking without a timeout: a result or an exception
             done += 1
             value = deliver(frame)
-            bar.step(done + client.pending)
+            bar.step(done + client.pending + (client.cancelled_waiting if cancelled else 0))
             yield value
     finally:
         bar.close()
@@ -348,8 +363,10 @@ async def aresults(
     deliver: Callable[[Frame], T],
     until_closed: bool,
     make_bar: Callable[[], Bar],
+    cancelled: bool = False,
 ) -> AsyncIterator[T]:
-    """The async generator behind ``BossWorkerAsync.aresults``."""
+    """The async generator behind ``BossWorkerAsync.aresults`` and
+    ``aoutcomes`` (``cancelled``: as in :func:`results`)."""
     from .aio import anext_result
 
     done = 0
@@ -357,23 +374,23 @@ async def aresults(
     try:
         while True:
             if until_closed:
-                frame = await _anext_until_closed(client, waiter)
+                frame = await _anext_until_closed(client, waiter, cancelled)
                 if frame is None:
                     return
             else:
-                if client.pending == 0:
+                if client.pending == 0 and not (cancelled and client.cancelled_waiting):
                     return
-                frame = await anext_result(client, waiter, True, None)
+                frame = await anext_result(client, waiter, True, None, cancelled=cancelled)
                 assert frame is not None
             done += 1
             value = deliver(frame)
-            bar.step(done + client.pending)
+            bar.step(done + client.pending + (client.cancelled_waiting if cancelled else 0))
             yield value
     finally:
         bar.close()
 
 
-async def _anext_until_closed(client: Client, waiter: SocketWaiter) -> Frame | None:
+async def _anext_until_closed(client: Client, waiter: SocketWaiter, cancelled: bool) -> Frame | None:
     """:meth:`Client.next_result_until_closed` for asyncio: waits for the
     socket when results are due, else for add_work/close_input (from a task
     or a thread)."""
@@ -382,7 +399,7 @@ async def _anext_until_closed(client: Client, waiter: SocketWaiter) -> Frame | N
     loop = asyncio.get_running_loop()
     while True:
         client.poll()
-        frame, step = client.until_closed_step()
+        frame, step = client.until_closed_step(cancelled=cancelled)
         if step in ("frame", "end"):
             return frame
         if step == "read":
@@ -396,7 +413,7 @@ async def _anext_until_closed(client: Client, waiter: SocketWaiter) -> Frame | N
         client.watch_input(wake)
         try:
             # Looked at again now that we watch: a change in between is not lost.
-            if client.until_closed_step(take=False)[1] == "input":
+            if client.until_closed_step(take=False, cancelled=cancelled)[1] == "input":
                 await changed
         finally:
             client.watch_input(wake, watch=False)

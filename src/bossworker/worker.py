@@ -40,8 +40,9 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from .config import WorkerSpec
-from .errors import _JobTimeout
-from .payload import PICKLE_PROTOCOL, chunks_of, dump
+from .errors import _JobTimeout, result_not_picklable_error
+from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
+from .payload import PICKLE_PROTOCOL, dump
 from .portable import HAS_ALARM, send_chunks, watch_forks
 from .process import (
     Closable,
@@ -55,19 +56,7 @@ from .process import (
     open_pidfd,
     set_parent_death_signal,
 )
-from .protocol import (
-    HEADER,
-    MAX_PAYLOAD,
-    Decoder,
-    Flag,
-    Frame,
-    InitFailure,
-    Kind,
-    SendQueue,
-    answer_header,
-    encode,
-    encode_error,
-)
+from .protocol import Decoder, Frame, InitFailure, Kind, SendQueue, encode
 
 __all__ = ["PICKLE_PROTOCOL", "WorkerSpec", "describe_exception", "run_worker"]
 
@@ -109,27 +98,15 @@ def _send_all(sock: socket.socket, queue: SendQueue) -> None:
         queue.consume(send_chunks(sock, queue.chunks()))
 
 
-def _answer(kind: Kind, job_id: int, started: float, payload: bytes = b"", flags: int = 0) -> bytes:
-    """The one place a worker packs an answer's header: how long the job ran
-    and this worker's pid ride in it (see protocol.answer_header)."""
-    header = answer_header(kind, flags, len(payload), job_id, time.perf_counter() - started, os.getpid())
-    return header + payload if payload else header
+def _answer(kind: Kind, job_id: int, started: float) -> bytes:
+    """An answer without payload (TIMED_OUT): how long the job ran and this
+    worker's pid ride in its header (see jobs.answer_frame)."""
+    return answer_frame(kind, job_id, ran=time.perf_counter() - started, pid=os.getpid())
 
 
 def _error(job_id: int, started: float, text: str, exc: BaseException | None = None) -> bytes:
-    """An ERROR answer: ``text`` (what get_result() shows) and, when it
-    pickles, the exception itself, so that main can raise it as it is."""
-    pickled: bytes | None = None
-    if exc is not None:
-        try:
-            pickled = pickle.dumps(exc, PICKLE_PROTOCOL)
-        except BaseException:  # noqa: BLE001 - any failure means: the text alone
-            pickled = None
-    data = text.encode("utf-8", "replace")
-    if pickled is not None and len(pickled) + len(data) + 4 > MAX_PAYLOAD:
-        pickled = None
-    flags, payload = encode_error(data, pickled)
-    return _answer(Kind.ERROR, job_id, started, payload, flags)
+    """An ERROR answer from this worker (see jobs.error_answer)."""
+    return error_answer(job_id, text, exc, ran=time.perf_counter() - started, pid=os.getpid())
 
 
 def _run_job(
@@ -149,8 +126,7 @@ def _run_job(
     started = time.perf_counter()
     alarm.fired = False
     try:
-        in_segment = frame.flags & Flag.SEGMENT
-        job = spec.segments.load(job_id, "j") if in_segment else pickle.loads(frame.payload)
+        job = load_job(frame, spec.segments)
         alarm.armed = True
         try:
             if timeout > 0 and HAS_ALARM:
@@ -173,26 +149,10 @@ def _run_job(
     try:
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
-        return [
-            _error(
-                job_id, started, f"BossWorkerAsync: result could not be pickled: {describe_exception(exc)}"
-            )
-        ]
+        return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)))]
     if boss is not None and has_exited(boss):
         raise _BossGone
-    if spec.segments.store(job_id, "r", pickled):
-        return [_answer(Kind.RESULT, job_id, started, flags=Flag.SEGMENT)]
-    if type(pickled) is bytes and len(pickled) < 65536:  # the usual case: one buffer
-        return [_answer(Kind.RESULT, job_id, started, pickled)]
-    chunks, size = chunks_of(pickled)
-    if size > MAX_PAYLOAD:  # no room in /dev/shm, and too big for a frame
-        text = (
-            f"BossWorkerAsync: the result pickles to {size} bytes, above the {MAX_PAYLOAD}-byte limit "
-            "of a frame, and /dev/shm had no room for it"
-        )
-        return [_error(job_id, started, text)]
-    ran = time.perf_counter() - started
-    return [answer_header(Kind.RESULT, 0, size, job_id, ran, os.getpid()), *chunks]
+    return result_answer(job_id, pickled, spec.segments, started)
 
 
 def _exit(flush: ExitFlush, code: int) -> NoReturn:
@@ -209,15 +169,6 @@ def _leave(spec: WorkerSpec, flush: ExitFlush) -> NoReturn:
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
     _exit(flush, EXIT_OK)
-
-
-def _segment_of(answer: list[bytes | bytearray | memoryview]) -> int | None:
-    """The job id if ``answer`` is a RESULT whose payload is in a segment."""
-    head = answer[0]
-    if len(answer) != 1 or len(head) != HEADER.size:
-        return None  # an inline payload follows the header
-    kind, flags, _, job_id, _ = HEADER.unpack(head)
-    return job_id if kind == Kind.RESULT and flags & Flag.SEGMENT else None
 
 
 def unpickle_spec(data: bytes) -> Any:
@@ -265,9 +216,7 @@ def run_worker(
         try:
             spec = unpickle_spec(spec)
         except SpecError as exc:
-            out.append(
-                encode(Kind.INIT_FAILED, InitFailure.NOT_IMPORTABLE, str(exc).encode("utf-8", "replace"))
-            )
+            out.append(text_frame(Kind.INIT_FAILED, InitFailure.NOT_IMPORTABLE, str(exc)))
             try:
                 _send_all(sock, out)
             finally:
@@ -277,8 +226,7 @@ def run_worker(
         try:
             spec.init_handler()
         except BaseException as exc:  # noqa: BLE001
-            text = describe_exception(exc).encode("utf-8", "replace")
-            out.append(encode(Kind.INIT_FAILED, 0, text))
+            out.append(text_frame(Kind.INIT_FAILED, 0, describe_exception(exc)))
             try:
                 _send_all(sock, out)
             finally:
@@ -309,7 +257,7 @@ def run_worker(
                 # that child must not speak on the Boss's socket, nor flush
                 # its parent's queues.
                 exit_now(EXIT_OK)
-            unsent_segment = _segment_of(answer)
+            unsent_segment = result_segment(answer)
             out.extend(answer)
             done += 1
             if spec.max_jobs is not None and done >= spec.max_jobs:

@@ -42,8 +42,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import no_worker_could_start_text
-from ..protocol import Flag, Frame, InitFailure, Kind, RetryOn, SendQueue, answer_header, encode, job_retry
+from ..errors import no_worker_could_start_error
+from ..jobs import answer_frame, text_frame
+from ..protocol import Flag, Frame, InitFailure, Kind, RetryOn, SendQueue, encode, job_retry
 
 __all__ = [
     "PARENT_CHECK_INTERVAL",
@@ -190,10 +191,10 @@ class StartFailures:
         return self.errors >= max(PERSISTENT_FAILURES, self.worker_count) or self.failures >= PERSISTENT_KILLS
 
 
-def answer_frame(job_id: int, kind: Kind, text: str, flags: int, pid: int, ran: float) -> bytes:
+def boss_answer(job_id: int, kind: Kind, text: str, flags: int, pid: int, ran: float) -> bytes:
     """An answer the Boss writes on a job's behalf (TIMED_OUT has no text)."""
     payload = b"" if kind is Kind.TIMED_OUT else text.encode("utf-8", "replace")
-    return answer_header(kind, flags, len(payload), job_id, ran, pid) + payload
+    return answer_frame(kind, job_id, payload, flags, ran, pid)
 
 
 class BossCore:
@@ -352,11 +353,11 @@ class BossCore:
         delay = self.start.failed(text, failure, killed)
         log.warning("retrying a worker start in %.1f s", delay)
         if self.phase is Phase.STARTING and self.start.every_slot_failed():
-            self.out.append(encode(Kind.INIT_FAILED, failure, text.encode("utf-8", "replace")))
+            self.out.append(text_frame(Kind.INIT_FAILED, failure, text))
             self._enter(Phase.FAILED)
         fleet = self._fleet()
         if self.start.persistent() and not fleet.can_serve():
-            reason = no_worker_could_start_text(self.start.last_text)
+            reason = no_worker_could_start_error(self.start.last_text)
             for job_id in fleet.take_queued():
                 self.answer(job_id, Kind.ERROR, reason)
         return delay
@@ -395,7 +396,7 @@ class BossCore:
             self.attempts.pop(job_id, None)
         if kind is Kind.TIMED_OUT:
             self.timed_out += 1
-        self.out.append(answer_frame(job_id, kind, text, flags, pid, ran))
+        self.out.append(boss_answer(job_id, kind, text, flags, pid, ran))
 
     def fail(
         self, job: Frame, cause: RetryOn, kind: Kind, text: str, flags: int, pid: int, ran: float
@@ -404,7 +405,7 @@ class BossCore:
         settings allow (True: the fleet queues it again, first), else
         answer it."""
         if self.may_retry(job, cause):
-            self._retry(job, answer_frame(job.job_id, kind, text, flags, pid, ran))
+            self._retry(job, boss_answer(job.job_id, kind, text, flags, pid, ran))
             return True
         self.answer(job.job_id, kind, text, flags, pid, ran)
         return False

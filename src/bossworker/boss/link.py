@@ -26,7 +26,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from ..errors import exited_before_ready_text, worker_died_text
+from ..errors import exited_before_ready_text, worker_died_error
 from ..protocol import Flag, Frame, InitFailure, Kind, RetryOn
 
 __all__ = [
@@ -267,7 +267,7 @@ class WorkerLink:
             return None
         if self.fate is not None:
             return self.fate
-        return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_text(reason), Flag.DIED)
+        return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_error(reason), Flag.DIED)
 
     def start_failure(self, reason: str, exitcode: int | None) -> tuple[str, int, bool]:
         """Why a worker that never became ready is gone: the text, the

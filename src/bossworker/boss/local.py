@@ -52,6 +52,7 @@ from ..errors import (
     PROTOCOL_VIOLATION_ERROR,
     START_FAILED_ERROR,
 )
+from ..jobs import frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
 from ..portable import send_chunks
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
@@ -444,7 +445,7 @@ class LocalFleet:
             w.ready()
             self.core.worker_ready()
         elif kind == Kind.INIT_FAILED:
-            w.init_failed(bytes(frame.payload).decode("utf-8", "replace"), frame.job_id)
+            w.init_failed(frame_text(frame), frame.job_id)
         else:
             self._protocol_violation(w, f"a {Kind(kind).name} frame came from a worker")
 

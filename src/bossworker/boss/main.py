@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from types import FrameType
 
 from ..config import BossConfig
+from ..jobs import text_frame
 from ..portable import make_selector, send_chunks
 from ..process import (
     Closable,
@@ -47,7 +48,7 @@ from ..process import (
     open_pidfd,
     preload_parent_death_signal,
 )
-from ..protocol import Decoder, InitFailure, Kind, encode
+from ..protocol import Decoder, InitFailure, Kind
 from ..worker import SpecError, describe_exception, unpickle_spec
 from .core import PARENT_CHECK_INTERVAL, BossCore, main_gone
 from .local import LocalFleet
@@ -177,7 +178,7 @@ def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text
     that the constructor raises with it instead of "the Boss died"."""
     with contextlib.suppress(OSError):
         main_sock.settimeout(5.0)  # main waits for this; never hang on it
-        main_sock.sendall(encode(Kind.INIT_FAILED, failure, text.encode("utf-8", "replace")))
+        main_sock.sendall(text_frame(Kind.INIT_FAILED, failure, text))
 
 
 def run_boss(
