@@ -413,8 +413,22 @@ def test_a_death_mid_job_answers_worker_died_and_sent_ahead_jobs_stay_for_the_qu
     fate = link.exit_failure("SIGSEGV")
     assert fate is not None and fate.cause is RetryOn.DIED and fate.flags == Flag.DIED
     assert fate.text == f"{WORKER_DIED_PREFIX}SIGSEGV) while running this job"
-    assert [f.job_id for f in link.inflight] == [1, 2, 3]  # head + the two sent ahead
     assert not link.exited_cleanly(-11)
+    head, same_fate, unstarted = link.take_jobs_back("SIGSEGV")
+    assert head is not None and head.job_id == 1 and same_fate == fate
+    assert unstarted == [job(2), job(3)]  # sent ahead, never started: back to the queue, in order
+    assert not link.inflight
+    assert link.take_jobs_back("SIGSEGV") == (None, None, [])
+
+
+def test_sent_ahead_jobs_come_back_even_when_the_head_was_answered() -> None:
+    link = WorkerLink(pid=7, now=0.0)
+    link.ready()
+    link.take_jobs(deque([job(1), job(2)]), 2, now=0.0)
+    link.head_killed(ANSWERED)  # e.g. its deadline passed and no retry was allowed
+    head, fate, unstarted = link.take_jobs_back("SIGKILL")
+    assert head is not None and head.job_id == 1 and fate is None  # nothing more to say for it
+    assert unstarted == [job(2)]
 
 
 def test_a_killed_head_ends_as_decided_at_the_kill() -> None:

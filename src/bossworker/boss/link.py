@@ -269,6 +269,19 @@ class WorkerLink:
             return self.fate
         return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_error(reason), Flag.DIED)
 
+    def take_jobs_back(self, reason: str) -> tuple[Frame | None, HeadFate | None, list[bytes | bytearray]]:
+        """It exited for ``reason``: empty its jobs in flight.  Returns its
+        head (None if it had none), how the head ends (see exit_failure), and
+        the raw frames of the jobs sent ahead that it never started, in
+        order: they go back to the front of the queue, and cost nothing."""
+        if not self.inflight:
+            return None, None, []
+        fate = self.exit_failure(reason)
+        head = self.inflight.popleft()
+        unstarted = [frame.raw for frame in self.inflight]
+        self.inflight.clear()
+        return head, fate, unstarted
+
     def start_failure(self, reason: str, exitcode: int | None) -> tuple[str, int, bool]:
         """Why a worker that never became ready is gone: the text, the
         InitFailure, and whether it was merely killed by a signal (which

@@ -548,16 +548,12 @@ class LocalFleet:
         """After ``w``'s exit: its running job is answered or retried (see
         link.exit_failure); the jobs sent ahead to it that never started go
         back to the front of the queue, in order, behind a retried head."""
-        inflight = w.inflight
-        if not inflight:
-            return
-        # Now that the process is gone, nothing can still write its segments.
-        self.config.worker.segments.discard(inflight[0].job_id)
-        fate = w.exit_failure(reason)
-        head = inflight.popleft()
-        self.queue.extendleft(reversed([frame.raw for frame in inflight]))
-        inflight.clear()
-        if fate is None:
+        if w.inflight:
+            # Now that the process is gone, nothing can still write its segments.
+            self.config.worker.segments.discard(w.inflight[0].job_id)
+        head, fate, unstarted = w.take_jobs_back(reason)
+        self.queue.extendleft(reversed(unstarted))
+        if head is None or fate is None:
             return
         assert fate.cause is not None
         if fate.cause is RetryOn.DIED:
