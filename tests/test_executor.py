@@ -727,3 +727,31 @@ def test_a_dead_boss_fails_the_futures_and_breaks_the_executor(tmp_path: Path) -
     with pytest.raises(BossDiedError, match="broken"):
         ex.submit(tasks.square, 1)
     ex.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_tasks_held_in_main_while_the_boss_is_busy_are_all_sent() -> None:
+    """Past a few dozen tasks in the Boss, submit() queues tasks in main and
+    the collector sends them in batches as answers come.  Several threads
+    submitting short and longer tasks at once, a cancel in the middle, and
+    every future still completes (repeated: the batches race the answers)."""
+    for round_ in range(20):
+        with Executor(1 + round_ % 2) as ex:
+            submitted: list[list[cf.Future[Any]]] = [[] for _ in range(3)]
+
+            def submit(ex: Executor, out: list[cf.Future[Any]], n: int, seconds: float) -> None:
+                out.extend(ex.submit(tasks.sleep_then, seconds, (n, i)) for i in range(150))
+
+            threads = [
+                threading.Thread(target=submit, args=(ex, submitted[n], n, 0.001 * n)) for n in range(3)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            fs = [f for part in submitted for f in part]
+            fs[-1].cancel()  # most likely still held in main or in the Boss's queue
+            _done, not_done = cf.wait(fs, timeout=60)
+            assert not not_done
+            values = [f.result() for f in fs if not f.cancelled()]
+            assert len(values) >= 449 and len(set(values)) == len(values)

@@ -214,13 +214,15 @@ def test_leaky_handler_is_recycled_between_jobs(start_method: str) -> None:
             assert after["pid"] != before["pid"], "a worker past the cap was given another job"
     print(f"\n[memcap] {start_method}, leaky: {stats.memory_recycles} recycled, {len(kills)} killed")
     assert stats.memory_kills == len(kills) == stats.failed
-    # Every answer from a worker clearly past the cap was its last job;
-    # none clearly under the cap was (the workers' own sizes decide how
-    # many recycles 30 jobs take, not a fixed count: 3 to 6 seen).
+    # Every answer from a worker clearly past the cap was its last job (as
+    # checked above), and a worker was recycled only after an answer that
+    # came near the cap (the worker grows a little more after it measured
+    # itself, sending its answer): the workers' own sizes decide how many
+    # recycles 30 jobs take, not a fixed count (3 to 6 seen).
     answers = [r for r in results if "ERROR" not in r]
     past = sum(r["rss"] > cap + MiB for r in answers)
     near = sum(r["rss"] > cap - MiB for r in answers)
-    assert 1 <= past <= stats.memory_recycles <= near, (past, stats.memory_recycles, near)
+    assert max(1, past) <= stats.memory_recycles <= near, (past, stats.memory_recycles, near)
 
 
 @pytest.mark.timeout(60)

@@ -145,6 +145,9 @@ class Client:
         # the jobs of an add_work call; when the answer arrived; the answers
         # of failed attempts that were retried.
         self._queued: dict[int, tuple[float, float]] = {}
+        # False for an owner that never asks take_record (the Executor):
+        # then no per-job record is kept at all.
+        self.keep_records = True
         self._received: dict[int, float] = {}
         self._retried: dict[int, list[tuple[float, Frame]]] = {}
         # Jobs dropped by BossWorkerAsync.cancel(), as (job_id, when), for
@@ -276,7 +279,8 @@ class Client:
             ids = list(range(first, first + len(pickles)))
             if lane is None:
                 self._pending += len(pickles)
-                self._queued.update(dict.fromkeys(ids, (time.time(), timeout)))
+                if self.keep_records:
+                    self._queued.update(dict.fromkeys(ids, (time.time(), timeout)))
                 if self._input_waiters or self._input_callbacks:
                     self._input_changed()
             else:
@@ -423,7 +427,8 @@ class Client:
                 lane = self._routes.pop(frame.job_id, None) if self._routes else None
                 if lane is None:
                     self._results.append(frame)
-                    self._received[frame.job_id] = now
+                    if self.keep_records:
+                        self._received[frame.job_id] = now
                 else:
                     if lane.queued is not None and not lane.abandoned:
                         lane.received[frame.job_id] = now
@@ -628,6 +633,20 @@ class Client:
     def cancelled_waiting(self) -> int:
         """Cancelled jobs whose outcome get_outcome has not handed out yet."""
         return len(self._cancelled)
+
+    def take_filed(self) -> list[Frame]:
+        """Every result frame read and not taken yet, oldest first (no I/O;
+        for a single consumer that takes them in batches: the Executor's
+        collector).  Empty after a forced stop began."""
+        with self._cond:
+            if not self._results or self._forced:
+                return []
+            frames = list(self._results)
+            self._results.clear()
+            self._pending -= len(frames)
+            if self._pending == 0:
+                self._wake_all()
+            return frames
 
     def take_record(self, job_id: int) -> JobRecord:
         """What main knows of answered job ``job_id`` (see :data:`JobRecord`),

@@ -49,7 +49,7 @@ from .errors import (
     _JobTimeout,
 )
 from .outcome import error_from_answer, rebuild_exception
-from .payload import PICKLE_PROTOCOL, dump
+from .payload import PICKLE_PROTOCOL, Pickled, dump
 from .pool import BossWorkerAsync, StartMethod, _check_timeout
 from .protocol import Flag, Frame, Kind
 
@@ -189,9 +189,10 @@ class _Core:
     then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
     """
 
-    def __init__(self, pool: BossWorkerAsync[Any, Any], timeout: float) -> None:
+    def __init__(self, pool: BossWorkerAsync[Any, Any], timeout: float, workers: int) -> None:
         self.pool = pool
         self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
+        self.client.keep_records = False  # futures carry no outcome details
         self.timeout = timeout
         self.pid = os.getpid()
         # Guards the fields below.  Re-entrant: the finalizer of a dropped
@@ -199,6 +200,11 @@ class _Core:
         # runs in, possibly one that holds this lock already.
         self.lock = threading.RLock()
         self.futures: dict[int, _TaskFuture] = {}  # job id -> its future, until answered
+        # Sending tasks in batches (see _send): tasks queued in main and not
+        # sent yet (an upper bound), and how many tasks sent and unanswered
+        # keep every worker busy.
+        self.deferred = 0
+        self.defer_at = max(32, 8 * workers)
         self.shutting_down = False
         self.killed = False
         self.broken: BaseException | None = None  # set when the Boss died
@@ -218,7 +224,19 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> _TaskFuture:
-        return self.submit_many([(fn, args, kwargs)], limit)[0]
+        if not callable(fn):
+            raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+        try:
+            pickled = dump((fn, args, kwargs))
+        except Exception:  # noqa: BLE001 - submit_many makes the failed future
+            return self.submit_many([(fn, args, kwargs)], limit)[0]
+        with self.lock:  # submit_many for one call, without its lists (the hot path)
+            if self.broken is not None or self.shutting_down:
+                return self.submit_many([(fn, args, kwargs)], limit)[0]  # raises
+            [job_id] = self._send([pickled], limit)
+            future = _TaskFuture(self, job_id, limit)
+            self.futures[job_id] = future
+            return future
 
     def submit_many(
         self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], limit: float
@@ -246,7 +264,7 @@ class _Core:
             # Registered under the lock that the collector takes to find a
             # future, so an answer cannot arrive before its future exists.
             sendable = [p for p in pickled if not isinstance(p, SerializationError)]
-            ids = iter(self.client.add_jobs(sendable, limit) if sendable else [])
+            ids = iter(self._send(sendable, limit) if sendable else [])
             result = []
             for p in pickled:
                 if isinstance(p, SerializationError):
@@ -258,6 +276,34 @@ class _Core:
                     self.futures[job_id] = future
                 result.append(future)
             return result
+
+    def _send(self, pickled: list[Pickled], limit: float) -> list[int]:
+        """Queue these tasks and send them now, unless the Boss already
+        holds enough tasks to keep every worker busy (lock held).
+
+        Why: a send per ``submit`` costs a system call and a Boss wake-up
+        per task, which on tiny tasks takes CPU from the workers.  When at
+        least ``defer_at`` tasks already sent await their answers, those
+        answers will come, and the collector sends every queued task (in
+        one write) before it waits again; so a deferred task waits in main
+        no longer than the Boss's own queue would have kept it.  Below that
+        (a lone task, a trickle), each submit sends at once: no latency
+        added."""
+        client = self.client
+        if not client.wants_to_send:
+            self.deferred = 0  # whatever was deferred has gone out since
+        defer = len(self.futures) - self.deferred >= self.defer_at
+        ids, target = client.queue_jobs(pickled, limit)
+        if defer:
+            self.deferred += len(ids)
+            return ids
+        try:
+            client.flush(target)
+        except (BossDiedError, ShutDownError):
+            client.forget_jobs(len(ids))
+            raise
+        self.deferred = 0
+        return ids
 
     # -- cancelling ----------------------------------------------------------
 
@@ -313,24 +359,26 @@ class _Core:
                 error = exc
                 break
             if frame is not None:
-                self._complete(frame)
+                # Those read with it too, in one batch: one lock for all.
+                self._complete([frame, *client.take_filed()])
             elif client.eof_or_closed:
                 break
         self._finish(error)
 
-    def _complete(self, frame: Frame) -> None:
-        self.client.take_record(frame.job_id)  # the details outcomes use: not kept here
+    def _complete(self, frames: list[Frame]) -> None:
         with self.lock:
-            future = self.futures.pop(frame.job_id, None)
-        outcome = self._outcome(frame, future._limit if future is not None else 0.0)
-        if future is None:
-            return  # cannot happen: every job has a future until answered
-        ok, value = outcome
-        with contextlib.suppress(futures.InvalidStateError):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            pop = self.futures.pop
+            owners = [pop(frame.job_id, None) for frame in frames]
+        for frame, future in zip(frames, owners, strict=True):
+            outcome = self._outcome(frame, future._limit if future is not None else 0.0)
+            if future is None:
+                continue  # cannot happen: every job has a future until answered
+            ok, value = outcome
+            with contextlib.suppress(futures.InvalidStateError):
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
         """An answer frame as (True, value) or (False, exception)."""
@@ -521,7 +569,7 @@ class Executor(futures.Executor):
             max_worker_memory=max_worker_memory,
         )
         self._max_workers = workers
-        self._core = _Core(pool, limit)
+        self._core = _Core(pool, limit, workers)
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)

@@ -365,18 +365,8 @@ class BossWorkerAsync(Generic[J, R]):
         the jobs not yet started; those a worker has run to their end.  An item
         that cannot be pickled raises :class:`SerializationError` there.
         """
-        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
-        return streams.map_jobs(
-            self._client,
-            self._frame_result,
-            iterable,
-            lane=Lane(),
-            ordered=bool(ordered),
-            max_in_flight=window,
-            limit=limit,
-            retry=retry,
-            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
-        )
+        plan = self._map_plan(iterable, False, ordered, max_in_flight, timeout, retries, progress)
+        return streams.map_jobs(self._client, plan, iterable)
 
     def map_outcomes(
         self,
@@ -391,19 +381,8 @@ class BossWorkerAsync(Generic[J, R]):
         """:meth:`map`, yielding each job's :class:`~bossworker.outcome.Outcome`
         (as :meth:`get_outcome` makes them: the value untouched, the real
         exception, the details) instead of its :meth:`get_result` value."""
-        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
-        lane = Lane(records=True)
-        return streams.map_jobs(
-            self._client,
-            lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)),
-            iterable,
-            lane=lane,
-            ordered=bool(ordered),
-            max_in_flight=window,
-            limit=limit,
-            retry=retry,
-            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
-        )
+        plan = self._map_plan(iterable, True, ordered, max_in_flight, timeout, retries, progress)
+        return streams.map_jobs(self._client, plan, iterable)
 
     def amap(
         self,
@@ -421,19 +400,8 @@ class BossWorkerAsync(Generic[J, R]):
         awaited, so a slow source never holds results back.  A plain
         iterable is read in the event loop: it must not block.
         """
-        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
-        return streams.amap(
-            self._client,
-            self._socket_waiter(),
-            self._frame_result,
-            iterable,
-            lane=Lane(),
-            ordered=bool(ordered),
-            max_in_flight=window,
-            limit=limit,
-            retry=retry,
-            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
-        )
+        plan = self._map_plan(iterable, False, ordered, max_in_flight, timeout, retries, progress)
+        return streams.amap(self._client, self._socket_waiter(), plan, iterable)
 
     def amap_outcomes(
         self,
@@ -446,34 +414,42 @@ class BossWorkerAsync(Generic[J, R]):
         progress: streams.Progress = False,
     ) -> AsyncIterator[Outcome[R]]:
         """:meth:`map_outcomes` for ``async for`` (see :meth:`amap`)."""
-        limit, window, retry = self._stream_args(max_in_flight, timeout, retries, progress)
-        lane = Lane(records=True)
-        return streams.amap(
-            self._client,
-            self._socket_waiter(),
-            lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)),
-            iterable,
-            lane=lane,
-            ordered=bool(ordered),
-            max_in_flight=window,
-            limit=limit,
-            retry=retry,
-            make_bar=lambda: streams.Bar(progress, streams.known_length(iterable)),
-        )
+        plan = self._map_plan(iterable, True, ordered, max_in_flight, timeout, retries, progress)
+        return streams.amap(self._client, self._socket_waiter(), plan, iterable)
 
-    def _stream_args(
+    def _map_plan(
         self,
+        iterable: object,
+        outcomes: bool,
+        ordered: bool,
         max_in_flight: int | None,
         timeout: float | None,
         retries: int | None,
         progress: streams.Progress,
-    ) -> tuple[float, int, streams.Retry]:
+    ) -> streams.MapPlan[Any]:
+        """The checked options of one map; with ``outcomes``, it yields
+        Outcome objects (its lane keeps each job's details), else what
+        get_result() would return."""
         limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
         streams.check_progress(progress)
         count = self._retries if retries is None else _check_retries(retries)
         if count:
             self._check_retry_backend()
-        return limit, streams.check_max_in_flight(max_in_flight), (count, self._retry_on if count else 0)
+        lane = Lane(records=outcomes)
+        deliver: Callable[[Frame], Any] = (
+            (lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)))
+            if outcomes
+            else self._frame_result
+        )
+        return streams.MapPlan(
+            deliver,
+            lane,
+            bool(ordered),
+            streams.check_max_in_flight(max_in_flight),
+            limit,
+            (count, self._retry_on if count else 0),
+            lambda: streams.Bar(progress, streams.known_length(iterable)),
+        )
 
     def _frame_result(self, frame: Frame) -> R | dict[str, str]:
         """What get_result() returns for ``frame`` (without its id)."""

@@ -19,8 +19,9 @@ import importlib
 import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     import asyncio
@@ -129,18 +130,31 @@ def _pickle(items: list[Any], first_index: int) -> tuple[list[Pickled], Serializ
     return payloads, None
 
 
+@dataclass(frozen=True)
+class MapPlan(Generic[T]):
+    """How one map runs, checked by the facade: what it yields of each
+    answer frame (``deliver``), where the answers go (``lane``), its jobs'
+    time limit and retries, the window, and its progress bar."""
+
+    deliver: Callable[[Frame], T]
+    lane: Lane
+    ordered: bool
+    max_in_flight: int
+    limit: float
+    retry: Retry
+    make_bar: Callable[[], Bar]
+
+
 class _Window:
     """The jobs of one map in flight, and the order to yield answers in."""
 
-    def __init__(
-        self, client: Client, lane: Lane, limit: float, size: int, ordered: bool, retry: Retry
-    ) -> None:
+    def __init__(self, client: Client, plan: MapPlan[Any]) -> None:
         self.client = client
-        self.lane = lane
-        self.retry = retry  # (retries, retry_on): as add_work's
-        self.limit = limit
-        self.size = size
-        self.ordered = ordered
+        self.lane = plan.lane
+        self.retry = plan.retry  # (retries, retry_on): as add_work's
+        self.limit = plan.limit
+        self.size = size = plan.max_in_flight
+        self.ordered = plan.ordered
         self.in_flight = 0  # sent and not yet yielded
         self.sent = 0  # items taken from the input so far
         self.order: deque[int] = deque()  # ordered: ids in input order, not yet yielded
@@ -189,23 +203,12 @@ class _Window:
         self.held.clear()
 
 
-def map_jobs(
-    client: Client,
-    deliver: Callable[[Frame], T],
-    iterable: Iterable[Any],
-    *,
-    lane: Lane,
-    ordered: bool,
-    max_in_flight: int,
-    limit: float,
-    retry: Retry,
-    make_bar: Callable[[], Bar],
-) -> Iterator[T]:
-    """The generator behind ``BossWorkerAsync.map`` (and ``map_outcomes``:
-    ``deliver`` makes what is yielded of each answer frame of ``lane``)."""
-    window = _Window(client, lane, limit, max_in_flight, ordered, retry)
+def map_jobs(client: Client, plan: MapPlan[T], iterable: Iterable[Any]) -> Iterator[T]:
+    """The generator behind ``BossWorkerAsync.map`` and ``map_outcomes``."""
+    window = _Window(client, plan)
+    deliver = plan.deliver
     items = iter(iterable)
-    bar = make_bar()
+    bar = plan.make_bar()
     exhausted = False
     ready: deque[Frame] = deque()
     try:
@@ -242,19 +245,9 @@ async def _pull(items: AsyncIterator[Any]) -> tuple[bool, Any]:
 
 
 async def amap(
-    client: Client,
-    waiter: SocketWaiter,
-    deliver: Callable[[Frame], T],
-    iterable: Iterable[Any] | AsyncIterable[Any],
-    *,
-    lane: Lane,
-    ordered: bool,
-    max_in_flight: int,
-    limit: float,
-    retry: Retry,
-    make_bar: Callable[[], Bar],
+    client: Client, waiter: SocketWaiter, plan: MapPlan[T], iterable: Iterable[Any] | AsyncIterable[Any]
 ) -> AsyncIterator[T]:
-    """The async generator behind ``BossWorkerAsync.amap``.
+    """The async generator behind ``BossWorkerAsync.amap`` and ``amap_outcomes``.
 
     A plain iterable is read in batches, as by ``map`` (in the event loop:
     it must not block).  An async iterable is read one item at a time while
@@ -265,8 +258,9 @@ async def amap(
 
     from .aio import aflush
 
-    window = _Window(client, lane, limit, max_in_flight, ordered, retry)
-    bar = make_bar()
+    window = _Window(client, plan)
+    deliver = plan.deliver
+    bar = plan.make_bar()
     sync_items = iter(iterable) if not isinstance(iterable, AsyncIterable) else None
     async_items = aiter(iterable) if isinstance(iterable, AsyncIterable) else None
     exhausted = False
