@@ -47,7 +47,9 @@ from bossworker.errors import (
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
     WORKER_DIED_PREFIX,
+    no_worker_could_start_error,
     result_not_picklable_error,
+    worker_died_error,
 )
 from waiting import wait_until
 
@@ -149,11 +151,14 @@ def test_exceptions_keep_their_type_and_the_remote_traceback(start_method: str) 
 
 def test_engine_error_prefixes_match_the_engine_texts() -> None:
     """The Executor sorts engine ERRORs by these prefixes: they must be the texts
-    boss.py writes and (through errors.py's functions) worker.py writes."""
+    the Boss and worker.py write, through errors.py's functions."""
     src = ROOT / "src" / "bossworker"
-    boss, worker = (src / "boss.py").read_text(), (src / "worker.py").read_text()
-    assert 'f"' + WORKER_DIED_PREFIX + "{reason}) while running this job" in boss
-    assert NO_WORKER_COULD_START_PREFIX + ": " in boss
+    link, core = (src / "boss" / "link.py").read_text(), (src / "boss" / "core.py").read_text()
+    worker = (src / "worker.py").read_text()
+    assert "worker_died_error(" in link
+    assert "no_worker_could_start_error(" in core
+    assert worker_died_error("SIGKILL") == WORKER_DIED_PREFIX + "SIGKILL) while running this job"
+    assert no_worker_could_start_error("boom") == NO_WORKER_COULD_START_PREFIX + ": boom"
     assert "result_not_picklable_error(" in worker
     assert (
         result_not_picklable_error("PicklingError: x")

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import glob
 import json
 import math
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +40,8 @@ import pytest
 
 import handlers
 from bossworker import BossDiedError, BossWorkerAsync, WorkerInitError
+from bossworker.backend import BossHandle, LocalBackend
+from bossworker.config import BossConfig
 from bossworker.portable import HAS_ALARM
 from waiting import wait_until
 
@@ -888,18 +892,24 @@ def test_threads_adding_and_collecting_at_once() -> None:
     assert all(value == added[job_id] for job_id, value in collected)
 
 
-@pytest.mark.timeout(60)
-def test_graceful_shutdown_does_not_wait_forever_for_a_hung_exit_handler(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A graceful stop waits for exit handlers, but not forever: a worker still
-    there HANDLER_EXIT_LIMIT after being told to leave is killed (the limit is
-    30 s; a forked Boss inherits this test's smaller one)."""
-    import bossworker.boss
+class _ShortExitLimit(LocalBackend):
+    """The local Boss, with half a second for a worker told to leave."""
 
-    monkeypatch.setattr(bossworker.boss, "HANDLER_EXIT_LIMIT", 0.5)
+    def start(self, config: BossConfig) -> tuple[socket.socket, BossHandle]:
+        return super().start(dataclasses.replace(config, exit_limit=0.5))
+
+
+@pytest.mark.timeout(60)
+def test_graceful_shutdown_does_not_wait_forever_for_a_hung_exit_handler() -> None:
+    """A graceful stop waits for exit handlers, but not forever: a worker still
+    there BossConfig.exit_limit after being told to leave is killed (the limit
+    is 30 s; this test's backend gives the Boss a smaller one)."""
     bw = BossWorkerAsync(
-        handlers.echo, exit_handler=handlers.hang_forever, worker_count=2, start_method="fork"
+        handlers.echo,
+        exit_handler=handlers.hang_forever,
+        worker_count=2,
+        start_method="fork",
+        backend=_ShortExitLimit(),
     )
     workers = workers_of(bw)
     bw.add_work(1, 2, 3)

@@ -541,7 +541,7 @@ def test_a_boss_failing_before_it_serves_reports_its_own_error(tmp_path: Path) -
     assert boss_reports, f"the Boss never hit the limit:\n{out}"
     for text in boss_reports:
         assert text[0].startswith("'the Boss process failed while starting: MemoryError"), out
-        assert "boss.py" in text[0], out  # its traceback came along
+        assert "boss/main.py" in text[0], out  # its traceback came along
     assert all(
         kind in ("started", "BossDiedError", "WorkerInitError", "MemoryError") for kind, *_ in outcomes
     ), out

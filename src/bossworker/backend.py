@@ -16,9 +16,8 @@ import weakref
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
-from .boss import BossConfig, run_boss
+from .config import BossConfig, PickledAtSpawn
 from .process import Closable, preload_parent_death_signal
-from .worker import PickledAtSpawn
 
 __all__ = ["Backend", "BossHandle", "LocalBackend", "LocalBossHandle", "default_start_method"]
 
@@ -81,6 +80,11 @@ class LocalBackend:
     """A Boss process on this machine, started with ``config.start_method``."""
 
     def start(self, config: BossConfig) -> tuple[socket.socket, BossHandle]:
+        # The Boss's code is loaded here, at the first start, not when
+        # bossworker is imported: main's own code never needs it (a forked
+        # Boss then finds it loaded; a spawned one imports it by name).
+        from .boss.main import run_boss
+
         ctx: Any = multiprocessing.get_context(config.start_method)  # typeshed lacks .Process
         main_end, boss_end = socket.socketpair()
         inherited: list[Closable] = []

@@ -78,6 +78,7 @@ __all__ = [
     "dask_start_error",
     "dask_task_failed_error",
     "dask_worker_died_error",
+    "exited_before_ready_text",
     "handlers_not_unpicklable_error",
     "job_not_sent_error",
     "job_payload_lost_error",
@@ -250,6 +251,17 @@ def dask_task_failed_error(detail: str) -> str:
     return f"BossWorkerAsync: the Dask task failed: {detail}"
 
 
+# Texts the Boss writes ---------------------------------------------------------
+# (besides worker_died_error and no_worker_could_start_error above, which it
+# shares with the Dask side).
+
+
+def exited_before_ready_text(reason: str) -> str:
+    """The start-up failure of a worker that exited without a word (no
+    INIT_FAILED) before it was ready; ``reason`` is how it ended."""
+    return f"worker exited ({reason}) before it was ready"
+
+
 class BossWorkerError(Exception):
     """Base class of every exception raised by bossworker."""
 
@@ -394,3 +406,11 @@ class JobCancelledError(BossWorkerError, CancelledError):
     """The ``error`` of the :class:`~bossworker.outcome.Outcome` of a job
     that :meth:`BossWorkerAsync.cancel` dropped before it started (raised by
     that outcome's ``unwrap()``).  Also a ``concurrent.futures.CancelledError``."""
+
+
+class _JobTimeout(BaseException):
+    """Raised in a worker by its SIGALRM while a job runs (see
+    ``worker._Alarm``).  A BaseException, so that a handler's ``except
+    Exception`` does not swallow it; the Executor's work handler lets it
+    through.  Here, not in worker.py, so that main-side modules need not
+    import the worker's module to name it."""

@@ -46,12 +46,12 @@ from .errors import (
     InvalidArgumentError,
     SerializationError,
     ShutDownError,
+    _JobTimeout,
 )
 from .outcome import error_from_answer, rebuild_exception
 from .payload import PICKLE_PROTOCOL, Pickled, dump
 from .pool import BossWorkerAsync, StartMethod, _check_timeout
 from .protocol import Flag, Frame, Kind
-from .worker import _JobTimeout
 
 __all__ = ["Executor", "ExecutorOptions"]
 

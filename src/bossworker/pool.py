@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
 
 from . import byvalue, memory, streams
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
-from .boss import BossConfig
 from .client import Client, JobRecord, Lane
+from .config import BossConfig, WorkerSpec
 from .errors import (
     NOT_IMPORTABLE_HINT,
     BossDiedError,
@@ -33,11 +33,10 @@ from .errors import (
 )
 from .jobs import result_value
 from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
-from .payload import Pickled, Segments, dump, new_prefix
+from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
 from .protocol import Flag, Frame, Kind, RetryOn
 from .stats import Stats
-from .worker import PICKLE_PROTOCOL, WorkerSpec
 
 __all__ = ["BossWorkerAsync", "StartMethod"]
 
@@ -673,7 +672,7 @@ class BossWorkerAsync(Generic[J, R]):
         client, handle = self._client, self._handle
         if not force and not client.boss_died:
             client.drain()
-            _join_or_kill(handle, _JOIN_TIMEOUT)
+            _join_after_bye(handle, _JOIN_TIMEOUT)
         self._end_shut_down(force)
 
     def _begin_shut_down(self, force: bool) -> bool:
@@ -866,10 +865,13 @@ class BossWorkerAsync(Generic[J, R]):
         )
 
 
-def _join_or_kill(handle: BossHandle, timeout: float) -> None:
+def _join_after_bye(handle: BossHandle, timeout: float) -> None:
+    """Wait up to ``timeout`` for a Boss that said BYE to exit.  One still
+    there is stopped by force right after (``_end_shut_down`` calls
+    ``_force_stop``: SIGTERM, then SIGKILL); this says so."""
     handle.join(timeout)
     if handle.is_alive():
-        log.error("the Boss did not exit after its BYE; killing it")
+        log.error("the Boss did not exit after its BYE; stopping it by force")
 
 
 def _force_stop(client: Client, handle: BossHandle) -> None:

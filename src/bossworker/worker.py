@@ -35,15 +35,14 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from multiprocessing.reduction import ForkingPickler
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
-from .errors import result_not_picklable_error
+from .config import WorkerSpec
+from .errors import _JobTimeout, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
-from .payload import PICKLE_PROTOCOL, Segments, dump
+from .payload import PICKLE_PROTOCOL, dump
 from .portable import HAS_ALARM, send_chunks, watch_forks
 from .process import (
     Closable,
@@ -67,28 +66,8 @@ EXIT_OK = 0
 EXIT_INIT_FAILED = 3
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What a worker needs to know. Picklable when its handlers are."""
-
-    work_handler: Callable[[Any], Any]
-    init_handler: Callable[[], Any] | None
-    exit_handler: Callable[[], Any] | None
-    read_size: int
-    max_jobs: int | None
-    segments: Segments = field(default_factory=lambda: Segments(None))
-    # Seconds a worker may take from its start to READY (init_handler
-    # included) before the Boss kills it as an init failure; 0 = no limit.
-    init_timeout: float = 0.0
-
-
 class _BossGone(Exception):
     """The Boss has exited: nobody will take this worker's answers."""
-
-
-class _JobTimeout(BaseException):
-    """Raised by SIGALRM inside a job. A BaseException, so that a handler's
-    ``except Exception`` does not swallow it."""
 
 
 class _Alarm:
@@ -190,26 +169,6 @@ def _leave(spec: WorkerSpec, flush: ExitFlush) -> NoReturn:
         except BaseException:  # noqa: BLE001
             traceback.print_exc()
     _exit(flush, EXIT_OK)
-
-
-class PickledAtSpawn:
-    """``obj``, pickled only while a new process is being started, and
-    received there as plain bytes (which :func:`unpickle_spec` opens).
-
-    Pickling inside ``Process.start`` (multiprocessing's spawning context)
-    lets multiprocessing objects in the handlers' state (a ``Queue``, a
-    ``Lock``, a ``Value``) travel as they do in a ``Process``'s own
-    arguments; and unpickling in our own code, not multiprocessing's, lets
-    the child report a handler it cannot import instead of dying mute.
-    """
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
-        return bytes, (bytes(ForkingPickler.dumps(self.obj, PICKLE_PROTOCOL)),)
 
 
 def unpickle_spec(data: bytes) -> Any:

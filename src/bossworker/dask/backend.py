@@ -16,7 +16,7 @@ import subprocess
 from typing import Any
 
 from ..backend import BossHandle, register_main_socket
-from ..boss import BossConfig
+from ..config import BossConfig
 from ..errors import InvalidArgumentError, SerializationError
 from ..payload import Segments
 from .launch import DaskBossOptions, start_module

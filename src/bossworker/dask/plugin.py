@@ -41,7 +41,7 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from ..boss import TIMEOUT_GRACE
+from ..boss.link import TIMEOUT_GRACE
 from ..errors import (
     POOL_NOT_SET_UP_ERROR,
     POOL_SHUTTING_DOWN_ERROR,

@@ -1,0 +1,231 @@
+"""The local Boss process: one single-threaded selectors loop driving the
+core (what main is told) and the local fleet (the worker processes).
+
+Who talks to whom::
+
+      main process                      Boss process                     workers
+    +---------------+   socketpair   +----------------------+  socketpair  +----------+
+    | client.Client | <------------> | Boss.run()           | <----------> | worker 1 |
+    |  (no threads) |  JOB, SHUTDOWN |  BossCore (core.py)  | <----------> | worker 2 |
+    +---------------+  RESULT, ...   |  LocalFleet(local.py)| <----------> | worker N |
+                                     +----------------------+              +----------+
+
+The Boss reads jobs from main eagerly, hands them to workers, and writes
+answers back to main whenever main's socket takes them.  It never unpickles
+a job or a result: it reads frame headers and forwards the raw bytes, so no
+payload can crash it.  It is the only owner of the pool's state (one loop,
+no threads, no locks); :meth:`Boss.run` says what one turn does.
+
+Shutting down gracefully: after main's SHUTDOWN, the Boss finishes the
+queue, tells each worker SHUTDOWN (they run their exit handler and leave),
+reaps them, sends BYE and leaves once main's socket has taken every byte.
+A SIGTERM, or main's death (its pidfd, end-of-file on main's socket, or a
+new parent process), makes the Boss kill its workers and leave at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from types import FrameType
+
+from ..config import BossConfig
+from ..jobs import text_frame
+from ..portable import make_selector, send_chunks
+from ..process import (
+    Closable,
+    OwnedFd,
+    close_inherited,
+    exit_now,
+    ignore_interrupts,
+    open_pidfd,
+    preload_parent_death_signal,
+)
+from ..protocol import Decoder, InitFailure, Kind
+from ..worker import SpecError, describe_exception, unpickle_spec
+from .core import PARENT_CHECK_INTERVAL, BossCore, main_gone
+from .local import LocalFleet
+
+__all__ = ["Boss", "run_boss"]
+
+log = logging.getLogger("bossworker")
+
+
+class _ForcedStop(BaseException):
+    """Raised by the SIGTERM handler: kill everything and leave now."""
+
+
+class Boss:
+    """The local Boss's event loop: main's socket, the core and the fleet."""
+
+    def __init__(self, main_sock: socket.socket, config: BossConfig) -> None:
+        self.config = config
+        self.main = main_sock
+        self.main.setblocking(False)
+        self.main_in = Decoder(config.worker.read_size)
+        self.selector = make_selector()
+        self.selector.register(self.main, selectors.EVENT_READ, self._on_main)
+        self.next_parent_check = 0.0
+        self.main_pidfd = self._watch_main()
+        self.core = BossCore(config.worker_count)
+        self.fleet = LocalFleet(config, self.core, self.selector, time.monotonic, self._own_descriptors)
+        self.core.attach(self.fleet)
+
+    def _own_descriptors(self) -> list[Closable]:
+        """What a forked worker must close of the Boss's own."""
+        owned: list[Closable] = [self.main, self.selector]
+        if self.main_pidfd is not None:
+            owned.append(self.main_pidfd)
+        return owned
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until main shut the pool down and has every answer."""
+        self.fleet.start_all()
+        while True:
+            self.fleet.dispatch()  # queued jobs to workers
+            self.core.step()  # a graceful shutdown moves on: retire, BYE
+            self._flush_main()  # answers to main
+            if self.core.finished():
+                break
+            for key, mask in self.selector.select(self._next_timeout()):
+                key.data(mask)  # main's frames, workers' answers, worker exits
+            now = time.monotonic()
+            self.fleet.tick(now)  # deadlines, memory, lingering workers, respawns
+            self._check_parent(now)  # main still there?
+        self.selector.close()
+
+    def _next_timeout(self) -> float:
+        soonest = min(self.next_parent_check, self.fleet.next_due())
+        return max(0.0, soonest - time.monotonic())
+
+    # -- main's side -----------------------------------------------------------------
+
+    def _on_main(self, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            self._read_main()
+        if mask & selectors.EVENT_WRITE:
+            self._flush_main()
+
+    def _read_main(self) -> None:
+        decoder = self.main_in
+        try:
+            n = self.main.recv_into(decoder.get_buffer())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if not n:
+            log.debug("main closed its socket; stopping")
+            self.core.main_lost()
+            return
+        decoder.buffer_updated(n)
+        self.core.receive(decoder.take())
+
+    def _flush_main(self) -> None:
+        out = self.core.out
+        if out and not self.core.finished():
+            try:
+                out.consume(send_chunks(self.main, out.chunks()))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.core.main_lost()
+                return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        if self.selector.get_key(self.main).events != events:
+            self.selector.modify(self.main, events, self._on_main)
+
+    def _watch_main(self) -> OwnedFd | None:
+        """Watch main's pidfd, where there are pidfds.
+
+        Main's death shows at once, even when a process main forked after
+        creating the pool holds main's end of the socket (no end-of-file
+        then), and under forkserver, where main is not our parent.
+        """
+        pidfd = open_pidfd(self.config.main_pid, older_than_me=True)
+        if pidfd is not None:
+            self.selector.register(pidfd, selectors.EVENT_READ, self._on_main_exit)
+        return pidfd
+
+    def _on_main_exit(self, mask: int) -> None:
+        log.debug("main process is gone; stopping")
+        self.core.main_lost()
+
+    def _check_parent(self, now: float) -> None:
+        if now < self.next_parent_check:
+            return
+        self.next_parent_check = now + PARENT_CHECK_INTERVAL
+        if main_gone(self.config.start_method, os.getppid(), self.config.main_pid):
+            log.debug("main process is gone; stopping")
+            self.core.main_lost()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _ForcedStop
+
+
+def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text: str) -> None:
+    """Before the Boss leaves without having served: give main the cause, so
+    that the constructor raises with it instead of "the Boss died"."""
+    with contextlib.suppress(OSError):
+        main_sock.settimeout(5.0)  # main waits for this; never hang on it
+        main_sock.sendall(text_frame(Kind.INIT_FAILED, failure, text))
+
+
+def run_boss(
+    main_sock: socket.socket, config: BossConfig | bytes, inherited: Iterable[Closable] = ()
+) -> None:
+    """The body of the Boss process. Never returns: it ends in ``os._exit``.
+
+    ``config`` comes pickled (bytes) unless the Boss was forked: unpickling
+    it here lets a handler this process cannot import be reported to main,
+    with the error, rather than kill the process in multiprocessing's
+    bootstrap.  Any failure before the Boss has told main READY is reported
+    the same way (INIT_FAILED naming what failed)."""
+    close_inherited(inherited)
+    ignore_interrupts()
+    # Never walk the objects inherited from main: under fork they can be
+    # many (a large program's), and walking them costs the Boss ~15 %.
+    gc.freeze()
+    preload_parent_death_signal()
+    boss: Boss | None = None
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        if isinstance(config, bytes):
+            config = unpickle_spec(config)
+        assert isinstance(config, BossConfig)
+        boss = Boss(main_sock, config)
+        boss.run()
+    except _ForcedStop:
+        pass
+    except SpecError as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        code = 1
+        _tell_main_start_failed(main_sock, InitFailure.NOT_IMPORTABLE, str(exc))
+    except BaseException as exc:
+        # We are leaving: main's SIGTERM, sent as soon as it reads the report
+        # below, must not interrupt the clean-up.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.exception("the Boss failed")
+        code = 1
+        if boss is None or not boss.core.announced:
+            _tell_main_start_failed(main_sock, InitFailure.BOSS, describe_exception(exc))
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if boss is not None:
+            boss.core.stop()
+            if not boss.core.said_bye:
+                # Main is gone or stopped us by force: nobody will read the
+                # segments still waiting.
+                boss.config.worker.segments.discard_all()
+    exit_now(code)
