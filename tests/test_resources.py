@@ -110,3 +110,23 @@ def test_a_dropped_pool_without_pending_work_is_quiet() -> None:
         warnings.simplefilter("error")
         del bw
         gc.collect()
+
+
+@pytest.mark.timeout(120)
+def test_the_boss_keeps_nothing_of_workers_gone() -> None:
+    """Recycling every worker after one job: the Boss's memory stays flat.
+    (A worker's record, with its read buffer, was kept in a reference cycle
+    until a full garbage collection: ~0.3 MiB per worker gone, 80 MiB after
+    1,000 workers.)"""
+    import psutil
+
+    with BossWorkerAsync(handlers.echo, worker_count=2, max_jobs_per_worker=1) as bw:
+        boss = psutil.Process(bw.boss_pid)
+        bw.add_work(*range(100))
+        assert sorted(bw.results()) == list(range(100))
+        before = boss.memory_info().rss
+        bw.add_work(*range(800))
+        assert sorted(bw.results()) == list(range(800))
+        grown = boss.memory_info().rss - before
+        assert bw.stats().workers_started >= 900
+    assert grown < 16 * 2**20, f"the Boss grew by {grown / 2**20:.1f} MiB over 800 workers"
