@@ -68,8 +68,10 @@ What differs from the local backend:
 * **No shared memory.** Large jobs and results travel through Dask (a job
   over 1 MiB is scattered to a worker first), not through ``/dev/shm``.
 * A worker that fails in ``init_handler`` after the pool started is retried
-  a few times by the job that needs it; then that job's result is an ERROR
-  (the local Boss would keep trying while other workers serve the queue).
+  by the job that needs it, with the local Boss's back-off, until the
+  failures persist by the local rule (3 init errors in a row, or 10 starts
+  killed by a signal); then that job's result is an ERROR (the local Boss
+  would keep trying while other workers serve the queue).
 * ``stats()`` takes a round trip to every Dask worker.
 * If the Dask Boss itself is SIGKILLed, its workers on the cluster notice
   within about 5 seconds (its lease task disappears from the scheduler),

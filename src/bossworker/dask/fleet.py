@@ -126,7 +126,9 @@ class DaskFleet:
         self.lease = self.client.submit(lease_task, key=f"{self.name}-lease", pure=False)
         await wait(self.lease)  # type: ignore[no-untyped-call]
         opts = self.options
-        plugin = PoolPlugin(self.name, opts.spec, opts.read_size, opts.max_jobs, str(self.lease.key))
+        plugin = PoolPlugin(
+            self.name, opts.spec, opts.read_size, opts.max_jobs, opts.exit_limit, str(self.lease.key)
+        )
         await self.client.register_plugin(plugin, name=self.name)
         self.plugin_registered = True
         init = await self.client.run(plugin_stats, self.name, on_error="return")

@@ -43,7 +43,7 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from ..boss.core import boss_answer
+from ..boss.core import StartFailures, boss_answer
 from ..boss.link import TIMED_OUT, LinkState, OutOfTurn, WorkerLink
 from ..errors import (
     POOL_NOT_SET_UP_ERROR,
@@ -54,7 +54,7 @@ from ..errors import (
 )
 from ..jobs import error_answer, frame_text
 from ..process import signal_description
-from ..protocol import Decoder, Frame, Kind, encode
+from ..protocol import Decoder, Frame, InitFailure, Kind, encode
 from ..worker import describe_exception
 from .launch import start_module
 
@@ -66,13 +66,6 @@ log = logging.getLogger("bossworker")
 # misses in a row it gives up and cleans up after it.
 LEASE_CHECK_INTERVAL = 2.0
 LEASE_MISSES = 2
-# A child's start-up that fails (init_handler raised) is tried again this many
-# times by the job that needs it, with this back-off, before the job is
-# answered with an ERROR.
-START_ATTEMPTS = 3
-START_BACKOFF = 0.1
-# How long a child may take to run its exit_handler after SHUTDOWN.
-EXIT_WAIT = 30.0
 # The module our worker processes run (python -m).
 CHILD_MODULE = "bossworker.dask.child"
 
@@ -210,7 +203,8 @@ class _Slot:
         self.child: _Child | None = None
         self.starting: ConcurrentFuture[_Child] | None = None
         self.busy = False
-        self.last_error = ""
+        self.last_error = ""  # why the last start failed
+        self.last_killed = False  # it failed only by a signal's kill
 
     # -- children come and go --------------------------------------------------
 
@@ -231,6 +225,7 @@ class _Slot:
                 self.child = starting.result()
             except Exception as exc:  # noqa: BLE001 - could not even start it
                 self.last_error = could_not_start_worker_error(describe_exception(exc))
+                self.last_killed = False
                 return None
         child = self.child
         while child.state is LinkState.STARTING:
@@ -243,7 +238,7 @@ class _Slot:
                     break
                 reason = self.plugin.reap(child)
                 self.child = None
-                self.last_error = child.start_failure(reason, child.proc.returncode)[0]
+                self.last_error, _, self.last_killed = child.start_failure(reason, child.proc.returncode)
                 return None
             self._take_handshake(child, frames)
         return child
@@ -257,8 +252,12 @@ class _Slot:
                 child.init_failed(frame_text(frame), frame.job_id)
 
     def ready_child(self) -> _Child | None:
-        """A child ready for a job, started (again) if need be."""
-        for attempt in range(START_ATTEMPTS):
+        """A child ready for a job, started (again) if need be.  Failed
+        starts are tried again with the local Boss's back-off until they
+        count as persistent by its rule (:class:`StartFailures`, counted
+        for this job alone); then None, and ``last_error`` says why."""
+        failures = StartFailures(1)
+        while True:
             if self.plugin.closing:
                 self.last_error = POOL_SHUTTING_DOWN_ERROR
                 return None
@@ -271,9 +270,10 @@ class _Slot:
             child = self.handshake()
             if child is not None:
                 return child
-            if attempt + 1 < START_ATTEMPTS:
-                time.sleep(START_BACKOFF * 2**attempt)
-        return None
+            delay = failures.failed(self.last_error, InitFailure.WORKERS, self.last_killed)
+            if failures.persistent():
+                return None
+            time.sleep(delay)
 
     def retire(self, kill: bool) -> str:
         """Reap the current child (killing it first if asked) and start a
@@ -381,13 +381,16 @@ class PoolPlugin(WorkerPlugin):
     idempotent = False
 
     # What travels to the Dask workers; the rest is made there.
-    _CONFIG = ("name", "spec", "read_size", "max_jobs", "lease")
+    _CONFIG = ("name", "spec", "read_size", "max_jobs", "exit_limit", "lease")
 
-    def __init__(self, name: str, spec: bytes, read_size: int, max_jobs: int | None, lease: str) -> None:
+    def __init__(
+        self, name: str, spec: bytes, read_size: int, max_jobs: int | None, exit_limit: float, lease: str
+    ) -> None:
         self.name = name
         self.spec = spec
         self.read_size = read_size
         self.max_jobs = max_jobs
+        self.exit_limit = exit_limit  # how long a child may take to run its exit_handler after SHUTDOWN
         self.lease = lease
         self._init_state()
 
@@ -472,7 +475,7 @@ class PoolPlugin(WorkerPlugin):
             else:
                 child.kill()
         for child in children:
-            self.reap(child, EXIT_WAIT if graceful else 1.0)
+            self.reap(child, self.exit_limit if graceful else 1.0)
         launcher.stop()
 
     def reap(self, child: _Child, patience: float = 1.0) -> str:
