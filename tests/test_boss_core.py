@@ -163,6 +163,32 @@ def test_init_failed_once_every_initial_slot_failed_naming_the_last_failure() ->
     assert sent(core) == [] and core.phase is Phase.FAILED
 
 
+def test_init_failed_waits_for_as_many_failures_as_the_fleet_has_slots() -> None:
+    # A Dask cluster's slots are its threads, known only once it is reached.
+    core, _ = new_core(worker_count=2)
+    core.slots_known(3)
+    for text in ("a", "b"):
+        core.worker_start_failed(text, InitFailure.WORKERS, killed=False)
+    assert sent(core) == [] and core.phase is Phase.STARTING
+    core.worker_start_failed("c", InitFailure.WORKERS, killed=False)
+    (report,) = sent(core)
+    assert (report.kind, bytes(report.payload)) == (Kind.INIT_FAILED, b"c")
+    assert core.phase is Phase.FAILED
+
+
+def test_a_fleet_that_cannot_start_at_all_is_init_failed_once_and_only_while_starting() -> None:
+    core, fleet = new_core()
+    core.fleet_failed("no cluster there")
+    core.fleet_failed("again")
+    (report,) = sent(core)
+    assert (report.kind, report.job_id) == (Kind.INIT_FAILED, InitFailure.WORKERS)
+    assert bytes(report.payload) == b"no cluster there"
+    assert core.phase is Phase.FAILED and fleet.killed == 0  # main stops us
+    core, _ = serving_core()
+    core.fleet_failed("too late")
+    assert sent(core) == [] and core.phase is Phase.SERVING
+
+
 def test_start_back_off_doubles_up_to_five_seconds_and_a_ready_worker_resets_it() -> None:
     core, _ = serving_core()
     delays = [core.worker_start_failed("x", InitFailure.WORKERS, killed=True) for _ in range(8)]

@@ -52,6 +52,7 @@ __all__ = [
     "MEMORY_LIMIT_ERROR",
     "MEMORY_LIMIT_PREFIX",
     "NOT_IMPORTABLE_HINT",
+    "NO_DASK_SLOT_ERROR",
     "NO_WORKER_COULD_START_PREFIX",
     "POOL_NOT_SET_UP_ERROR",
     "POOL_SHUTTING_DOWN_ERROR",
@@ -222,6 +223,10 @@ POOL_NOT_SET_UP_ERROR = "BossWorkerAsync: the pool is not set up on this Dask wo
 
 #: The ERROR of a job whose Dask task was cancelled under it.
 DASK_TASK_CANCELLED_ERROR = "BossWorkerAsync: the Dask task was cancelled"
+
+#: Why the Dask Boss could not start (INIT_FAILED to main) when no Dask
+#: worker reported a worker slot.
+NO_DASK_SLOT_ERROR = "no Dask worker could start a worker"
 
 
 def dask_start_error(where: str, detail: str) -> str:

@@ -337,6 +337,19 @@ class BossCore:
 
     # -- from the fleet: start-ups ------------------------------------------------------
 
+    def slots_known(self, count: int) -> None:
+        """The fleet learned how many worker slots it has (a Dask cluster's
+        threads, known only once it is reached): main is told INIT_FAILED
+        once that many starts failed in a row, not ``worker_count``."""
+        self.start.worker_count = count
+
+    def fleet_failed(self, text: str) -> None:
+        """The fleet could not start at all (a Dask cluster out of reach):
+        tell main INIT_FAILED with ``text``; main stops us."""
+        if self.phase is Phase.STARTING:
+            self.out.append(text_frame(Kind.INIT_FAILED, InitFailure.WORKERS, text))
+            self._enter(Phase.FAILED)
+
     def worker_ready(self) -> None:
         """A worker finished its start (READY): the first one makes the pool serve."""
         self.start.succeeded()

@@ -26,13 +26,19 @@ The package, one module per process it runs in::
     backend.py    main      DaskBackend: starts the Dask Boss, hands main its socket
     launch.py     all       starting ``python -m`` children; their boot; DaskBossOptions
     child.py      child     our worker process on a Dask worker (python -m)
-    boss.py       Dask Boss what main hears: frames, counters, STATS, READY, BYE (python -m)
-    fleet.py      Dask Boss where workers live: the cluster, batching, the lease
-    plugin.py     Dask worker the plugin, its slots and children, the tasks
+    boss.py       Dask Boss the asyncio driver of the shared BossCore (python -m)
+    fleet.py      Dask Boss the core's fleet: the cluster, batching, the lease
+    plugin.py     Dask worker the plugin, its slots and children (WorkerLinks), the tasks
+
+What main hears is said by ``bossworker.boss.core.BossCore``, the same core
+the local Boss drives; what a slot says to its child follows
+``bossworker.boss.link.WorkerLink``, as the local Boss's workers do.
 
 Imports: backend -> launch; child -> launch; boss -> fleet -> plugin ->
-launch (and boss -> launch).  Only fleet and plugin import ``distributed``,
-and boss imports fleet only once its boot has set the import path.
+launch (and boss -> launch); boss, fleet and plugin -> ``bossworker.boss.core``
+/ ``.link`` (sans-IO, no process code).  Only fleet and plugin import
+``distributed``, and boss imports fleet only once its boot has set the
+import path.
 
 What differs from the local backend:
 
@@ -62,8 +68,10 @@ What differs from the local backend:
 * **No shared memory.** Large jobs and results travel through Dask (a job
   over 1 MiB is scattered to a worker first), not through ``/dev/shm``.
 * A worker that fails in ``init_handler`` after the pool started is retried
-  a few times by the job that needs it; then that job's result is an ERROR
-  (the local Boss would keep trying while other workers serve the queue).
+  by the job that needs it, with the local Boss's back-off, until the
+  failures persist by the local rule (3 init errors in a row, or 10 starts
+  killed by a signal); then that job's result is an ERROR (the local Boss
+  would keep trying while other workers serve the queue).
 * ``stats()`` takes a round trip to every Dask worker.
 * If the Dask Boss itself is SIGKILLed, its workers on the cluster notice
   within about 5 seconds (its lease task disappears from the scheduler),

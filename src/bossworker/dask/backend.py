@@ -93,6 +93,7 @@ class DaskBackend:
             worker_count=config.worker_count,
             read_size=config.worker.read_size,
             max_jobs=config.worker.max_jobs,
+            exit_limit=config.exit_limit,
             main_pid=config.main_pid,
         )
         # A new interpreter (exec, never a bare fork: main may hold threads,

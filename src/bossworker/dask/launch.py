@@ -44,6 +44,7 @@ class DaskBossOptions:
     worker_count: int
     read_size: int
     max_jobs: int | None
+    exit_limit: float  # how long a worker may take to run its exit_handler (BossConfig.exit_limit)
     main_pid: int
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import queue
 import select
@@ -35,23 +36,25 @@ import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from ..boss.link import TIMEOUT_GRACE
+from ..boss.core import StartFailures, boss_answer
+from ..boss.link import TIMED_OUT, LinkState, OutOfTurn, WorkerLink
 from ..errors import (
     POOL_NOT_SET_UP_ERROR,
     POOL_SHUTTING_DOWN_ERROR,
+    PROTOCOL_VIOLATION_ERROR,
     could_not_start_worker_error,
     no_worker_could_start_error,
-    worker_died_error,
 )
-from ..jobs import answer_frame, error_answer, frame_text
+from ..jobs import error_answer, frame_text
 from ..process import signal_description
-from ..protocol import Decoder, Frame, Kind, encode
+from ..protocol import Decoder, Frame, InitFailure, Kind, encode
 from ..worker import describe_exception
 from .launch import start_module
 
@@ -63,13 +66,6 @@ log = logging.getLogger("bossworker")
 # misses in a row it gives up and cleans up after it.
 LEASE_CHECK_INTERVAL = 2.0
 LEASE_MISSES = 2
-# A child's start-up that fails (init_handler raised) is tried again this many
-# times by the job that needs it, with this back-off, before the job is
-# answered with an ERROR.
-START_ATTEMPTS = 3
-START_BACKOFF = 0.1
-# How long a child may take to run its exit_handler after SHUTDOWN.
-EXIT_WAIT = 30.0
 # The module our worker processes run (python -m).
 CHILD_MODULE = "bossworker.dask.child"
 
@@ -113,28 +109,27 @@ class _Launcher:
         self._thread.join(5)
 
 
-class _Child:
-    """One child process and our end of its socket."""
+class _Child(WorkerLink):
+    """One child process as its slot sees it: its link (the handshake, the
+    head answer, the deadline and its grace, the answer for a death: the
+    rules the local Boss's workers follow too) plus the process and our
+    end of its socket."""
+
+    __slots__ = ("decoder", "pidfd", "proc", "sock")
 
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, read_size: int) -> None:
+        super().__init__(proc.pid, time.monotonic())
         self.proc = proc
         self.sock = sock
         self.decoder = Decoder(read_size)
         self.pidfd: int | None = None
         with contextlib.suppress(AttributeError, OSError):  # Linux >= 5.3 only
             self.pidfd = os.pidfd_open(proc.pid)
-        self.ready = False
-        self.init_error: str | None = None
-        self.jobs_done = 0
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def wait_readable(self, deadline: float | None) -> tuple[bool, bool]:
+    def wait_readable(self, deadline: float = math.inf) -> tuple[bool, bool]:
         """Wait until the socket has bytes or the process exited (or the
         deadline passed). Returns (socket readable, process exited)."""
         watch: list[Any] = [self.sock]
@@ -142,12 +137,12 @@ class _Child:
             watch.append(self.pidfd)
         while True:
             wait = 0.1 if self.pidfd is None else None
-            if deadline is not None:
+            if deadline != math.inf:
                 left = max(0.0, deadline - time.monotonic())
                 wait = left if wait is None else min(wait, left)
             readable, _, _ = select.select(watch, [], [], wait)
             exited = (self.pidfd in readable) if self.pidfd is not None else not self.alive()
-            if readable or exited or (deadline is not None and time.monotonic() >= deadline):
+            if readable or exited or time.monotonic() >= deadline:
                 return self.sock in readable, exited
 
     def read(self) -> list[Frame] | None:
@@ -208,7 +203,8 @@ class _Slot:
         self.child: _Child | None = None
         self.starting: ConcurrentFuture[_Child] | None = None
         self.busy = False
-        self.last_error = ""
+        self.last_error = ""  # why the last start failed
+        self.last_killed = False  # it failed only by a signal's kill
 
     # -- children come and go --------------------------------------------------
 
@@ -229,19 +225,20 @@ class _Slot:
                 self.child = starting.result()
             except Exception as exc:  # noqa: BLE001 - could not even start it
                 self.last_error = could_not_start_worker_error(describe_exception(exc))
+                self.last_killed = False
                 return None
         child = self.child
-        while not child.ready:
-            readable, exited = child.wait_readable(None)
+        while child.state is LinkState.STARTING:
+            readable, exited = child.wait_readable()
             frames = child.read() if readable else []
             if frames is None or (exited and not readable):
                 frames = (frames or []) + child.read_rest()
                 self._take_handshake(child, frames)
-                if child.ready:
+                if child.ever_ready:
                     break
                 reason = self.plugin.reap(child)
                 self.child = None
-                self.last_error = child.init_error or f"worker exited ({reason}) before it was ready"
+                self.last_error, _, self.last_killed = child.start_failure(reason, child.proc.returncode)
                 return None
             self._take_handshake(child, frames)
         return child
@@ -250,17 +247,21 @@ class _Slot:
     def _take_handshake(child: _Child, frames: list[Frame]) -> None:
         for frame in frames:
             if frame.kind == Kind.READY:
-                child.ready = True
+                child.ready()
             elif frame.kind == Kind.INIT_FAILED:
-                child.init_error = frame_text(frame)
+                child.init_failed(frame_text(frame), frame.job_id)
 
     def ready_child(self) -> _Child | None:
-        """A child ready for a job, started (again) if need be."""
-        for attempt in range(START_ATTEMPTS):
+        """A child ready for a job, started (again) if need be.  Failed
+        starts are tried again with the local Boss's back-off until they
+        count as persistent by its rule (:class:`StartFailures`, counted
+        for this job alone); then None, and ``last_error`` says why."""
+        failures = StartFailures(1)
+        while True:
             if self.plugin.closing:
                 self.last_error = POOL_SHUTTING_DOWN_ERROR
                 return None
-            if self.child is not None and self.child.ready:
+            if self.child is not None and self.child.state is LinkState.SERVING:
                 if self.child.alive():
                     return self.child
                 self.retire(kill=False)  # it died while idle
@@ -269,9 +270,10 @@ class _Slot:
             child = self.handshake()
             if child is not None:
                 return child
-            if attempt + 1 < START_ATTEMPTS:
-                time.sleep(START_BACKOFF * 2**attempt)
-        return None
+            delay = failures.failed(self.last_error, InitFailure.WORKERS, self.last_killed)
+            if failures.persistent():
+                return None
+            time.sleep(delay)
 
     def retire(self, kill: bool) -> str:
         """Reap the current child (killing it first if asked) and start a
@@ -297,60 +299,80 @@ class _Slot:
     # -- one job ---------------------------------------------------------------
 
     def run(self, raw: bytes) -> bytes:
-        head = Frame.parse(raw)
-        job_id, timeout = head.job_id, head.timeout
         child = self.ready_child()
         if child is None:
-            return error_answer(job_id, no_worker_could_start_error(self.last_error))
+            return error_answer(Frame.parse(raw).job_id, no_worker_could_start_error(self.last_error))
         self.busy = True
         try:
-            return self._run(child, raw, job_id, timeout)
+            return self._run(child, raw)
         finally:
             self.busy = False
 
-    def _run(self, child: _Child, raw: bytes, job_id: int, timeout: float) -> bytes:
-        deadline = None if timeout <= 0 else time.monotonic() + timeout + TIMEOUT_GRACE
+    def _run(self, child: _Child, raw: bytes) -> bytes:
+        child.take_jobs(deque([raw]), 1, time.monotonic())  # the child's head from now on
+        deadline = child.deadline()
         try:
             # The child is idle and reading: this takes no longer than the copy.
             child.sock.sendall(raw)
         except OSError:
-            return self._died(job_id, [])
+            return self._died(child, [])
         while True:
             readable, exited = child.wait_readable(deadline)
             if readable:
                 frames = child.read()
                 if frames is None:
-                    return self._died(job_id, [])
-                answer = self._answer_in(child, job_id, frames)
+                    return self._died(child, [])
+                answer = self._answer_in(child, frames)
                 if answer is not None:
                     return answer
             elif exited:
-                return self._died(job_id, child.read_rest())
-            elif deadline is not None and time.monotonic() >= deadline:
-                log.warning("job %d overran its deadline in worker %d; killing it", job_id, child.pid)
-                self.retire(kill=True)
-                return answer_frame(Kind.TIMED_OUT, job_id)
+                return self._died(child, child.read_rest())
+            elif time.monotonic() >= deadline:
+                log.warning(
+                    "job %d overran its deadline in worker %d; killing it",
+                    child.inflight[0].job_id,
+                    child.pid,
+                )
+                child.head_killed(TIMED_OUT)
+                return self._gone(child, kill=True)
 
-    def _answer_in(self, child: _Child, job_id: int, frames: list[Frame]) -> bytes | None:
+    def _answer_in(self, child: _Child, frames: list[Frame]) -> bytes | None:
+        """The answer to ``child``'s head among ``frames``, if it is there."""
         for frame in frames:
-            if frame.kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT) and frame.job_id == job_id:
-                child.jobs_done += 1
-                self.plugin.jobs_done += 1
-                max_jobs = self.plugin.max_jobs
-                if max_jobs is not None and child.jobs_done >= max_jobs:
-                    self.release()
-                return bytes(frame.raw)
+            if frame.kind not in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
+                continue
+            try:
+                child.answered(frame, time.monotonic())
+            except OutOfTurn as exc:
+                # As the local Boss does: a child that breaks the protocol is killed.
+                log.error("worker %d: %s; killing it", child.pid, exc)
+                text = PROTOCOL_VIOLATION_ERROR.format(detail=exc)
+                head = child.take_violation(text)
+                self.retire(kill=True)
+                assert head is not None  # a job runs: the child serves, and nothing killed it yet
+                return boss_answer(head.job_id, Kind.ERROR, text, 0, 0, 0.0)
+            self.plugin.jobs_done += 1
+            max_jobs = self.plugin.max_jobs
+            if max_jobs is not None and child.jobs_done >= max_jobs:
+                self.release()
+            return bytes(frame.raw)
         return None
 
-    def _died(self, job_id: int, last_words: list[Frame]) -> bytes:
-        child = self.child
-        assert child is not None
-        answer = self._answer_in(child, job_id, last_words)
+    def _died(self, child: _Child, last_words: list[Frame]) -> bytes:
+        answer = self._answer_in(child, last_words)
         if answer is not None:
             return answer
-        reason = self.retire(kill=False)
-        log.warning("worker %d died (%s) while running job %d", child.pid, reason, job_id)
-        return error_answer(job_id, worker_died_error(reason))
+        return self._gone(child, kill=False)
+
+    def _gone(self, child: _Child, kill: bool) -> bytes:
+        """Reap ``child`` (killing it first if asked) and answer its head
+        as its link says (TIMED_OUT after a deadline, else "worker died")."""
+        reason = self.retire(kill)
+        head, fate, _ = child.take_jobs_back(reason)
+        assert head is not None and fate is not None  # one job ran, and nothing answered it
+        if fate.kind is not Kind.TIMED_OUT:
+            log.warning("worker %d died (%s) while running job %d", child.pid, reason, head.job_id)
+        return boss_answer(head.job_id, fate.kind, fate.text, fate.flags, 0, 0.0)
 
 
 class PoolPlugin(WorkerPlugin):
@@ -359,13 +381,16 @@ class PoolPlugin(WorkerPlugin):
     idempotent = False
 
     # What travels to the Dask workers; the rest is made there.
-    _CONFIG = ("name", "spec", "read_size", "max_jobs", "lease")
+    _CONFIG = ("name", "spec", "read_size", "max_jobs", "exit_limit", "lease")
 
-    def __init__(self, name: str, spec: bytes, read_size: int, max_jobs: int | None, lease: str) -> None:
+    def __init__(
+        self, name: str, spec: bytes, read_size: int, max_jobs: int | None, exit_limit: float, lease: str
+    ) -> None:
         self.name = name
         self.spec = spec
         self.read_size = read_size
         self.max_jobs = max_jobs
+        self.exit_limit = exit_limit  # how long a child may take to run its exit_handler after SHUTDOWN
         self.lease = lease
         self._init_state()
 
@@ -450,7 +475,7 @@ class PoolPlugin(WorkerPlugin):
             else:
                 child.kill()
         for child in children:
-            self.reap(child, EXIT_WAIT if graceful else 1.0)
+            self.reap(child, self.exit_limit if graceful else 1.0)
         launcher.stop()
 
     def reap(self, child: _Child, patience: float = 1.0) -> str:
