@@ -151,10 +151,13 @@ def test_ready_is_said_once_when_the_first_worker_is_ready() -> None:
 def test_init_failed_once_every_initial_slot_failed_naming_the_last_failure() -> None:
     core, _ = new_core(worker_count=2)
     assert core.worker_start_failed("first", InitFailure.WORKERS, killed=False) == pytest.approx(0.1)
+    core.step()
     assert sent(core) == [] and core.phase is Phase.STARTING
     assert core.worker_start_failed("ImportError: nope", InitFailure.NOT_IMPORTABLE, killed=False) == (
         pytest.approx(0.2)
     )
+    assert sent(core) == []  # decided at the end of the turn
+    core.step()
     (report,) = sent(core)
     assert (report.kind, report.job_id) == (Kind.INIT_FAILED, InitFailure.NOT_IMPORTABLE)
     assert bytes(report.payload) == b"ImportError: nope"
@@ -169,11 +172,36 @@ def test_init_failed_waits_for_as_many_failures_as_the_fleet_has_slots() -> None
     core.slots_known(3)
     for text in ("a", "b"):
         core.worker_start_failed(text, InitFailure.WORKERS, killed=False)
+    core.step()
     assert sent(core) == [] and core.phase is Phase.STARTING
     core.worker_start_failed("c", InitFailure.WORKERS, killed=False)
+    core.step()
     (report,) = sent(core)
     assert (report.kind, bytes(report.payload)) == (Kind.INIT_FAILED, b"c")
     assert core.phase is Phase.FAILED
+
+
+def test_a_ready_in_the_same_turn_as_the_last_slots_failure_wins() -> None:
+    """The failure that makes every slot failed and another worker's READY
+    handled in one turn (either order): the pool started, as it always did."""
+    for ready_first in (False, True):
+        core, _ = new_core(worker_count=2)
+        core.worker_start_failed("a", InitFailure.WORKERS, killed=False)
+        core.step()
+        if ready_first:
+            core.worker_ready()
+        core.worker_start_failed("b", InitFailure.WORKERS, killed=False)
+        if not ready_first:
+            core.worker_ready()
+        core.step()
+        assert kinds(sent(core)) == [Kind.READY] and core.phase is Phase.SERVING
+
+
+def test_the_back_off_stays_at_its_cap_however_long_workers_fail() -> None:
+    """2.0 ** 1024 overflows: 1,025 start failures in a row killed the Boss."""
+    core, _ = serving_core()
+    delays = [core.worker_start_failed("x", InitFailure.WORKERS, killed=True) for _ in range(2000)]
+    assert delays[-1] == pytest.approx(5.0) and max(delays) == pytest.approx(5.0)
 
 
 def test_a_fleet_that_cannot_start_at_all_is_init_failed_once_and_only_while_starting() -> None:
@@ -307,6 +335,18 @@ def test_cancel_replies_say_which_jobs_were_dropped() -> None:
     replies = {f.job_id: bytes(f.payload) for f in sent(core)}
     assert replies == {1: b"\x00", 3: b"\x01", 99: b"\x00"}
     assert core.cancelled == 1 and [Frame.parse(raw).job_id for raw in fleet.queue] == [2]
+
+
+def test_a_retried_job_cancelled_before_its_next_attempt_leaves_no_count() -> None:
+    core, fleet = serving_core()
+    core.receive(frames(job(1, retries=3, retry_on=RetryOn.TIMED_OUT)))
+    taken = fleet.start(1)
+    assert core.deliver(taken, answer(Kind.TIMED_OUT, 1)) is True
+    fleet.finish(1)
+    fleet.queue.insert(0, taken.raw)  # what a fleet does with a retried job
+    core.receive(frames(encode(Kind.CANCEL, 1)))
+    assert kinds(sent(core)) == [Kind.RETRYING, Kind.CANCEL_REPLY]
+    assert core.cancelled == 1 and core.attempts == {}
 
 
 def test_graceful_shutdown_drains_then_retires_then_says_bye_last() -> None:

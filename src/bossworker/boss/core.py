@@ -176,7 +176,9 @@ class StartFailures:
         self.errors += not killed
         self.last_text = text
         self.last_failure = failure
-        return min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2.0 ** (self.failures - 1))
+        # The exponent is bounded: 2.0 ** 1024 overflows, and a pool whose
+        # workers never start must keep trying at the cap, not die.
+        return min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2.0 ** min(self.failures - 1, 64))
 
     def succeeded(self) -> None:
         """A worker became ready: the run of failures is over."""
@@ -254,8 +256,16 @@ class BossCore:
         return self.phase is Phase.STOPPED or (self.phase is Phase.CLOSED and not self.out)
 
     def step(self) -> None:
-        """Once per turn, after the fleet dispatched: move a graceful
-        shutdown on (every job answered -> retire the workers -> BYE)."""
+        """Once per turn, after the fleet dispatched: tell main INIT_FAILED
+        if every initial slot failed; move a graceful shutdown on (every
+        job answered -> retire the workers -> BYE).
+
+        INIT_FAILED is decided here, once every event of the turn was
+        handled, not as the failure comes: a READY that came in the same
+        turn wins (one worker serving is a pool that started)."""
+        if self.phase is Phase.STARTING and self.start.every_slot_failed():
+            self.out.append(text_frame(Kind.INIT_FAILED, self.start.last_failure, self.start.last_text))
+            self._enter(Phase.FAILED)
         if self.phase is Phase.DRAINING and not self._fleet().busy():
             self._enter(Phase.RETIRING)
             self._fleet().retire_all()
@@ -310,6 +320,9 @@ class BossCore:
         back would race with the worker starting it."""
         dropped = self._fleet().cancel(set(job_ids))
         self.cancelled += len(dropped)
+        if self.attempts:
+            for job_id in dropped:  # a retried job dropped before its next attempt
+                self.attempts.pop(job_id, None)
         for job_id in job_ids:
             self.out.append(encode(Kind.CANCEL_REPLY, job_id, b"\x01" if job_id in dropped else b"\x00"))
 
@@ -360,14 +373,11 @@ class BossCore:
     def worker_start_failed(self, text: str, failure: int, killed: bool) -> float:
         """A slot failed to get a serving worker (``text`` says why;
         ``killed``: only a signal's kill).  Returns the back-off before
-        the slot's next try.  Tells main INIT_FAILED once every initial
-        slot failed; when failures persist and no worker is left, answers
-        the queued jobs instead of letting them wait forever."""
+        the slot's next try.  Once every initial slot failed, :meth:`step`
+        tells main INIT_FAILED; when failures persist and no worker is
+        left, answers the queued jobs instead of letting them wait forever."""
         delay = self.start.failed(text, failure, killed)
         log.warning("retrying a worker start in %.1f s", delay)
-        if self.phase is Phase.STARTING and self.start.every_slot_failed():
-            self.out.append(text_frame(Kind.INIT_FAILED, failure, text))
-            self._enter(Phase.FAILED)
         fleet = self._fleet()
         if self.start.persistent() and not fleet.can_serve():
             reason = no_worker_could_start_error(self.start.last_text)
