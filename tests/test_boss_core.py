@@ -426,6 +426,27 @@ def test_init_timeout_fires_once() -> None:
     assert math.isinf(WorkerLink(pid=8, now=0.0).start_by)  # 0: no limit
 
 
+def test_a_starting_worker_told_to_leave_keeps_its_init_limit() -> None:
+    """Issue 16 item 6: a shutdown while a replacement is in init_handler
+    made it STOPPING and dropped its init limit (the shutdown then waited the
+    whole leave limit, 30 s)."""
+    link = WorkerLink(pid=7, now=0.0, init_timeout=0.5)
+    link.retire(now=0.1, limit=30.0)
+    assert link.state is LinkState.STOPPING and link.start_deadline() == 0.5
+    assert not link.start_overdue(0.4) and link.start_overdue(0.5)
+    assert not link.start_overdue(0.6)  # once
+    # Ready before the limit: only the leave limit is left.
+    ready = WorkerLink(pid=8, now=0.0, init_timeout=0.5)
+    ready.retire(now=0.1, limit=30.0)
+    ready.ready()
+    assert math.isinf(ready.start_deadline()) and not ready.start_overdue(1.0)
+    assert ready.leave_overdue(30.1)
+    # A dead one is not killed again for its start.
+    lost = WorkerLink(pid=9, now=0.0, init_timeout=0.5)
+    lost.lost(now=0.2)
+    assert math.isinf(lost.start_deadline())
+
+
 def test_init_failed_names_its_cause_at_exit() -> None:
     link = WorkerLink(pid=7, now=0.0)
     link.init_failed("ValueError: bad init", InitFailure.WORKERS)

@@ -180,6 +180,47 @@ def test_init_timeout_kills_a_replacement_stuck_in_init(
             assert "init_handler did not return" in result[1]["ERROR"], result
 
 
+@pytest.mark.timeout(120)
+def test_shut_down_does_not_wait_out_the_leave_limit_for_a_replacement_stuck_in_init(
+    start_method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 item 6: a replacement hangs in init_handler when shut_down()
+    comes.  It was told to leave, stopped counting as starting, and the
+    shutdown waited the whole leave limit (30 s) despite init_timeout=0.5."""
+    hold = tmp_path / "hold-init"
+    monkeypatch.setenv("BW_MARKER_DIR", str(tmp_path))
+    monkeypatch.setenv("BW_INIT_HOLD_FILE", str(hold))
+    try:
+        for _ in range(3):
+            for marker in tmp_path.glob("init-*"):
+                marker.unlink()
+            bw = BossWorkerAsync(
+                handlers.echo,
+                init_handler=handlers.init_marker_then_hold,
+                worker_count=1,
+                init_timeout=0.5,
+                start_method=start_method,
+            )
+            (first,) = [p.pid for p in psutil.Process(bw.boss_pid).children()]
+            hold.touch()
+            psutil.Process(first).kill()
+            wait_until(
+                lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("init-*")} - {first},
+                30,
+                "a replacement in init_handler",
+            )
+            began = time.monotonic()
+            bw.shut_down()
+            took = time.monotonic() - began
+            # init_timeout and the clean-up, with room for a loaded machine;
+            # far below the leave limit the bug waited out.
+            assert took < 15, f"shut_down() took {took:.1f} s"
+            hold.unlink()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            hold.unlink()
+
+
 @pytest.mark.parametrize("value", [-1, "60", float("nan"), float("inf"), True])
 def test_init_timeout_is_validated(value: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="init_timeout"):

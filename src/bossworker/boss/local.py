@@ -236,12 +236,10 @@ class LocalFleet:
         soonest = math.inf
         watch_memory = self.watch_memory
         for w in self.workers:
-            soonest = min(soonest, w.deadline())
+            soonest = min(soonest, w.deadline(), w.start_deadline())
             if watch_memory:
                 soonest = min(soonest, w.memory_check_due(CHECK_INTERVAL))
-            if w.state is LinkState.STARTING:
-                soonest = min(soonest, w.start_by)
-            elif w.state is LinkState.DEAD:
+            if w.state is LinkState.DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
             elif w.state is LinkState.STOPPING:
                 soonest = min(soonest, w.leave_by)
