@@ -193,6 +193,46 @@ def test_graceful_shut_down_is_prompt_although_helpers_hold_the_workers_pipes(
         kill_quietly(helpers)
 
 
+@pytest.mark.timeout(60)
+def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
+    start_method: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16 item 11: a helper a handler forked into its own session
+    held the write end of the Boss's multiprocessing sentinel pipe (every
+    forked worker inherited it), so main's join of the Boss waited 5 s and
+    logged "the Boss did not exit after its BYE".  Workers now drop it."""
+    helpers: list[int] = []
+    try:
+        for round_ in range(2):
+            files = [tmp_path / f"helper-{round_}-{i}" for i in range(2)]
+            bw = BossWorkerAsync(handlers.with_helper, worker_count=2, start_method=start_method)
+            try:
+                bw.add_work(*({"helper_file": str(f)} for f in files))
+                collect(bw, len(files), timeout=20)
+                new_helpers = [pid_in(f) for f in files]
+                helpers += new_helpers
+                # Main's end of the Boss's sentinel pipe (multiprocessing's).
+                sentinel: int = bw._handle._process.sentinel  # type: ignore[attr-defined]
+                pipe = f"pipe:[{os.fstat(sentinel).st_ino}]"
+                for helper in new_helpers:
+                    fds = os.listdir(f"/proc/{helper}/fd")
+                    held = {os.readlink(f"/proc/{helper}/fd/{fd}") for fd in fds}
+                    assert pipe not in held, f"helper {helper} holds the Boss's sentinel pipe"
+                with caplog.at_level(logging.INFO, logger="bossworker"):
+                    start = time.monotonic()
+                    bw.shut_down()
+                    elapsed = time.monotonic() - start
+                assert not [r for r in caplog.records if "did not exit after its BYE" in r.getMessage()]
+                # The bug cost exactly the 5 s of main's join; a loaded
+                # machine may take long, so only the fact above is decisive.
+                assert elapsed < 30, f"shut_down() took {elapsed:.1f} s"
+                assert not any(is_gone(h) for h in new_helpers), "the helpers must still live for this test"
+            finally:
+                bw.shut_down(force=True)
+    finally:
+        kill_quietly(helpers)
+
+
 # == item 11: a handler's children go with its worker ====================================
 
 

@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import weakref
@@ -36,6 +37,7 @@ __all__ = [
     "ExitFlush",
     "OwnedFd",
     "close_inherited",
+    "descriptor_identities",
     "exit_now",
     "has_exited",
     "ignore_interrupts",
@@ -44,6 +46,7 @@ __all__ = [
     "open_pidfd",
     "pickle_as_if_spawning",
     "pickling_as_if_spawning",
+    "pipe_write_ends_since",
     "preload_parent_death_signal",
     "set_parent_death_signal",
     "signal_description",
@@ -205,6 +208,55 @@ class OwnedFd:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
+
+
+def descriptor_identities() -> dict[int, tuple[int, int]]:
+    """This process's open descriptors, each with the (device, inode) of
+    what it refers to; empty where there is no ``/proc/self/fd`` or
+    ``/dev/fd`` to list them."""
+    for where in ("/proc/self/fd", "/dev/fd"):
+        try:
+            listed = [int(name) for name in os.listdir(where)]
+        except (OSError, ValueError):
+            continue
+        found = {}
+        for fd in listed:
+            # The listing's own descriptor is closed by now (or reused: then
+            # it is described as what it is now).
+            with contextlib.suppress(OSError):
+                st = os.fstat(fd)
+                found[fd] = (st.st_dev, st.st_ino)
+        return found
+    return {}
+
+
+def pipe_write_ends_since(before: dict[int, tuple[int, int]]) -> list[OwnedFd]:
+    """The write ends of pipes this process holds that were not open (as
+    the same file) when ``before`` was taken by :func:`descriptor_identities`.
+
+    A Boss forked by multiprocessing holds the write end of its own
+    sentinel pipe, made just before the fork: main's ``join`` of the Boss
+    waits for every copy of it to close.  Each worker the Boss forks would
+    inherit it, and so would a helper a handler forks into its own session,
+    making main wait for that helper.  The Boss finds it with this (main
+    takes ``before`` just before starting it) and its workers close it.
+    The returned objects are for a forked child to close, never this process.
+    """
+    import fcntl  # POSIX only; only a forked Boss calls this
+
+    if not before:
+        return []
+    found = []
+    for fd, identity in descriptor_identities().items():
+        if before.get(fd) == identity:
+            continue
+        with contextlib.suppress(OSError):
+            if (
+                stat.S_ISFIFO(os.fstat(fd).st_mode)
+                and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+            ):
+                found.append(OwnedFd(fd))
+    return found
 
 
 def _start_time(pid: int | str) -> int | None:
