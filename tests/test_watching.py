@@ -362,31 +362,37 @@ def test_main_sigkilled_after_forking_leaves_no_pool(method: str, tmp_path: Path
 
 
 @pytest.mark.skipif(not os.access("/dev/shm", os.W_OK), reason="big payloads travel inline without /dev/shm")
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_worker_outliving_its_boss_leaves_no_segment(method: str, tmp_path: Path) -> None:
     """The Boss dies while a worker runs a job with a big result.  Under
     forkserver nothing kills the worker with its Boss: it finishes the
-    handler call, sees the Boss gone, and writes no segment."""
-    pid_file, release = tmp_path / "worker", tmp_path / "release"
-    bw = BossWorkerAsync(handlers.big_result_when_released, worker_count=1, start_method=method)
-    worker: int | None = None
-    try:
-        bw.add_work({"pid_file": str(pid_file), "release_file": str(release), "size": 1024 * 1024})
-        worker = pid_in(pid_file)
-        os.kill(bw.boss_pid, signal.SIGKILL)
-        with pytest.raises(BossDiedError):
-            bw.get_result(timeout=10)
-        release.touch()
-        wait_until(lambda: is_gone(worker), 10, "the worker exiting")
-        assert segments_of() == []
-    finally:
-        release.touch()
-        bw.shut_down(force=True)
-        kill_quietly([worker])
-        for path in segments_of():
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    handler call, sees the Boss gone, and writes no segment.
+
+    Issue 16 item 14: main sees the Boss's death (end-of-file) before the
+    Boss's pidfd says so; a worker that looked once, before writing, wrote
+    a segment now and then (2 runs in 25 under load).  Repeated here."""
+    rounds = 12 if method == "forkserver" else 2
+    for round_ in range(rounds):
+        pid_file, release = tmp_path / f"worker-{round_}", tmp_path / f"release-{round_}"
+        bw = BossWorkerAsync(handlers.big_result_when_released, worker_count=1, start_method=method)
+        worker: int | None = None
+        try:
+            bw.add_work({"pid_file": str(pid_file), "release_file": str(release), "size": 1024 * 1024})
+            worker = pid = pid_in(pid_file)
+            os.kill(bw.boss_pid, signal.SIGKILL)
+            with pytest.raises(BossDiedError):
+                bw.get_result(timeout=10)
+            release.touch()
+            wait_until(functools.partial(is_gone, pid), 10, "the worker exiting")
+            assert segments_of() == [], f"round {round_}"
+        finally:
+            release.touch()
+            bw.shut_down(force=True)
+            kill_quietly([worker])
+            for path in segments_of():
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 # == item 17: workers flush what their handlers hold before they leave =====================

@@ -36,6 +36,7 @@ __all__ = [
     "Closable",
     "ExitFlush",
     "OwnedFd",
+    "Watched",
     "close_inherited",
     "descriptor_identities",
     "exit_now",
@@ -306,6 +307,47 @@ def has_exited(pidfd: OwnedFd) -> bool:
     poller = select.poll()
     poller.register(pidfd.fd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+# The kernel's flag for a task that has begun to exit (include/linux/sched.h),
+# shown in field 9 of /proc/<pid>/stat.
+_PF_EXITING = 0x4
+
+
+class Watched:
+    """Another process (not our child), watched through its pidfd."""
+
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: OwnedFd) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+    def leaving(self) -> bool:
+        """True if the process has exited or has begun to exit.
+
+        A pidfd becomes readable only at the very end of an exit, after the
+        process's descriptors were closed: a process killed a moment ago
+        may already look dead to others (end-of-file on its sockets) and
+        not yet to its pidfd.  Its ``PF_EXITING`` flag is set first of all,
+        so on Linux it is read too: from ``/proc``, then the pidfd is
+        checked, so that a flag read was the process's own (it cannot have
+        been reaped, and its pid reused, while its pidfd is not readable)."""
+        flags = _task_flags(self.pid)
+        if has_exited(self.pidfd):
+            return True
+        return flags is not None and bool(flags & _PF_EXITING)
+
+
+def _task_flags(pid: int) -> int | None:
+    """The kernel's flags word for ``pid`` (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        # Field 9; the fields after the command name start at field 3.
+        return int(stat_line.rpartition(b")")[2].split()[6])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def lead_own_group() -> None:
