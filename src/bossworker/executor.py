@@ -569,7 +569,13 @@ class Executor(futures.Executor):
             max_worker_memory=max_worker_memory,
         )
         self._max_workers = workers
-        self._core = _Core(pool, limit, workers)
+        try:
+            self._core = _Core(pool, limit, workers)
+        except BaseException:
+            # Its collector thread could not start (a process limit): stop
+            # the Boss and workers now, not at some garbage collection.
+            pool.shut_down(force=True)
+            raise
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)
