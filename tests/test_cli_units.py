@@ -25,7 +25,7 @@ from bossworker.cli.options import RunOptions, build_parser, version
 from bossworker.cli.progress import same_terminal
 from bossworker.cli.records import Outcome, RunOutcome, error_record, parse_job, result_record, summary
 from bossworker.cli.state import RunState, Writer
-from bossworker.cli.streams import count_lines, read_line_batches
+from bossworker.cli.stdio import count_lines, read_line_batches
 from bossworker.cli.targets import load_callable
 from bossworker.errors import TIMED_OUT_ERROR
 

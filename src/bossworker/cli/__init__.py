@@ -58,7 +58,7 @@ Layout (one concern per module; imports go down this list only):
 * :mod:`.progress` -- the progress bar;
 * :mod:`.logs` -- the pool's log records on standard error, job ids turned into lines;
 * :mod:`.state` -- what the threads share, and the (ordered) writer;
-* :mod:`.streams` -- taking over standard input / output, reading lines, counting them;
+* :mod:`.stdio` -- taking over standard input / output, reading lines, counting them;
 * :mod:`.records` -- pure functions: output records, outcomes, the summary text;
 * :mod:`.console` -- standard error, shared by the bar, the warnings and the summary;
 * :mod:`.errors` -- the CLI's own exceptions and exit codes.

@@ -27,7 +27,7 @@ from ..errors import BossWorkerError
 from ..pool import BossWorkerAsync
 from .console import Console
 from .state import RunState, Writer
-from .streams import count_lines, regular_file_fd
+from .stdio import count_lines, regular_file_fd
 
 __all__ = ["NoProgress", "Progress", "bar_wanted"]
 

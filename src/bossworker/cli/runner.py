@@ -18,7 +18,7 @@ from .options import RunOptions
 from .progress import Progress
 from .records import RunOutcome, error_record, is_blank, is_error, parse_job, result_record, summary
 from .state import RunState, Writer
-from .streams import open_input, open_output, read_line_batches
+from .stdio import open_input, open_output, read_line_batches
 
 __all__ = ["Collector", "read_jobs", "run", "start_pool"]
 
