@@ -69,6 +69,8 @@ class Collector(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self._state.stop(exc)
             self._writer.open_all_slots()
+        finally:
+            self._state.collector_finished()
 
     def _collect(self) -> None:
         bw, state, writer = self._bw, self._state, self._writer
@@ -225,9 +227,10 @@ def run_pool(
             try:
                 collector.start()
                 read_jobs(bw, source, state, writer, options, done)
-                if state.halted and not state.halt_now:
-                    _cancel_waiting(bw, state)
                 state.end_of_input()
+                # --halt may trip after the last line was read: wait for it too.
+                if state.wait_for_halt_or_end() and not state.halt_now:
+                    _cancel_waiting(bw, state)
                 collector.join()
                 if state.failure is not None:
                     raise state.failure

@@ -182,6 +182,7 @@ class RunState:
         self.failure: BaseException | None = None
         self.halted = False  # --halt tripped: no more lines are read
         self.halt_now = False  # ... and the collector takes only what has arrived
+        self.collector_done = False
         # Written by the reader only; read by the progress bar.
         self.lines_read = 0
         self.resumed = 0  # lines skipped: done before (--resume)
@@ -227,6 +228,18 @@ class RunState:
             self.halted = True
             self.halt_now = self.halt_now or now
             self.cond.notify_all()
+
+    def collector_finished(self) -> None:
+        with self.cond:
+            self.collector_done = True
+            self.cond.notify_all()
+
+    def wait_for_halt_or_end(self) -> bool:
+        """Wait until the collector is done or ``--halt`` tripped; return
+        whether it tripped."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.halted or self.collector_done)
+            return self.halted
 
     def end_of_input(self) -> None:
         with self.cond:
