@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from bossworker.cli.console import Console
 from bossworker.cli.errors import UsageError
 from bossworker.cli.halt import MIN_JOBS_FOR_RATE, HaltSpec, HaltWhen, parse_halt
 from bossworker.cli.joblog import HEADER, joblog_line, open_joblog
-from bossworker.cli.options import TimeLimit, build_parser
+from bossworker.cli.options import RunOptions, TimeLimit, build_parser
 from bossworker.cli.progress import eta_text
 from bossworker.cli.records import Facts, RunOutcome, error_record, outcome_record, result_record, summary
 from bossworker.cli.resume import DoneSet, parse_head, repair_tail, scan_output
+from bossworker.cli.runner import _read_back
 from bossworker.cli.state import Writer
-from bossworker.cli.stdio import LineSink
+from bossworker.cli.stdio import LineSink, open_output
 from bossworker.errors import (
     TIMED_OUT_ERROR,
     MemoryLimitError,
@@ -134,7 +136,7 @@ def test_scan_output_cuts_a_tail_of_zero_bytes(tmp_path: Path) -> None:
 def test_scan_output_refuses_foreign_lines_and_duplicates(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_text("hello\n" + result_record(1, 1).text)
-    with pytest.raises(UsageError, match="line 1 of .* is not a record"):
+    with pytest.raises(UsageError, match=r"line 1 of .* is not a record"):
         scan_output(str(out), False)
     out.write_text(result_record(3, 1).text * 2)
     with pytest.raises(UsageError, match="two records for input line 3"):
@@ -170,9 +172,37 @@ def test_joblog_lines(tmp_path: Path) -> None:
     with open_joblog(str(path), append=True) as log:  # a resumed run: no second header
         assert log is not None
         log.write(2, Facts("died", 5, 2.0, 3.0, 2))
-    assert path.read_text().splitlines() == HEADER.splitlines() + [
-        "1\t1\t2.000000\t3.000000\t1\tok",
-        "2\t5\t2.000000\t3.000000\t2\tdied",
+    expected = ["1\t1\t2.000000\t3.000000\t1\tok", "2\t5\t2.000000\t3.000000\t2\tdied"]
+    assert path.read_text().splitlines() == [*HEADER.splitlines(), *expected]
+
+
+def test_the_job_log_follows_the_output(tmp_path: Path) -> None:
+    """The log's lines reach the file only after their records (a kill can
+    leave a record without its log line, never a log line without its record)."""
+    out_path, log_path = tmp_path / "out", tmp_path / "log"
+    with open_output(str(out_path), None) as out, open_joblog(str(log_path), append=False) as log:
+        assert log is not None
+        out.follower = log.sink
+        writer = Writer(out, False, 10_000, log)
+        writer.take_slots(5000, wait=False)
+        for k in range(1, 5001):
+            writer.finish(k, outcome_record(k, _outcome(value="v" * 50)))
+            logged = len(log_path.read_text().splitlines()) - 1
+            assert logged <= len(out_path.read_text().splitlines())
+    assert len(log_path.read_text().splitlines()) == 5001
+
+
+def test_resume_mends_a_job_log_behind_its_output(tmp_path: Path) -> None:
+    out, log = tmp_path / "out.jsonl", tmp_path / "jobs.log"
+    out.write_text(result_record(1, 1).text + error_record(2, "bad").text + result_record(3, 3).text)
+    log.write_text(HEADER + "1\t7\t1.0\t0.1\t1\tok\n3\t7\t1.")  # line 3's was torn by the kill
+    args = build_parser().parse_args(["run", "m:f", "-o", str(out), "--joblog", str(log), "--resume"])
+    done = _read_back(RunOptions.from_args(args), Console())
+    assert [n for n in range(1, 5) if n in done] == [1, 2, 3]
+    assert log.read_text().splitlines()[1:] == [
+        "1\t7\t1.0\t0.1\t1\tok",
+        "2\t-\t-\t-\t-\terror",
+        "3\t-\t-\t-\t-\tok",
     ]
 
 

@@ -8,6 +8,12 @@ time, when the last attempt started as seen from main), ``run_time``
 ``--retries``) and ``outcome`` (``ok``, ``error:TYPE``, ``timed_out``,
 ``died``, ``memory``, ``invalid_json``, ``unwritable``, ``error``).  A value
 that is not known is ``-`` (a line that is not JSON never ran).
+
+The log's lines are written after their records (its sink follows the
+output's), so a kill can leave records without their log lines, never the
+reverse.  ``--resume`` mends that: a record whose line is not in the log
+gets a log line with what the record tells (``ok``, or ``error`` for a
+failure) and ``-`` for the rest.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from collections.abc import Iterator
 
 from .errors import UsageError
 from .records import Facts
-from .resume import repair_tail
+from .resume import DoneSet, repair_tail
 from .stdio import LineSink
 
-__all__ = ["HEADER", "JobLog", "joblog_line", "open_joblog"]
+__all__ = ["HEADER", "JobLog", "joblog_line", "logged_lines", "open_joblog"]
 
 HEADER = "line\tworker_pid\tstart_time\trun_time\tattempts\toutcome\n"
 
@@ -34,16 +40,40 @@ def joblog_line(number: int, facts: Facts) -> str:
 
 
 class JobLog:
-    """The job log's writer (not thread-safe: the writer's lock guards it)."""
+    """The job log's writer (not thread-safe: the writer's lock guards it).
+    Its ``sink`` writes only when flushed: make it the output's follower."""
 
     def __init__(self, sink: LineSink) -> None:
-        self._sink = sink
+        self.sink = sink
 
     def write(self, number: int, facts: Facts) -> None:
-        self._sink.write(joblog_line(number, facts))
+        self.sink.write(joblog_line(number, facts))
+
+    def recovered(self, number: int, failed: bool) -> None:
+        """The line of a record found without one (see the module docstring)."""
+        self.sink.write(f"{number}\t-\t-\t-\t-\t{'error' if failed else 'ok'}\n")
 
     def flush(self) -> None:
-        self._sink.flush()
+        self.sink.flush()
+
+
+def logged_lines(path: str) -> DoneSet:
+    """The input lines the job log at ``path`` has a line for (none if it
+    does not exist; a torn last line is cut off first)."""
+    repair_tail(path)
+    logged = DoneSet()
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return logged
+    except OSError as exc:
+        raise UsageError(f"cannot read the --joblog {path}: {exc.strerror}") from None
+    with f:
+        for line in f:
+            number = line.partition(b"\t")[0]
+            if number.isdigit():  # not the header
+                logged.add(int(number))
+    return logged
 
 
 @contextlib.contextmanager
@@ -62,7 +92,7 @@ def open_joblog(path: str | None, append: bool) -> Iterator[JobLog | None]:
     except OSError as exc:
         raise UsageError(f"cannot write the --joblog {path}: {exc.strerror}") from None
     try:
-        sink = LineSink(fd)
+        sink = LineSink(fd, limit=None)
         if os.fstat(fd).st_size == 0:
             sink.write(HEADER)
         log = JobLog(sink)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -145,7 +145,7 @@ def _lines(fd: int) -> Iterator[tuple[int, bytes, bool]]:
         yield offset, partial, False
 
 
-def scan_output(path: str, resume_failed: bool) -> Scan:
+def scan_output(path: str, resume_failed: bool, on_record: Callable[[int, bool], None] | None = None) -> Scan:
     """Read back the output of an earlier run of this command.
 
     Every record of ``path`` marks its line done (with ``resume_failed``,
@@ -153,6 +153,7 @@ def scan_output(path: str, resume_failed: bool) -> Scan:
     which is rewritten beside itself and renamed over it, so a kill during
     the rewrite leaves the old or the new file, whole).  An invalid tail (a
     torn last record) is cut off.  A missing file is an empty one.
+    ``on_record(line, failed)`` is called for each record kept.
     Raises :class:`UsageError` for a file that is not such an output.
     """
     scan = Scan(DoneSet())
@@ -190,6 +191,8 @@ def scan_output(path: str, resume_failed: bool) -> Scan:
                     "without --resume)"
                 )
             scan.records += 1
+            if on_record is not None:
+                on_record(number, is_failed)
     if bad_from is not None:
         scan.torn_bytes = size - bad_from
         os.truncate(path, bad_from)

@@ -10,6 +10,7 @@ unfinished line too), so that ``--resume`` runs only what is left."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -21,14 +22,22 @@ from ..pool import BossWorkerAsync, StartMethod
 from .console import Console, start_own_line
 from .errors import EXIT_FAILED, EXIT_HALTED, EXIT_INTERRUPTED, EXIT_OK, OutputError, UsageError, one_line
 from .halt import HaltWhen
-from .joblog import open_joblog
+from .joblog import logged_lines, open_joblog
 from .logs import LogPump
 from .options import Handlers, RunOptions
 from .progress import Progress, eta_text, lines_left
 from .records import RunOutcome, invalid_json_record, is_blank, outcome_record, parse_job, summary
 from .resume import DoneSet, scan_output
 from .state import MIN_RUN_TIME_SAMPLES, RunState, Writer
-from .stdio import claim_stdout, count_lines, open_input, open_output, read_line_batches, regular_file_fd
+from .stdio import (
+    WRITE_SIZE,
+    claim_stdout,
+    count_lines,
+    open_input,
+    open_output,
+    read_line_batches,
+    regular_file_fd,
+)
 
 __all__ = ["Collector", "read_jobs", "run", "start_pool"]
 
@@ -248,7 +257,10 @@ def run_pool(
         if pump is not None:
             pump.stop()  # the pool is gone: every record it logged is in the pipe
         if state.stopping or state.halted:
-            writer.release_held()
+            # Finished records are written however the run ends; a failed
+            # output here must not hide why the run ended.
+            with contextlib.suppress(OutputError):
+                writer.release_held()
     writer.flush()
 
 
@@ -325,6 +337,8 @@ def run(options: RunOptions, console: Console, pump: LogPump | None = None) -> i
                     state.halt(now=halt is not None and halt.when is HaltWhen.NOW)
                     writer.open_all_slots()
 
+                if joblog is not None:
+                    out.follower = joblog.sink  # the log never runs ahead of the output
                 writer = Writer(out, options.ordered, options.max_in_flight, joblog, halt, on_halt)
                 outcome = run_to_the_end(options, handlers, source, state, writer, console, pump, done)
                 left = ""
@@ -359,9 +373,23 @@ def run(options: RunOptions, console: Console, pump: LogPump | None = None) -> i
 
 
 def _read_back(options: RunOptions, console: Console) -> DoneSet:
-    """``--resume``: the lines the output file already has, the file repaired."""
+    """``--resume``: the lines the output file already has, the file repaired
+    (and the job log given a line for each record it lacks)."""
     assert options.output is not None
-    scan = scan_output(options.output, options.resume_failed)
+    if options.joblog is None:
+        scan = scan_output(options.output, options.resume_failed)
+    else:
+        logged = logged_lines(options.joblog)
+        with open_joblog(options.joblog, append=True) as joblog:
+            assert joblog is not None
+
+            def mend(number: int, failed: bool) -> None:
+                if number not in logged:
+                    joblog.recovered(number, failed)
+                    if joblog.sink.pending_bytes() >= WRITE_SIZE:
+                        joblog.flush()
+
+            scan = scan_output(options.output, options.resume_failed, mend)
     if scan.torn_bytes:
         cut = scan.torn_bytes
         console.line(f"bossworker: --resume: cut a torn last record off {options.output} ({cut} bytes)")

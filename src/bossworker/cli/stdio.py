@@ -116,29 +116,39 @@ class LineSink:
     :mod:`.resume`, which repairs it).  Not thread-safe: the writer's lock
     guards it."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, limit: int | None = WRITE_SIZE) -> None:
         self._fd = fd
+        self._limit = limit
         self._pending: list[bytes] = []
         self._size = 0
+        #: Flushed right after this sink, never before: the job log follows
+        #: the output, so that it names no record the output lacks.
+        self.follower: LineSink | None = None
+
+    def pending_bytes(self) -> int:
+        return self._size
 
     def write(self, text: str) -> None:
-        """Add ``text`` (whole lines); written at once past :data:`WRITE_SIZE`."""
+        """Add ``text`` (whole lines); written at once past ``limit`` bytes
+        (None: only by :meth:`flush`)."""
         data = text.encode("utf-8")
         self._pending.append(data)
         self._size += len(data)
-        if self._size >= WRITE_SIZE:
+        if self._limit is not None and self._size >= self._limit:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is pending; OSError (EPIPE, a full disk) propagates."""
-        if not self._pending:
-            return
-        data = memoryview(b"".join(self._pending))
-        self._pending.clear()
-        self._size = 0
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
+        """Write what is pending, then the follower's; OSError (EPIPE, a full
+        disk) propagates."""
+        if self._pending:
+            data = memoryview(b"".join(self._pending))
+            self._pending.clear()
+            self._size = 0
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        if self.follower is not None:
+            self.follower.flush()
 
 
 @contextlib.contextmanager
