@@ -16,7 +16,6 @@ printed through :class:`~.console.Console`, which clears and redraws the bar.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 import threading
@@ -25,17 +24,17 @@ from typing import IO, Any
 
 from ..errors import BossWorkerError
 from ..pool import BossWorkerAsync
+from ..progressbar import open_bar
 from .console import Console
 from .state import RunState, Writer
 from .stdio import count_lines, regular_file_fd
 
-__all__ = ["NoProgress", "Progress", "bar_wanted", "eta_text", "lines_left"]
+__all__ = ["NoProgress", "RunProgress", "bar_wanted", "eta_text", "lines_left"]
 
 #: How often the bar is redrawn, and how often it asks the Boss for its
 #: statistics (a round trip).
 _PROGRESS_INTERVAL = 0.2
 _STATS_INTERVAL = 1.0
-_NO_TQDM_HINT = "bossworker: no progress bar: tqdm is not installed (pip install 'bossworker[cli]')"
 #: ``--eta`` without a bar: how often a line with the estimate is printed.
 _ETA_INTERVAL = 10.0
 
@@ -85,7 +84,7 @@ def same_terminal(a: IO[Any], b: IO[Any]) -> bool:
     return (sa.st_rdev, sa.st_dev, sa.st_ino) == (sb.st_rdev, sb.st_dev, sb.st_ino)
 
 
-class Progress:
+class RunProgress:
     """A tqdm bar, redrawn by its own thread from the run's counters (a few
     times a second; the Boss's statistics once a second); with ``eta``, the
     estimated time left on it, or, with no bar (``bar`` None), on a line of
@@ -126,21 +125,16 @@ class Progress:
         writer: Writer,
         source: IO[bytes],
         console: Console,
-    ) -> Progress | NoProgress:
+    ) -> RunProgress | NoProgress:
         """A running bar if ``options.progress`` and tqdm is installed (if only
         tqdm is missing, a one-time hint on standard error); with
         ``options.eta``, the estimate, on the bar or on lines of its own;
         else a no-op.  ``options`` is the run's :class:`~.options.RunOptions`."""
         bar: Any = None
         if options.progress:
-            try:
-                tqdm_module: Any = importlib.import_module("tqdm")
-            except ImportError:
-                console.line(_NO_TQDM_HINT)
-            else:
-                bar = tqdm_module.tqdm(
-                    total=None, unit="line", file=sys.stderr, dynamic_ncols=True, mininterval=0
-                )
+            bar = open_bar(
+                console.line, total=None, unit="line", file=sys.stderr, dynamic_ncols=True, mininterval=0
+            )
         if bar is None and not options.eta:
             return NoProgress()
         progress = cls(bar, bw, state, writer, console, regular_file_fd(source), options.eta)

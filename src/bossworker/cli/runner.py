@@ -25,7 +25,7 @@ from .halt import HaltWhen
 from .joblog import logged_lines, open_joblog
 from .logs import LogPump
 from .options import Handlers, RunOptions
-from .progress import Progress, eta_text, lines_left
+from .progress import RunProgress, eta_text, lines_left
 from .records import RunOutcome, invalid_json_record, is_blank, outcome_record, parse_job, summary
 from .resume import DoneSet, scan_output
 from .state import MIN_RUN_TIME_SAMPLES, RunState, Writer
@@ -232,7 +232,7 @@ def run_pool(
                 pump.map_jobs(state.line_for)
                 pump.start()
             collector = Collector(bw, state, writer, pump, options)
-            progress = Progress.maybe_start(options, bw, state, writer, source, console)
+            progress = RunProgress.maybe_start(options, bw, state, writer, source, console)
             try:
                 collector.start()
                 read_jobs(bw, source, state, writer, options, done)
