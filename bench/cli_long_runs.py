@@ -2,6 +2,7 @@
 ``--resume`` cost, and main's peak memory over a big resume.
 
     python bench/cli_long_runs.py [--lines N] [--resume-lines M] [--workers W] [--repeat R]
+                                  [--against REV]
 
 Rows:
 
@@ -10,6 +11,8 @@ Rows:
   output: the scan, and a done-set test per line); and the skip rate of a
   ``--resume`` where all but 1,000 of the N lines are done.  Each is the
   best of R runs, the modes taking turns (the machine may be shared).
+  ``--against REV`` adds the plain run of another revision's code (its
+  ``src`` on ``PYTHONPATH``), taking turns with the others.
 * **peak RSS** of main (``ru_maxrss`` of the command, read by a wrapper
   after it exits) over a ``--resume`` of M lines of which all but 1,000 are
   done, against the same over 2,000 lines: flat means the done-set does not
@@ -60,10 +63,16 @@ def write_done(path: Path, n: int, missing: int) -> None:
         f.write("".join(chunk))
 
 
-def run(args: list[str]) -> tuple[float, int]:
-    """(seconds, peak RSS KiB) of one ``bossworker run``."""
+def run(args: list[str], src: Path | None = None) -> tuple[float, int]:
+    """(seconds, peak RSS KiB) of one ``bossworker run`` (of the code in
+    ``src`` if given)."""
     command = [sys.executable, "-c", WRAPPER, sys.executable, "-m", "bossworker", "run", TARGET, *args]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    env = None
+    if src is not None:
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
+        )
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.split()
     rc, took, peak = int(out[0]), float(out[1]), int(out[2])
     if rc != 0:
         raise SystemExit(f"bossworker run {' '.join(args)} exited {rc}")
@@ -78,6 +87,7 @@ def main() -> None:
     parser.add_argument("--resume-lines", type=int, default=2_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--against", metavar="REV", help="also time the plain run of this revision")
     options = parser.parse_args()
     n, w = options.lines, str(options.workers)
     rows: dict[str, object] = {"lines": n, "workers": options.workers, "load": os.getloadavg()[0]}
@@ -86,16 +96,20 @@ def main() -> None:
         source, out, log = tmpdir / "in.jsonl", tmpdir / "out.jsonl", tmpdir / "jobs.log"
         write_input(source, n)
         base = ["-i", str(source), "-o", str(out), "-w", w, "--no-progress"]
-        modes = {
-            "plain": base,
-            "joblog": [*base, "--joblog", str(log)],
-            "resume_bookkeeping": [*base, "--resume"],
+        modes: dict[str, tuple[list[str], Path | None]] = {
+            "plain": (base, None),
+            "joblog": ([*base, "--joblog", str(log)], None),
+            "resume_bookkeeping": ([*base, "--resume"], None),
         }
+        if options.against:
+            from compare_trees import export_tree
+
+            modes[f"plain_{options.against}"] = (base, export_tree(options.against, tmpdir))
         best = dict.fromkeys(modes, float("inf"))
         for _ in range(options.repeat):  # the modes in turn, so that a load change hits all
-            for name, args in modes.items():
+            for name, (args, src) in modes.items():
                 out.unlink(missing_ok=True)
-                best[name] = min(best[name], run(args)[0])
+                best[name] = min(best[name], run(args, src)[0])
         for name in modes:
             rows[f"{name}_lines_per_s"] = round(n / best[name])
         write_done(out, n, 1000)
@@ -107,7 +121,8 @@ def main() -> None:
             took, peak = run(["-i", str(source), "-o", str(out), "-w", w, "--no-progress", "--resume"])
             rows[f"resume_{m}_peak_rss_mib"] = round(peak / 1024, 1)
             rows[f"resume_{m}_seconds"] = round(took, 2)
-    for key in ("joblog", "resume_bookkeeping"):
+    compared = ["joblog", "resume_bookkeeping"] + ([f"plain_{options.against}"] if options.against else [])
+    for key in compared:
         rows[f"{key}_vs_plain"] = round(rows[f"{key}_lines_per_s"] / rows["plain_lines_per_s"], 3)  # type: ignore[operator]
     print(json.dumps(rows, indent=1))
 
