@@ -592,6 +592,10 @@ class LocalFleet:
         reason = signal_description(exitcode)
         if w.exited_cleanly(exitcode):
             log.info("worker %d exited", w.pid)
+        elif w.inflight:
+            # Its job's own warning says it (died while running it, or it
+            # was killed for a deadline or the memory cap): one death, one warning.
+            log.info("worker %d exited (%s)", w.pid, reason)
         else:
             log.warning("worker %d exited (%s)", w.pid, reason)
         self.workers.remove(w)
