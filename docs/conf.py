@@ -36,6 +36,8 @@ source_suffix = {".md": "markdown"}
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 exclude_patterns = ["_build", "_ext"]
+# Unlabelled blocks (diagrams, tables in design.md) are shown as they are.
+highlight_language = "text"
 
 html_theme = "furo"
 html_title = f"bossworker {release}"
