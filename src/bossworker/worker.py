@@ -43,7 +43,7 @@ from .config import WorkerSpec
 from .errors import _JobTimeout, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
 from .payload import PICKLE_PROTOCOL, dump
-from .portable import HAS_ALARM, send_chunks, watch_forks
+from .portable import HAS_ALARM, LateSocket, send_chunks, watch_forks
 from .process import (
     Closable,
     ExitFlush,
@@ -195,12 +195,16 @@ class SpecError(Exception):
 
 
 def run_worker(
-    sock: socket.socket,
+    sock_or_late: socket.socket | LateSocket,
     spec: WorkerSpec | bytes,
     boss_pid: int,
     inherited: Sequence[Closable] = (),
 ) -> None:
     """The body of a worker process. Never returns: it ends in ``os._exit``.
+
+    Its socket is opened here (see :class:`~bossworker.portable.LateSocket`):
+    a worker whose Boss was stopped before the socket could be fetched leaves
+    quietly, with no traceback.
 
     ``spec`` comes pickled (bytes) from a Boss that does not fork its
     workers: unpickling it here, not in multiprocessing's bootstrap, lets a
@@ -208,7 +212,14 @@ def run_worker(
     NOT_IMPORTABLE) instead of killing the process with a traceback only on
     stderr.
     """
-    lead_own_group()  # first: whatever runs from here on is in the group
+    if isinstance(sock_or_late, LateSocket):
+        opened = sock_or_late.open()
+        if opened is None:
+            os._exit(0)  # the Boss is gone: nobody is left to answer
+        sock = opened
+    else:
+        sock = sock_or_late
+    lead_own_group()  # whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
     boss: Watched | None = None
