@@ -1,4 +1,4 @@
-"""The core engine's behaviour (issue 2), with real processes and sockets.
+"""The pool (`BossWorkerAsync`): its behaviour with real processes and sockets.
 
 The first five tests port the Perl distribution's own tests.
 """
