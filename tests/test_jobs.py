@@ -63,7 +63,7 @@ def test_many_tiny_jobs_are_one_buffer_and_round_trip() -> None:
     frames = decode(buffers)
     assert [f.job_id for f in frames] == ids
     assert {f.kind for f in frames} == {Kind.JOB}
-    assert {f.timeout for f in frames} == {2.5}
+    assert {f.limit for f in frames} == {2.5}
     assert [load_job(f, NO_SHM) for f in frames] == jobs
     assert job_retry(frames[0].raw) == (0, 0)
 
@@ -133,7 +133,7 @@ def test_a_small_result_is_one_buffer_with_the_workers_pid_and_run_time() -> Non
     (frame,) = decode(answer)
     assert (frame.kind, frame.job_id) == (Kind.RESULT, 3)
     assert answer_pid(frame.raw) == os.getpid()
-    assert frame.timeout > 0
+    assert frame.ran > 0
     assert result_value(frame, NO_SHM) == {"product": 12}
 
 
@@ -160,7 +160,7 @@ def test_a_result_that_does_not_unpickle_is_that_jobs_error() -> None:
 def test_timed_out_and_error_answers_become_error_dicts() -> None:
     (timed_out,) = decode([answer_frame(Kind.TIMED_OUT, 1, ran=2.0, pid=42)])
     assert result_value(timed_out, NO_SHM) == {"ERROR": "BossWorkerAsync: timed out"}
-    assert answer_pid(timed_out.raw) == 42 and timed_out.timeout == 2.0
+    assert answer_pid(timed_out.raw) == 42 and timed_out.ran == 2.0
     (failed,) = decode([error_answer(2, "ValueError: rattle\ntraceback…")])
     assert result_value(failed, NO_SHM) == {"ERROR": "ValueError: rattle\ntraceback…"}
     assert failed.flags == 0 and answer_pid(failed.raw) == 0

@@ -210,7 +210,7 @@ def exitcode_of(reason: str) -> int | None:
 
 def _attempt(frame: Frame, received: float, limit: float, error: BaseException | None) -> Attempt:
     pid = answer_pid(frame.raw)
-    return Attempt(pid or None, max(0.0, frame.timeout), error, received)
+    return Attempt(pid or None, max(0.0, frame.ran), error, received)
 
 
 def cancelled_outcome(job_id: int, queued_at: float, when: float) -> Outcome[R]:

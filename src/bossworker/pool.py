@@ -625,8 +625,8 @@ class BossWorkerAsync(Generic[J, R]):
         ``record`` is what main knows of the job (default: the client's)."""
         client = self._client
         queued_at, limit, received, retried = client.take_record(frame.job_id) if record is None else record
-        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped; ``timeout`` holds when
-            return cancelled_outcome(frame.job_id, queued_at, frame.timeout)
+        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped, at ``received``
+            return cancelled_outcome(frame.job_id, queued_at, received)
         ok = frame.kind == Kind.RESULT
         value: Any
         if ok:

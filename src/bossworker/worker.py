@@ -122,7 +122,7 @@ def _run_job(
     pidfd ``boss`` says the Boss has exited (nobody would remove it).
     """
     job_id = frame.job_id
-    timeout = frame.timeout
+    timeout = frame.limit
     started = time.perf_counter()
     alarm.fired = False
     try:

@@ -193,7 +193,7 @@ class WorkerLink:
         job = inflight.popleft()
         # The worker says how long the job took; the time since the last
         # answer would also count time the worker spent waiting for work.
-        ran = frame.timeout if frame.timeout > 0 else now - self.started_at
+        ran = frame.ran if frame.ran > 0 else now - self.started_at
         self.service_time = ran if self.jobs_done == 0 else 0.8 * self.service_time + 0.2 * ran
         self.started_at = now  # the next job in flight starts now
         self.jobs_done += 1
@@ -203,7 +203,7 @@ class WorkerLink:
         """When the running job's time is up, grace included (inf if none)."""
         if self.state is not LinkState.SERVING or not self.inflight:
             return math.inf
-        timeout = self.inflight[0].timeout
+        timeout = self.inflight[0].limit
         if timeout <= 0:
             return math.inf
         return self.started_at + timeout + TIMEOUT_GRACE

@@ -56,7 +56,18 @@ from ..jobs import frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
 from ..portable import send_chunks
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
-from ..protocol import Decoder, Flag, Frame, InitFailure, Kind, ProtocolError, RetryOn, SendQueue, encode
+from ..protocol import (
+    Decoder,
+    Flag,
+    Frame,
+    InitFailure,
+    Kind,
+    ProtocolError,
+    RetryOn,
+    SendQueue,
+    encode,
+    recv_frames,
+)
 from ..worker import run_worker
 from .core import BossCore, FleetNumbers
 from .link import ANSWERED, TIMED_OUT, HeadFate, LinkState, OutOfTurn, WorkerLink
@@ -395,30 +406,23 @@ class LocalFleet:
         if mask & selectors.EVENT_READ:
             self._read_worker(w)
 
-    def _read_worker(self, w: WorkerRecord) -> bool:
-        """Read what ``w`` sent. True if bytes came (there may be more)."""
+    def _read_worker(self, w: WorkerRecord, drain: bool = False) -> None:
+        """Read what ``w`` sent (all of it with ``drain``; else one read, so
+        that one busy worker does not hold up the others) and handle it."""
         if w.state is LinkState.DEAD:
-            return False
-        try:
-            n = w.sock.recv_into(w.decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            n = 0
-        if not n:
-            self._lose_socket(w)
-            return False
+            return
         violation: Exception | None = None
         try:
-            w.decoder.buffer_updated(n)
+            frames, ended = recv_frames(w.sock, w.decoder, drain)
         except (ProtocolError, MemoryError) as exc:
             violation = exc  # the frames before it are good: handle them first
-        for frame in w.decoder.take():
+            frames, ended = w.decoder.take(), False
+        for frame in frames:
             self._on_worker_frame(w, frame)
         if violation is not None:
             self._protocol_violation(w, f"{type(violation).__name__}: {violation}")
-            return False
-        return True
+        elif ended:
+            self._lose_socket(w)
 
     def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
         if w.state is LinkState.DEAD:
@@ -515,8 +519,7 @@ class LocalFleet:
         """``w``'s process has exited: collect its last words, answer, replace."""
         # Its last answers may still sit in the socket, read them first: the
         # sentinel and the socket become ready together, in no set order.
-        while self._read_worker(w):
-            pass
+        self._read_worker(w, drain=True)
         # A grandchild may still hold the socket open; the worker is gone anyway.
         self._lose_socket(w)
         self._forget_exit_watch(w)

@@ -210,7 +210,7 @@ class DaskFleet:
             except OSError as exc:
                 self.core.answer(frame.job_id, Kind.ERROR, job_payload_lost_error(exc))
                 return
-            raw = job_frame(frame.job_id, payload, frame.timeout)
+            raw = job_frame(frame.job_id, payload, frame.limit)
         else:
             raw = bytes(frame.raw)
         if len(raw) > SCATTER_ABOVE:

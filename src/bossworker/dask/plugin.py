@@ -54,7 +54,7 @@ from ..errors import (
 )
 from ..jobs import error_answer, frame_text
 from ..process import signal_description
-from ..protocol import Decoder, Frame, InitFailure, Kind, encode
+from ..protocol import Decoder, Frame, InitFailure, Kind, encode, recv_frames
 from ..worker import describe_exception
 from .launch import start_module
 
@@ -147,16 +147,8 @@ class _Child(WorkerLink):
 
     def read(self) -> list[Frame] | None:
         """Read what is there (the socket must be readable). None at EOF."""
-        try:
-            n = self.sock.recv_into(self.decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            n = 0
-        if not n:
-            return None
-        self.decoder.buffer_updated(n)
-        return self.decoder.take()
+        frames, ended = recv_frames(self.sock, self.decoder)
+        return None if ended else frames
 
     def read_rest(self) -> list[Frame]:
         """Everything still in the socket of a child that has exited."""
