@@ -79,6 +79,7 @@ __all__ = [
     "dask_start_error",
     "dask_task_failed_error",
     "dask_worker_died_error",
+    "dask_worker_died_reason",
     "exited_before_ready_text",
     "handlers_not_unpicklable_error",
     "job_not_sent_error",
@@ -245,10 +246,16 @@ def job_not_sent_error(exc: BaseException) -> str:
     return f"BossWorkerAsync: the job could not be sent to a Dask worker: {exc!r}"
 
 
+def dask_worker_died_reason(exc: BaseException) -> str:
+    """How a job's Dask worker ended (Dask's ``KilledWorker``), in words: the
+    ``reason`` of its :class:`WorkerDiedError`."""
+    return f"its Dask worker died: {exc}"
+
+
 def dask_worker_died_error(exc: BaseException) -> str:
     """The ERROR of a job whose Dask worker died (Dask's ``KilledWorker``):
     a :func:`worker_died_error`, so it reads as any worker death."""
-    return worker_died_error(f"its Dask worker died: {exc}")
+    return worker_died_error(dask_worker_died_reason(exc))
 
 
 def dask_task_failed_error(detail: str) -> str:
@@ -366,19 +373,6 @@ class MemoryLimitError(BossWorkerError, MemoryError):
         super().__init__(message)
         self.rss = rss
         self.limit = limit
-
-    @classmethod
-    def from_text(cls, text: str) -> MemoryLimitError:
-        """The exception for an engine ERROR text that starts with
-        :data:`MEMORY_LIMIT_PREFIX` (the numbers are read back from it)."""
-        rss = limit = 0
-        numbers = text[len(MEMORY_LIMIT_PREFIX) :].split(")", 1)[0].replace("MiB", "").split(">")
-        if len(numbers) == 2:
-            try:
-                rss, limit = (round(float(n) * 1024 * 1024) for n in numbers)
-            except ValueError:
-                rss = limit = 0
-        return cls(text, rss, limit)
 
 
 class TaskError(BossWorkerError):

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..errors import exited_before_ready_text, worker_died_error
+from ..jobs import Facts
 from ..protocol import Flag, Frame, InitFailure, Kind, RetryOn
 
 __all__ = [
@@ -74,6 +75,7 @@ class HeadFate:
     kind: Kind = Kind.ERROR
     text: str = ""
     flags: int = 0
+    facts: Facts | None = None  # what the supervisor measured (exit code, memory)
 
 
 #: The fate of a head the supervisor answered itself (a deadline without a
@@ -260,23 +262,28 @@ class WorkerLink:
         """Whether an exit with ``exitcode`` was the one it was asked for."""
         return self.told_to_leave and exitcode == 0
 
-    def exit_failure(self, reason: str) -> HeadFate | None:
-        """How its head ends now that it exited for ``reason`` (None: it had
-        no head, or the head was answered)."""
+    def exit_failure(self, reason: str, exitcode: int | None = None) -> HeadFate | None:
+        """How its head ends now that it exited for ``reason`` (its
+        ``exitcode`` in words; None: unknown).  None: it had no head, or the
+        head was answered."""
         if not self.inflight or self.fate is ANSWERED:
             return None
         if self.fate is not None:
             return self.fate
-        return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_error(reason), Flag.DIED)
+        facts = Facts(exitcode=exitcode, reason=reason)
+        return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_error(reason), Flag.DIED, facts)
 
-    def take_jobs_back(self, reason: str) -> tuple[Frame | None, HeadFate | None, list[bytes | bytearray]]:
-        """It exited for ``reason``: empty its jobs in flight.  Returns its
-        head (None if it had none), how the head ends (see exit_failure), and
-        the raw frames of the jobs sent ahead that it never started, in
-        order: they go back to the front of the queue, and cost nothing."""
+    def take_jobs_back(
+        self, reason: str, exitcode: int | None = None
+    ) -> tuple[Frame | None, HeadFate | None, list[bytes | bytearray]]:
+        """It exited for ``reason`` (``exitcode``, see exit_failure): empty
+        its jobs in flight.  Returns its head (None if it had none), how the
+        head ends (see exit_failure), and the raw frames of the jobs sent
+        ahead that it never started, in order: they go back to the front of
+        the queue, and cost nothing."""
         if not self.inflight:
             return None, None, []
-        fate = self.exit_failure(reason)
+        fate = self.exit_failure(reason, exitcode)
         head = self.inflight.popleft()
         unstarted = [frame.raw for frame in self.inflight]
         self.inflight.clear()

@@ -52,7 +52,7 @@ from ..errors import (
     PROTOCOL_VIOLATION_ERROR,
     START_FAILED_ERROR,
 )
-from ..jobs import frame_text
+from ..jobs import Facts, frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
 from ..portable import send_chunks
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
@@ -542,7 +542,7 @@ class LocalFleet:
         w.process.close()
         if w.rss_probe is not None:
             w.rss_probe.close()
-        self._settle_jobs(w, reason)
+        self._settle_jobs(w, reason, exitcode)
         if self.core.shutting_down and not self.queue:
             return  # no replacement needed to finish
         if not w.ever_ready:
@@ -551,14 +551,14 @@ class LocalFleet:
         else:
             self._start_worker()
 
-    def _settle_jobs(self, w: WorkerRecord, reason: str) -> None:
+    def _settle_jobs(self, w: WorkerRecord, reason: str, exitcode: int | None) -> None:
         """After ``w``'s exit: its running job is answered or retried (see
         link.exit_failure); the jobs sent ahead to it that never started go
         back to the front of the queue, in order, behind a retried head."""
         if w.inflight:
             # Now that the process is gone, nothing can still write its segments.
             self.config.worker.segments.discard(w.inflight[0].job_id)
-        head, fate, unstarted = w.take_jobs_back(reason)
+        head, fate, unstarted = w.take_jobs_back(reason, exitcode)
         self.queue.extendleft(reversed(unstarted))
         if head is None or fate is None:
             return
@@ -566,7 +566,7 @@ class LocalFleet:
         if fate.cause is RetryOn.DIED:
             log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
         ran = max(0.0, self.clock() - w.started_at)
-        if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran):
+        if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran, fate.facts):
             self.queue.appendleft(head.raw)
 
     # -- workers: the memory cap ------------------------------------------------------------
@@ -597,12 +597,19 @@ class LocalFleet:
             )
             self.memory_kills += 1
             text = MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap))
+            facts = Facts(rss=rss, limit=cap)
             if self.core.may_retry(head, RetryOn.MEMORY):
                 # Decided at its exit, as for a deadline (see _expire_deadlines).
-                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY))
+                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY, facts))
             else:
                 self.core.answer(
-                    head.job_id, Kind.ERROR, text, flags=Flag.MEMORY, pid=w.pid, ran=now - w.started_at
+                    head.job_id,
+                    Kind.ERROR,
+                    text,
+                    flags=Flag.MEMORY,
+                    pid=w.pid,
+                    ran=now - w.started_at,
+                    facts=facts,
                 )
                 w.head_killed(ANSWERED)
             self._kill(w)

@@ -360,11 +360,11 @@ class _Slot:
         """Reap ``child`` (killing it first if asked) and answer its head
         as its link says (TIMED_OUT after a deadline, else "worker died")."""
         reason = self.retire(kill)
-        head, fate, _ = child.take_jobs_back(reason)
+        head, fate, _ = child.take_jobs_back(reason, child.proc.returncode)
         assert head is not None and fate is not None  # one job ran, and nothing answered it
         if fate.kind is not Kind.TIMED_OUT:
             log.warning("worker %d died (%s) while running job %d", child.pid, reason, head.job_id)
-        return boss_answer(head.job_id, fate.kind, fate.text, fate.flags, 0, 0.0)
+        return boss_answer(head.job_id, fate.kind, fate.text, fate.flags, 0, 0.0, fate.facts)
 
 
 class PoolPlugin(WorkerPlugin):
