@@ -21,9 +21,9 @@ from bossworker import (
     MemoryLimitError,
     WorkerInitError,
 )
+from bossworker.checks import MIN_MEMORY, memory_size
 from bossworker.errors import MEMORY_LIMIT_PREFIX, BossWorkerError
 from bossworker.jobs import answer_facts, error_text
-from bossworker.memory import MIN_MEMORY, parse_memory
 from bossworker.protocol import Flag, Kind
 from waiting import wait_until
 
@@ -266,7 +266,7 @@ def test_executor_raises_memory_limit_error() -> None:
     ],
 )
 def test_sizes_accepted(value: object, expected: int) -> None:
-    assert parse_memory(value) == expected
+    assert memory_size(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -275,13 +275,13 @@ def test_sizes_accepted(value: object, expected: int) -> None:
 )
 def test_sizes_refused_name_the_forms(value: object) -> None:
     with pytest.raises(InvalidArgumentError, match=r'"512MiB", "1.5GB", "800M"'):
-        parse_memory(value)
+        memory_size(value)
 
 
 @pytest.mark.parametrize("value", [0, MIN_MEMORY - 1, "15MiB", "1K"])
 def test_sizes_below_16_mib_refused(value: object) -> None:
     with pytest.raises(InvalidArgumentError, match="at least 16 MiB"):
-        parse_memory(value)
+        memory_size(value)
 
 
 def test_constructors_refuse_bad_sizes_before_starting_anything() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import handlers
 from bossworker import BossWorkerAsync, InvalidArgumentError
-from bossworker.pool import MAX_TIMEOUT
+from bossworker.checks import MAX_TIMEOUT
 
 
 def _open_fds() -> int:

@@ -407,9 +407,10 @@ class JobCancelledError(BossWorkerError, CancelledError):
     that outcome's ``unwrap()``).  Also a ``concurrent.futures.CancelledError``."""
 
 
-class _JobTimeout(BaseException):
-    """Raised in a worker by its SIGALRM while a job runs (see
-    ``worker._Alarm``).  A BaseException, so that a handler's ``except
-    Exception`` does not swallow it; the Executor's work handler lets it
-    through.  Here, not in worker.py, so that main-side modules need not
-    import the worker's module to name it."""
+class JobAlarm(BaseException):
+    """Internal, never raised to users: raised in a worker by its SIGALRM
+    while a job runs (see ``worker._Alarm``).  A BaseException, so that a
+    handler's ``except Exception`` does not swallow it; the Executor's work
+    handler (``executor_worker.call``) lets it through.  Here, not in
+    worker.py, so that the Executor's worker side need not import the
+    worker's module to name it.  Not in the package's public names."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from .aio import SocketWaiter
 
 from .client import Client, Lane
-from .errors import InvalidArgumentError, SerializationError
+from .errors import SerializationError
 from .payload import Pickled, dump
 from .protocol import Flag, Frame
 
@@ -91,27 +91,12 @@ def _hint() -> None:
         print(NO_TQDM_HINT, file=sys.stderr)
 
 
-def check_progress(progress: object) -> None:
-    if not isinstance(progress, (bool, Mapping)):
-        raise InvalidArgumentError(
-            f"progress must be True, False or a dict of tqdm arguments, not {type(progress).__name__}"
-        )
-
-
 def known_length(iterable: object) -> int | None:
     """``len(iterable)`` if it has one (a list, a range), else None."""
     try:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def check_max_in_flight(value: object) -> int:
-    if value is None:
-        return DEFAULT_MAX_IN_FLIGHT
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"max_in_flight must be an int >= 1 (or None), not {value!r}")
-    return value
 
 
 def _pickle(items: list[Any], first_index: int) -> tuple[list[Pickled], SerializationError | None]:

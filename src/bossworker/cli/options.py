@@ -10,13 +10,17 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from .. import checks
+from ..errors import InvalidArgumentError
 from .errors import UsageError
 from .progress import bar_wanted
 from .targets import load_callable
 
 __all__ = ["RunOptions", "build_parser", "version"]
+
+T = TypeVar("T")
 
 _RUN_DESCRIPTION = (
     "Run TARGET over JSON Lines jobs (one JSON value per line), writing one JSON line per job: "
@@ -122,9 +126,7 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+    return _checked(checks.whole_number, value)
 
 
 def _seconds(text: str) -> float:
@@ -132,9 +134,17 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text}")
-    return value
+    return _checked(checks.seconds, value)
+
+
+def _checked(check: Callable[[str, object], T], value: object) -> T:
+    """``value`` through the API's own rule (:mod:`bossworker.checks`), its
+    refusal as argparse's (a usage error: exit status 2), which names the
+    option before it."""
+    try:
+        return check("the value", value)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
