@@ -303,7 +303,7 @@ def test_a_spawned_worker_loads_no_main_side_module() -> None:
     with BossWorkerAsync(handlers.loaded_modules, worker_count=1, start_method="spawn") as bw:
         bw.add_work("bossworker")
         loaded = bw.get_result(timeout=60)
-    assert "bossworker.worker" in loaded  # the probe looked at the right process
+    assert isinstance(loaded, list) and "bossworker.worker" in loaded  # the probe looked at the right process
     assert _main_side_loaded(loaded) == []
     with Executor(max_workers=1, start_method="spawn") as ex:
         loaded = ex.submit(handlers.loaded_modules, "bossworker").result(timeout=60)
