@@ -1,4 +1,4 @@
-"""The Dask backend (issue 6) on a real multi-process cluster on 127.0.0.1.
+"""The Dask backend on a real multi-process cluster on 127.0.0.1.
 
 The behaviour tests run once per backend (``local``: the default Boss;
 ``dask``: ``DaskBackend(address)`` on a session-wide ``dask scheduler`` +

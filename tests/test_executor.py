@@ -1,4 +1,4 @@
-"""bossworker.Executor (issue 11): the concurrent.futures contract on real processes.
+"""bossworker.Executor: the concurrent.futures contract on real processes.
 
 Written from the standard library's documented behaviour, plus where we
 differ on purpose (dead workers, time limits, kill, cancel in the Boss).

@@ -1,4 +1,4 @@
-"""Outcomes, cancel and bounded retry, against real processes (issue 12)."""
+"""Outcomes, cancel and bounded retry, against real processes."""
 
 from __future__ import annotations
 

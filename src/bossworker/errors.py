@@ -149,9 +149,11 @@ NOT_IMPORTABLE_HINT = (
     "(move it to a module, or use start_method='fork')"
 )
 # How the engine's ERROR texts begin, for the answers the Boss or a worker
-# writes on a job's behalf.  The Executor tells them apart by these prefixes
-# (tests/test_executor.py pins each one), so keep them in step with the
-# texts below (and the Boss's).
+# writes on a job's behalf.  outcome.error_from_answer sorts an engine ERROR
+# that carries no flag by RESULT_NOT_PICKLABLE_PREFIX and
+# NO_WORKER_COULD_START_PREFIX (a death or a memory kill by its Flag and
+# Facts, never by its text); the others are for users matching on texts.
+# Each is how the function below that writes the text begins.
 #: A job whose worker died under it: ``... (SIGKILL) while running this job``.
 WORKER_DIED_PREFIX = "BossWorkerAsync: worker died ("
 #: A job whose return value the worker could not pickle.
@@ -161,11 +163,11 @@ NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
 
 # ---------------------------------------------------------------------------
-# Texts main and workers write
+# The texts with details to fill in
 #
 # Users match on these texts (and tests pin them): change one here and it
-# changes everywhere it is written.  Each is a constant or a small function
-# that fills in the details; the prefixes above say how some of them begin.
+# changes everywhere it is written.  Each is a small function; its docstring
+# says when it is written (by the Boss, a worker, main or the Dask side).
 # ---------------------------------------------------------------------------
 
 
@@ -263,14 +265,10 @@ def dask_task_failed_error(detail: str) -> str:
     return f"BossWorkerAsync: the Dask task failed: {detail}"
 
 
-# Texts the Boss writes ---------------------------------------------------------
-# (besides worker_died_error and no_worker_could_start_error above, which it
-# shares with the Dask side).
-
-
 def exited_before_ready_text(reason: str) -> str:
     """The start-up failure of a worker that exited without a word (no
-    INIT_FAILED) before it was ready; ``reason`` is how it ended."""
+    INIT_FAILED) before it was ready; ``reason`` is how it ended.  Written by
+    the worker's supervisor (the Boss, or a Dask worker's plugin)."""
     return f"worker exited ({reason}) before it was ready"
 
 

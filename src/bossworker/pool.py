@@ -900,11 +900,12 @@ def _travelling(name: str, fn: Callable[P, R], method: str) -> Callable[P, R]: .
 def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callable[..., Any] | None:
     """``fn`` ready to be pickled for a ``method`` child: itself, or wrapped
     to travel by value when it cannot be imported there by name."""
-    if fn is None or not byvalue.needs_by_value(fn):
-        return fn
-    if byvalue.cloudpickle_available():
-        return byvalue.ByValue(fn)
-    _check_importable(method, fn)  # the message for a __main__ without a file
+    if fn is None:
+        return None
+    try:
+        return byvalue.by_value(fn)
+    except ImportError:  # it must travel by value, and cloudpickle is missing
+        _check_importable(method, fn)  # the message for a __main__ without a file
     raise SerializationError(
         f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be pickled by name (a lambda or a closure?)\n"
         + NOT_IMPORTABLE_HINT.format(method=method)

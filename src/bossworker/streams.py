@@ -8,9 +8,7 @@ the input.  Its jobs go through a :class:`~bossworker.client.Lane`: their
 answers never reach ``get_result()``, and ``pending()`` does not count them.
 
 What is yielded is decided by a ``deliver(frame)`` function the pool passes
-in (today: the value ``get_result()`` would return).  That is the seam for
-``Outcome`` objects: an outcomes flavour passes a frame-to-Outcome function
-and reuses all of this unchanged.
+in: the value ``get_result()`` would return, or the job's ``Outcome``.
 """
 
 from __future__ import annotations

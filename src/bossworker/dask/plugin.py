@@ -7,8 +7,8 @@
    | PoolPlugin (set up when the Dask Boss registers it)  |    | python -m            |
    |   _Launcher thread: starts every child               |    |  bossworker.dask.child
    |   _Slot x nthreads -- _Child (socket, pidfd) ------- | -> |  run_worker (ours)   |
-   | tasks: _run_job (one JOB frame in, answer frame out)  |    +---------------------+
-   |        _plugin_stats, _plugin_kill, _lease           |
+   | tasks: run_job (one JOB frame in, answer frame out)  |    +---------------------+
+   |        plugin_stats, plugin_kill, lease_task         |
    +------------------------------------------------------+
 
 A task runs in one of Dask's threads: it takes a free slot, makes sure the
