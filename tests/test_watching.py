@@ -371,7 +371,7 @@ def test_worker_outliving_its_boss_leaves_no_segment(method: str, tmp_path: Path
     Main sees the Boss's death (end-of-file) before the
     Boss's pidfd says so; a worker that looked once, before writing, wrote
     a segment now and then (2 runs in 25 under load).  Repeated here."""
-    rounds = 12 if method == "forkserver" else 2
+    rounds = 12 if method == "forkserver" else 6
     for round_ in range(rounds):
         pid_file, release = tmp_path / f"worker-{round_}", tmp_path / f"release-{round_}"
         bw = BossWorkerAsync(handlers.big_result_when_released, worker_count=1, start_method=method)
