@@ -496,7 +496,7 @@ def run_under_pids_limit(
     return [json.loads(line) for line in (first + out).splitlines()], err
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_a_pool_far_bigger_than_the_process_limit_serves_and_says_so_once(
     start_method: str, pids_limit: PidsLimit, tmp_path: Path
 ) -> None:
@@ -510,8 +510,10 @@ def test_a_pool_far_bigger_than_the_process_limit_serves_and_says_so_once(
         pids_limit, script, ["pool", start_method], room=60, refused=True
     )
     assert 1 <= info["alive"] <= 60, info
-    # Bounds for a loaded machine; the old Boss took minutes at 10,000.
-    assert first["constructed"] < 30 and first["done"] < 90 and info["stopped"] < 30, (first, info)
+    # Bounds for a loaded machine (60 spawned workers importing at once on
+    # two busy cores took 37 s to the first READY); the old Boss took
+    # minutes at 10,000 workers.
+    assert first["constructed"] < 100 and first["done"] < 150 and info["stopped"] < 30, (first, info)
     lines = err.splitlines()
     summaries = [line for line in lines if "worker slot(s) could not start a worker" in line]
     eagain = [line for line in lines if "Resource temporarily unavailable" in line]
