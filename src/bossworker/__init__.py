@@ -32,6 +32,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerDiedError,
     WorkerInitError,
+    WrongProcessError,
 )
 from .executor import Executor, ExecutorOptions
 from .outcome import Attempt, Outcome
@@ -61,6 +62,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "WorkerInitError",
+    "WrongProcessError",
 ]
 
 __version__ = "0.1.0"

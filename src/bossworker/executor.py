@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import multiprocessing
 import os
 import pickle
 import threading
@@ -37,9 +36,11 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
+from . import answers
 from .backend import Backend
+from .checks import MAX_TIMEOUT, check_start_method, check_timeout
 from .errors import (
     BossDiedError,
     BossWorkerError,
@@ -48,10 +49,11 @@ from .errors import (
     ShutDownError,
     _JobTimeout,
 )
-from .outcome import error_from_answer, rebuild_exception
+from .outcome import rebuild_exception
 from .payload import PICKLE_PROTOCOL, Pickled, dump
-from .pool import BossWorkerAsync, StartMethod, _check_timeout
-from .protocol import Flag, Frame, Kind
+from .pool import BossWorkerAsync
+from .protocol import Frame, Kind
+from .session import DEFAULT_INIT_TIMEOUT, Session
 
 __all__ = ["Executor", "ExecutorOptions"]
 
@@ -189,10 +191,9 @@ class _Core:
     then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
     """
 
-    def __init__(self, pool: BossWorkerAsync[Any, Any], timeout: float, workers: int) -> None:
-        self.pool = pool
-        self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
-        self.client.keep_records = False  # futures carry no outcome details
+    def __init__(self, session: Session, timeout: float, workers: int) -> None:
+        self.session = session
+        self.client = session.client  # started with keep_records=False: futures carry no outcome details
         self.timeout = timeout
         self.pid = os.getpid()
         # Guards the fields below.  Re-entrant: the finalizer of a dropped
@@ -224,6 +225,7 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> _TaskFuture:
+        self.client.check_owner()  # before any lock: a forked child's copy may be held
         if not callable(fn):
             raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
         try:
@@ -243,6 +245,7 @@ class _Core:
     ) -> list[_TaskFuture]:
         """Submit several calls with one send (``map`` sends its first batch
         so: one system call and one Boss wake-up instead of one per task)."""
+        self.client.check_owner()
         pickled: list[Any] = []
         for fn, args, kwargs in calls:
             if not callable(fn):
@@ -300,7 +303,7 @@ class _Core:
         try:
             client.flush(target)
         except (BossDiedError, ShutDownError):
-            client.forget_jobs(len(ids))
+            client.forget_jobs(ids)
             raise
         self.deferred = 0
         return ids
@@ -310,6 +313,7 @@ class _Core:
     def cancel(self, fs: Iterable[_TaskFuture]) -> list[bool]:
         """Cancel these futures where the Boss still holds their tasks; one
         round trip for all.  Returns each future's ``cancel()`` value."""
+        self.client.check_owner()  # before any lock: a forked child's copy may be held
         fs = list(fs)
         with self.cancel_lock:  # two cancels of one future must not both ask
             asked = [f for f in fs if not f.done() and not f.running()]
@@ -337,7 +341,7 @@ class _Core:
         if kill:
             # Closes the socket: the collector wakes and fails what is left.
             with self.stop_lock, contextlib.suppress(BossWorkerError):
-                self.pool.shut_down(force=True)
+                self.session.stop(force=True)
         elif first:
             # The Boss finishes the queue, says BYE and leaves; the collector
             # sees the socket close once every answer is in.
@@ -382,21 +386,10 @@ class _Core:
 
     def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
         """An answer frame as (True, value) or (False, exception)."""
-        kind = frame.kind
-        if kind == Kind.RESULT:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    value = self.client.segments.load(frame.job_id, "r")
-                else:
-                    value = pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - this task's failure only
-                error = SerializationError(f"the task's result could not be unpickled in main: {exc!r}")
-                error.__cause__ = exc
-                return False, error
-            if type(value) is _Raised:
-                return False, value.exception()
-            return True, value
-        return False, error_from_answer(frame, limit, "task")
+        ok, value = answers.decode(frame, self.client.segments, limit, "task")
+        if ok and type(value) is _Raised:
+            return False, value.exception()
+        return ok, value
 
     def _finish(self, error: BaseException | None) -> None:
         """The socket is closed: fail what is unanswered, stop the pool."""
@@ -420,7 +413,7 @@ class _Core:
         with self.stop_lock:
             if not self.killed:  # else the killing thread stops the pool
                 with contextlib.suppress(BossWorkerError):
-                    self.pool.shut_down()
+                    self.session.stop()
 
 
 # -- interpreter exit ------------------------------------------------------------
@@ -543,10 +536,7 @@ class Executor(futures.Executor):
                     f"{context_method!r}; pass one of them"
                 )
             method = context_method
-        if method is not None and method not in multiprocessing.get_all_start_methods():
-            raise InvalidArgumentError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {method!r}"
-            )
+        check_start_method(method)
         if initializer is not None and not callable(initializer):
             raise InvalidArgumentError(f"initializer must be callable, not {type(initializer).__name__}")
         if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Iterable):
@@ -556,20 +546,22 @@ class Executor(futures.Executor):
         initargs = tuple(initargs)
         if initargs and initializer is None:
             raise InvalidArgumentError("initargs were given without an initializer to pass them to")
-        limit = _check_timeout("timeout", timeout)
+        limit = check_timeout("timeout", timeout)
         init = functools.partial(initializer, *initargs) if initializer is not None else None
-        pool = BossWorkerAsync(
+        session = Session(
             _call,
             init_handler=init,
-            global_timeout=limit,
             worker_count=workers,
-            start_method=cast("StartMethod | None", method),  # checked by BossWorkerAsync
+            start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
+            init_timeout=DEFAULT_INIT_TIMEOUT,
             max_worker_memory=max_worker_memory,
+            keep_records=False,
         )
         self._max_workers = workers
-        self._core = _Core(pool, limit, workers)
+        self._core = _Core(session, limit, workers)
+        self._pool: BossWorkerAsync[Any, Any] | None = None
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)
@@ -585,12 +577,16 @@ class Executor(futures.Executor):
     @property
     def start_method(self) -> str:
         """The multiprocessing start method in use."""
-        return self._core.pool.start_method
+        return self._core.session.start_method
 
     @property
     def pool(self) -> BossWorkerAsync[Any, Any]:
-        """The engine underneath (for :meth:`BossWorkerAsync.stats`); do not add work to it."""
-        return self._core.pool
+        """A pool view of the engine underneath (for :meth:`BossWorkerAsync.stats`,
+        ``pending()``, ``boss_pid``); do not add work to it, and stop the
+        Executor, not it."""
+        if self._pool is None:
+            self._pool = BossWorkerAsync.from_session(self._core.session, self._core.timeout)
+        return self._pool
 
     # -- work ----------------------------------------------------------------
 
@@ -613,7 +609,7 @@ class Executor(futures.Executor):
         Executor (``submit``, ``map``, ``loop.run_in_executor``) sharing this
         one's workers; its ``shutdown()`` does nothing.
         """
-        limit = self._core.timeout if timeout is None else _check_timeout("timeout", timeout)
+        limit = self._core.timeout if timeout is None else check_timeout("timeout", timeout)
         return ExecutorOptions(self, limit)
 
     def map(  # buffersize: keyword-only, as added in Python 3.14
@@ -707,6 +703,8 @@ def _map(
         _check_positive_int("buffersize", buffersize)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
         raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if timeout is not None and not timeout <= MAX_TIMEOUT:  # inf, 1e10, nan: as every other limit
+        check_timeout("timeout", timeout)
     end_time = None if timeout is None else time.monotonic() + timeout
     core = executor._core
     calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)

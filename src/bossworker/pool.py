@@ -2,74 +2,41 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import multiprocessing
-import os
-import pickle
-import sys
-import threading
-import time
-import warnings
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, Generic, Literal, Self, TypeVar, overload
 
-if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
-    from . import aio
-
-from . import byvalue, memory, streams
-from .backend import Backend, BossHandle, LocalBackend, default_start_method
-from .client import Client, JobRecord, Lane
-from .config import BossConfig, WorkerSpec
-from .errors import (
-    NOT_IMPORTABLE_HINT,
-    BossDiedError,
-    InvalidArgumentError,
-    SerializationError,
-    ShutDownError,
+from . import answers, streams
+from .backend import Backend, LocalBackend
+from .checks import (
+    MAX_RETRIES,
+    MAX_TIMEOUT,
+    RETRY_CAUSES,
+    check_backend,
+    check_callable,
+    check_int,
+    check_retries,
+    check_retry_on,
+    check_timeout,
 )
-from .jobs import result_value
-from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
-from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
-from .process import pickle_as_if_spawning
-from .protocol import Flag, Frame, Kind, RetryOn
+from .client import JobRecord, Lane
+from .errors import BossDiedError, InvalidArgumentError, SerializationError, ShutDownError
+from .outcome import Outcome
+from .payload import Pickled, dump
+from .protocol import Frame
+from .session import DEFAULT_INIT_TIMEOUT, DEFAULT_READ_SIZE, Session
 from .stats import Stats
 
-__all__ = ["BossWorkerAsync", "StartMethod"]
+__all__ = ["MAX_RETRIES", "MAX_TIMEOUT", "RETRY_CAUSES", "BossWorkerAsync", "StartMethod"]
 
 log = logging.getLogger("bossworker")
 
-P = ParamSpec("P")
 J = TypeVar("J")  # a job: what the work handler takes
 R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
 
 #: The ``start_method`` values (``None``: the platform's default).
 StartMethod = Literal["fork", "spawn", "forkserver"]
-
-
-#: The largest time limit accepted anywhere (seconds, about 31 years): far
-#: below what ``select``, ``setitimer`` and ``threading`` can represent.
-MAX_TIMEOUT = 1e9
-
-# How long a worker may take to start (its init_handler included) unless
-# the constructor's init_timeout= says otherwise.
-DEFAULT_INIT_TIMEOUT = 60.0
-
-#: The most ``retries=`` a job may have (it travels in one byte of its header).
-MAX_RETRIES = 255
-
-#: The failures ``retry_on=`` may name, and their bits in a JOB's header.
-RETRY_CAUSES = {"died": RetryOn.DIED, "timed_out": RetryOn.TIMED_OUT, "memory": RetryOn.MEMORY}
-
-# How long a graceful stop waits for the Boss to exit after its BYE, and a
-# forced stop waits after SIGTERM, before killing it.
-_JOIN_TIMEOUT = 5.0
-_FORCE_TIMEOUT = 1.0
-# Makes a pool's one SocketWaiter (two would register twice on one loop).
-_WAITER_LOCK = threading.Lock()
 
 
 class BossWorkerAsync(Generic[J, R]):
@@ -189,7 +156,7 @@ class BossWorkerAsync(Generic[J, R]):
         exit_handler: Callable[[], Any] | None = None,
         global_timeout: float | None = 0,
         worker_count: int = 3,
-        read_size: int = 1024 * 1024,
+        read_size: int = DEFAULT_READ_SIZE,
         start_method: StartMethod | None = None,
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
@@ -198,83 +165,65 @@ class BossWorkerAsync(Generic[J, R]):
         retry_on: Iterable[str] = ("died",),
         max_worker_memory: int | str | None = None,
     ) -> None:
-        _check_callable("work_handler", work_handler, required=True)
-        _check_callable("result_handler", result_handler)
-        _check_callable("init_handler", init_handler)
-        _check_callable("exit_handler", exit_handler)
-        self._global_timeout = _check_timeout("global_timeout", global_timeout)
-        init_limit = _check_timeout("init_timeout", init_timeout)
-        _check_int("worker_count", worker_count, minimum=1)
-        _check_int("read_size", read_size, minimum=4096)
+        check_callable("work_handler", work_handler, required=True)
+        check_callable("result_handler", result_handler)
+        check_callable("init_handler", init_handler)
+        check_callable("exit_handler", exit_handler)
+        self._global_timeout = check_timeout("global_timeout", global_timeout)
+        init_limit = check_timeout("init_timeout", init_timeout)
+        check_int("worker_count", worker_count, minimum=1)
+        check_int("read_size", read_size, minimum=4096)
         if max_jobs_per_worker is not None:
-            _check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
-        self._retries = _check_retries(retries)
-        self._retry_on = _check_retry_on(retry_on)
-        memory_cap = None
-        if max_worker_memory is not None:
-            memory_cap = memory.parse_memory(max_worker_memory)
-            memory.check_supported()
-        method = default_start_method() if start_method is None else start_method
-        if method not in multiprocessing.get_all_start_methods():
-            raise InvalidArgumentError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
-            )
-        backend = LocalBackend() if backend is None else backend
+            check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
+        self._retries = check_retries(retries)
+        self._retry_on = check_retry_on(retry_on)
+        check_backend(backend)
         # Retrying is the local Boss's: another backend would ignore it.
-        self._retry_backend = None if isinstance(backend, LocalBackend) else type(backend).__name__
+        self._retry_backend = (
+            None if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
+        )
         if self._retries:
             self._check_retry_backend()
-        segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
-        if method != "fork":
-            # Handlers that a fresh interpreter cannot import by name travel
-            # by value (cloudpickle), or are refused here with the remedy.
-            work_handler = _travelling("work_handler", work_handler, method)
-            init_handler = _travelling("init_handler", init_handler, method)
-            exit_handler = _travelling("exit_handler", exit_handler, method)
-        spec = WorkerSpec(
-            work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments, init_limit
-        )
-        if method != "fork":
-            _check_importable(method, work_handler, init_handler, exit_handler)
-            # A spawned Boss gets its handlers by pickling (by reference):
-            # find out now, with a clear message, rather than in the child.
-            try:
-                # As the spawn will: multiprocessing objects (Queue, Lock, ...)
-                # in the handlers' state travel with the Process arguments.
-                pickle_as_if_spawning(spec, PICKLE_PROTOCOL)
-            except Exception as exc:
-                raise SerializationError(
-                    f"under start_method={method!r} the handlers and what they hold must pickle "
-                    f"(module-level functions of an importable module, or anything with the "
-                    f"cloudpickle extra), and multiprocessing objects they hold must come from "
-                    f"multiprocessing.get_context({method!r}): {exc}"
-                ) from exc
         self._result_handler = result_handler
-        self._start_method = method
-        config = BossConfig(spec, worker_count, method, os.getpid(), max_worker_memory=memory_cap)
-        sock, handle = backend.start(config)
-        self._client = Client(sock, handle, read_size, segments)
-        self._handle: BossHandle = handle
-        self._waiter: aio.SocketWaiter | None = None  # made on first async use
-        self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
-        try:
-            self._client.wait_ready(method)
-        except BaseException:
-            self.shut_down(force=True)
-            raise
-        log.info("pool started: Boss %s, %d workers, start method %s", handle.pid, worker_count, method)
+        self._session = Session(
+            work_handler,
+            init_handler=init_handler,
+            exit_handler=exit_handler,
+            worker_count=worker_count,
+            start_method=start_method,
+            max_jobs_per_worker=max_jobs_per_worker,
+            backend=backend,
+            init_timeout=init_limit,
+            max_worker_memory=max_worker_memory,
+            read_size=read_size,
+        )
+        self._client = self._session.client
+
+    @classmethod
+    def from_session(cls, session: Session, global_timeout: float = 0.0) -> BossWorkerAsync[Any, Any]:
+        """A pool facade over a session another facade started and owns
+        (``Executor.pool``): for its facts, ``stats()`` and ``pending()``;
+        stopping it is the owner's business."""
+        pool: BossWorkerAsync[Any, Any] = cls.__new__(cls)
+        pool._session = session
+        pool._client = session.client
+        pool._global_timeout = global_timeout
+        pool._retries = pool._retry_on = 0
+        pool._retry_backend = None
+        pool._result_handler = None
+        return pool
 
     # -- facts ---------------------------------------------------------------
 
     @property
     def boss_pid(self) -> int:
         """The Boss process's id."""
-        return self._handle.pid or 0
+        return self._session.handle.pid or 0
 
     @property
     def start_method(self) -> str:
         """The multiprocessing start method in use."""
-        return self._start_method
+        return self._session.start_method
 
     def pending(self) -> int:
         """Jobs added whose results have not been retrieved yet.
@@ -312,17 +261,8 @@ class BossWorkerAsync(Generic[J, R]):
         and :class:`BossDiedError` if the Boss is gone.
         """
         payloads, limit = self._pickle_jobs(jobs, timeout)
-        count = self._retries if retries is None else _check_retries(retries)
-        if count:
-            self._check_retry_backend()
-            ids, target = self._client.queue_jobs(payloads, limit, count, self._retry_on)
-            try:
-                self._client.flush(target)
-            except BossDiedError:
-                self._client.forget_jobs(len(ids))
-                raise
-            return ids
-        return self._client.add_jobs(payloads, limit)
+        count, retry_on = self._retry(retries)
+        return self._client.add_jobs(payloads, limit, count, retry_on)
 
     def close_input(self) -> None:
         """Say that no more work is coming.  Harmless to call again.
@@ -401,7 +341,7 @@ class BossWorkerAsync(Generic[J, R]):
         iterable is read in the event loop: it must not block.
         """
         plan = self._map_plan(iterable, False, ordered, max_in_flight, timeout, retries, progress)
-        return streams.amap(self._client, self._socket_waiter(), plan, iterable)
+        return streams.amap(self._client, self._session.socket_waiter(), plan, iterable)
 
     def amap_outcomes(
         self,
@@ -415,7 +355,7 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> AsyncIterator[Outcome[R]]:
         """:meth:`map_outcomes` for ``async for`` (see :meth:`amap`)."""
         plan = self._map_plan(iterable, True, ordered, max_in_flight, timeout, retries, progress)
-        return streams.amap(self._client, self._socket_waiter(), plan, iterable)
+        return streams.amap(self._client, self._session.socket_waiter(), plan, iterable)
 
     def _map_plan(
         self,
@@ -430,11 +370,9 @@ class BossWorkerAsync(Generic[J, R]):
         """The checked options of one map; with ``outcomes``, it yields
         Outcome objects (its lane keeps each job's details), else what
         get_result() would return."""
-        limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
+        limit = self._global_timeout if timeout is None else check_timeout("timeout", timeout)
         streams.check_progress(progress)
-        count = self._retries if retries is None else _check_retries(retries)
-        if count:
-            self._check_retry_backend()
+        retry = self._retry(retries)
         lane = Lane(records=outcomes)
         deliver: Callable[[Frame], Any] = (
             (lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)))
@@ -447,21 +385,21 @@ class BossWorkerAsync(Generic[J, R]):
             bool(ordered),
             streams.check_max_in_flight(max_in_flight),
             limit,
-            (count, self._retry_on if count else 0),
+            retry,
             lambda: streams.Bar(progress, streams.known_length(iterable)),
         )
 
     def _frame_result(self, frame: Frame) -> R | dict[str, str]:
         """What get_result() returns for ``frame`` (without its id)."""
         value: R | dict[str, str] = self._deliver(
-            frame.job_id, result_value(frame, self._client.segments), False
+            frame.job_id, answers.value(frame, self._client.segments), False
         )
         return value
 
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
         if not jobs:
             raise InvalidArgumentError("add_work() needs at least one job")
-        limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
+        limit = self._global_timeout if timeout is None else check_timeout("timeout", timeout)
         payloads = []
         for index, job in enumerate(jobs):
             try:
@@ -512,12 +450,12 @@ class BossWorkerAsync(Generic[J, R]):
         as retrieved.
         """
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = check_timeout("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
+        return self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id)
 
     def get_result_nb(self, *, with_id: bool = False) -> Any:
         """``get_result(blocking=False)``: a result, or None at once."""
@@ -551,7 +489,7 @@ class BossWorkerAsync(Generic[J, R]):
         streams.check_progress(progress)
         return streams.results(
             self._client,
-            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
+            lambda frame: self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )
@@ -577,7 +515,7 @@ class BossWorkerAsync(Generic[J, R]):
         anything for it.
         """
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = check_timeout("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout, cancelled=True)
         return None if frame is None else self._outcome(frame)
 
@@ -610,9 +548,15 @@ class BossWorkerAsync(Generic[J, R]):
         A cancelled job's outcome waits in main (a few bytes) until
         :meth:`get_outcome` takes it or the pool is force-stopped.
         """
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise InvalidArgumentError(f"job_id must be an int from add_work(), not {type(job_id).__name__}")
         return self._client.cancel_jobs([job_id], outcomes=True)[0] is True
+
+    def _retry(self, retries: int | None) -> tuple[int, int]:
+        """``(retries, retry_on bits)`` for jobs added with ``retries=``
+        (None: the pool's), as every way of adding work sends them."""
+        count = self._retries if retries is None else check_retries(retries)
+        if count:
+            self._check_retry_backend()
+        return count, self._retry_on if count else 0
 
     def _check_retry_backend(self) -> None:
         if self._retry_backend is not None:
@@ -622,26 +566,11 @@ class BossWorkerAsync(Generic[J, R]):
 
     def _outcome(self, frame: Frame, record: JobRecord | None = None) -> Outcome[R]:
         """Turn an answer frame (or a cancelled job's marker) into its Outcome;
-        ``record`` is what main knows of the job (default: the client's)."""
-        client = self._client
-        queued_at, limit, received, retried = client.take_record(frame.job_id) if record is None else record
-        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped; ``timeout`` holds when
-            return cancelled_outcome(frame.job_id, queued_at, frame.timeout)
-        ok = frame.kind == Kind.RESULT
-        value: Any
-        if ok:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    value = client.segments.load(frame.job_id, "r")
-                else:
-                    value = pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - this job's failure only
-                ok = False
-                value = SerializationError(f"the job's result could not be unpickled in main: {exc!r}")
-                value.__cause__ = exc
-        else:
-            value = error_from_answer(frame, limit)
-        return make_outcome(frame, value, ok, queued_at, limit, received, retried)
+        ``record`` is what main knows of the job (default: the ledger's)."""
+        if record is None:
+            record = self._client.take_record(frame.job_id)
+        result: Outcome[R] = answers.outcome(frame, self._client.segments, record)
+        return result
 
     def _deliver(self, job_id: int, value: Any, with_id: bool) -> Any:
         if value is None:
@@ -667,31 +596,7 @@ class BossWorkerAsync(Generic[J, R]):
         when this returns.  Raises :class:`BossDiedError` if the Boss had
         died with results still to come.
         """
-        if not self._begin_shut_down(force):
-            return
-        client, handle = self._client, self._handle
-        if not force and not client.boss_died:
-            client.drain()
-            _join_after_bye(handle, _JOIN_TIMEOUT)
-        self._end_shut_down(force)
-
-    def _begin_shut_down(self, force: bool) -> bool:
-        """Stop taking work. False if there is nothing (more) to do."""
-        if force:
-            self._client.begin_forced_stop()  # before the Boss dies: waiters must not blame it
-        return self._client.stop_accepting() or force
-
-    def _end_shut_down(self, force: bool) -> None:
-        client = self._client
-        died = client.boss_died
-        _force_stop(client, self._handle)  # a no-op for a Boss that has exited
-        if force:
-            client.discard_results()
-        elif died:
-            client.discard_orphan_segments()
-        client.close()
-        if died and client.pending:
-            raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
+        self._session.stop(force)
 
     def __enter__(self) -> Self:
         return self
@@ -709,8 +614,11 @@ class BossWorkerAsync(Generic[J, R]):
     # The same pool from async code, never blocking the event loop: these
     # wait on main's socket with loop.add_reader / add_writer (see aio.py).
 
-    async def aadd_work(self, *jobs: J, timeout: float | None = None) -> list[int]:
-        """:meth:`add_work` that waits in the event loop when the socket is full.
+    async def aadd_work(
+        self, *jobs: J, timeout: float | None = None, retries: int | None = None
+    ) -> list[int]:
+        """:meth:`add_work` that waits in the event loop when the socket is full
+        (same arguments: ``retries=`` included, the pool's by default).
 
         Its jobs are queued before the first wait: if the call is cancelled
         (``asyncio.wait_for``, a task cancelled), they may still run, and
@@ -720,11 +628,12 @@ class BossWorkerAsync(Generic[J, R]):
         from . import aio
 
         payloads, limit = self._pickle_jobs(jobs, timeout)
-        ids, target = self._client.queue_jobs(payloads, limit)
+        count, retry_on = self._retry(retries)
+        ids, target = self._client.queue_jobs(payloads, limit, count, retry_on)
         try:
-            await aio.aflush(self._client, self._socket_waiter(), target)
+            await aio.aflush(self._client, self._session.socket_waiter(), target)
         except (BossDiedError, ShutDownError):
-            self._client.forget_jobs(len(ids))
+            self._client.forget_jobs(ids)
             raise
         return ids
 
@@ -753,22 +662,22 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> Any:
         """:meth:`get_result` for async code: same options, same results."""
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = check_timeout("timeout", timeout)
         from . import aio
 
-        frame = await aio.anext_result(self._client, self._socket_waiter(), bool(blocking), timeout)
+        frame = await aio.anext_result(self._client, self._session.socket_waiter(), bool(blocking), timeout)
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
+        return self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id)
 
     async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
         """:meth:`get_outcome` for async code: same options, same outcomes."""
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = check_timeout("timeout", timeout)
         from . import aio
 
-        waiter = self._socket_waiter()
+        waiter = self._session.socket_waiter()
         frame = await aio.anext_result(self._client, waiter, bool(blocking), timeout, cancelled=True)
         return None if frame is None else self._outcome(frame)
 
@@ -779,7 +688,7 @@ class BossWorkerAsync(Generic[J, R]):
         streams.check_progress(progress)
         return streams.aresults(
             self._client,
-            self._socket_waiter(),
+            self._session.socket_waiter(),
             self._outcome,
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending + self._client.cancelled_waiting),
@@ -806,46 +715,15 @@ class BossWorkerAsync(Generic[J, R]):
         streams.check_progress(progress)
         return streams.aresults(
             self._client,
-            self._socket_waiter(),
-            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
+            self._session.socket_waiter(),
+            lambda frame: self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )
 
     async def ashut_down(self, force: bool = False) -> None:
         """:meth:`shut_down` that waits in the event loop."""
-        import asyncio
-
-        from . import aio
-
-        if not self._begin_shut_down(force):
-            return
-        client, handle = self._client, self._handle
-        if not force and not client.boss_died:
-            target = client.queue_control(Kind.SHUTDOWN)
-            with contextlib.suppress(BossDiedError):
-                await aio.aflush(client, self._socket_waiter(), target)
-            await aio.await_condition(client, self._socket_waiter(), lambda: client.bye)
-            deadline = time.monotonic() + _JOIN_TIMEOUT
-            while handle.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)  # the Boss exits right after its BYE
-        elif handle.is_alive():
-            handle.terminate()  # the Boss kills its workers and exits at once
-            deadline = time.monotonic() + _FORCE_TIMEOUT
-            while handle.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-        self._end_shut_down(force)
-
-    def _socket_waiter(self) -> aio.SocketWaiter:
-        from . import aio
-
-        waiter = self._waiter
-        if waiter is None:
-            with _WAITER_LOCK:
-                if self._waiter is None:
-                    self._waiter = aio.SocketWaiter(self._client)
-                waiter = self._waiter
-        return waiter
+        await self._session.astop(force)
 
     async def __aenter__(self) -> Self:
         return self
@@ -861,145 +739,5 @@ class BossWorkerAsync(Generic[J, R]):
     def __repr__(self) -> str:
         return (
             f"<BossWorkerAsync boss_pid={self.boss_pid} pending={self.pending()} "
-            f"start_method={self._start_method!r}>"
+            f"start_method={self._session.start_method!r}>"
         )
-
-
-def _join_after_bye(handle: BossHandle, timeout: float) -> None:
-    """Wait up to ``timeout`` for a Boss that said BYE to exit.  One still
-    there is stopped by force right after (``_end_shut_down`` calls
-    ``_force_stop``: SIGTERM, then SIGKILL); this says so."""
-    handle.join(timeout)
-    if handle.is_alive():
-        log.error("the Boss did not exit after its BYE; stopping it by force")
-
-
-def _force_stop(client: Client, handle: BossHandle) -> None:
-    """SIGTERM the Boss (it kills its workers), then SIGKILL it if it lingers."""
-    if handle.is_alive():
-        handle.terminate()
-        handle.join(_FORCE_TIMEOUT)
-        if handle.is_alive():
-            handle.kill()
-            handle.join(_FORCE_TIMEOUT)
-    else:
-        handle.join(0)
-    client.close()
-    handle.close()  # its descriptors, now that it has been reaped
-
-
-def _emergency_stop(client: Client, handle: BossHandle) -> None:
-    """The pool was dropped, or the interpreter exits: stop whatever still
-    runs (nothing, after shut_down()) and free unretrieved results.
-
-    Work still pending in a pool that was never shut down is lost: say so
-    (a ResourceWarning, like an unclosed file, and a log WARNING) rather
-    than drop it silently."""
-    discarded = 0 if client.eof_or_closed else client.pending
-    with contextlib.suppress(Exception):  # never raise from a finalizer
-        _force_stop(client, handle)
-        client.segments.discard_all()
-    if discarded:
-        message = (
-            f"a BossWorkerAsync pool was dropped without shut_down(); {discarded} pending job(s) "
-            "were discarded (call shut_down() or use 'with' to finish them)"
-        )
-        with contextlib.suppress(Exception):
-            log.warning("%s", message)
-        with contextlib.suppress(Exception):  # an "error" warnings filter must not escape
-            warnings.warn(message, ResourceWarning, stacklevel=2)
-
-
-@overload
-def _travelling(name: str, fn: None, method: str) -> None: ...
-@overload
-def _travelling(name: str, fn: Callable[P, R], method: str) -> Callable[P, R]: ...
-def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callable[..., Any] | None:
-    """``fn`` ready to be pickled for a ``method`` child: itself, or wrapped
-    to travel by value when it cannot be imported there by name."""
-    if fn is None or not byvalue.needs_by_value(fn):
-        return fn
-    if byvalue.cloudpickle_available():
-        return byvalue.ByValue(fn)
-    _check_importable(method, fn)  # the message for a __main__ without a file
-    raise SerializationError(
-        f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be pickled by name (a lambda or a closure?)\n"
-        + NOT_IMPORTABLE_HINT.format(method=method)
-        + f"; or {byvalue.INSTALL_HINT}"
-    )
-
-
-def _check_importable(method: str, *handlers: Callable[..., Any] | None) -> None:
-    """Refuse at once a handler a new process could never import: one
-    defined in ``__main__`` when ``__main__`` has no file or module name to
-    import it from again (``python -c``, an interactive session, stdin)."""
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) or getattr(main, "__file__", None):
-        return  # a new process re-imports __main__ (as __mp_main__)
-    for handler in handlers:
-        if handler is not None and getattr(handler, "__module__", None) == "__main__":
-            name = getattr(handler, "__qualname__", repr(handler))
-            raise SerializationError(
-                f"handler {name!r} is defined in __main__, which a new process cannot import "
-                f"(no file: python -c, an interactive session or stdin)\n"
-                + NOT_IMPORTABLE_HINT.format(method=method)
-                + f"; or {byvalue.INSTALL_HINT}"
-            )
-
-
-def _check_callable(name: str, value: object, required: bool = False) -> None:
-    if value is None and not required:
-        return
-    if not callable(value):
-        raise InvalidArgumentError(f"{name} must be callable, not {type(value).__name__}")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be at least {minimum}, not {value}")
-
-
-def _check_retries(value: object) -> int:
-    _check_int("retries", value, minimum=0)
-    assert isinstance(value, int)
-    if value > MAX_RETRIES:
-        raise InvalidArgumentError(f"retries must be at most {MAX_RETRIES}, not {value}")
-    return value
-
-
-def _check_retry_on(value: object) -> int:
-    """``retry_on=`` names as protocol.RetryOn bits."""
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise InvalidArgumentError(
-            f"retry_on must be a tuple of names out of {sorted(RETRY_CAUSES)}, not {value!r}"
-        )
-    bits = 0
-    for name in value:
-        if name not in RETRY_CAUSES:
-            raise InvalidArgumentError(f"retry_on names {name!r}; it takes {sorted(RETRY_CAUSES)}")
-        bits |= RETRY_CAUSES[name]
-    return bits
-
-
-def _check_timeout(name: str, value: object) -> float:
-    """Seconds as a float; None and 0 mean no limit (0.0).
-
-    Values above :data:`MAX_TIMEOUT` are rejected rather than taken as "no
-    limit": a limit the platform cannot represent (``select``, ``setitimer``
-    and ``threading`` overflow near 9.2e9 s) is almost always a unit mistake.
-    """
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if math.isnan(seconds) or seconds < 0:
-        raise InvalidArgumentError(f"{name} must be a number of seconds >= 0, not {value!r}")
-    if seconds > MAX_TIMEOUT:
-        raise InvalidArgumentError(
-            f"{name} must be at most {MAX_TIMEOUT:.0e} seconds (about 31 years), not {value!r}; "
-            "use None or 0 for no limit"
-        )
-    return seconds
