@@ -231,6 +231,7 @@ class BossWorkerAsync(Generic[J, R]):
         Says nothing of readiness: the results may still be in the making.
         Jobs of a :meth:`map` are its own and not counted here.
         """
+        self._client.check_owner()  # a forked child's copy would be a stale number
         return self._client.pending
 
     def stats(self) -> Stats:
