@@ -76,7 +76,9 @@ def test_cancel_from_many_threads_drops_a_job_exactly_once(start_method: str, tm
             barrier = threading.Barrier(4)
             answers: list[bool] = []
 
-            def cancel(queued: int = queued, barrier: threading.Barrier = barrier) -> None:
+            def cancel(
+                queued: int = queued, barrier: threading.Barrier = barrier, answers: list[bool] = answers
+            ) -> None:
                 barrier.wait()
                 answers.append(bw.cancel(queued))
 
@@ -119,7 +121,7 @@ def test_map_consumer_is_told_shut_down_on_a_forced_stop(start_method: str) -> N
         bw = BossWorkerAsync(handlers.sleep_for, worker_count=2, start_method=start_method)
         raised: list[BaseException] = []
 
-        def consume(bw: BossWorkerAsync[Any, Any] = bw) -> None:
+        def consume(bw: BossWorkerAsync[Any, Any] = bw, raised: list[BaseException] = raised) -> None:
             try:
                 for _ in bw.map([{"seconds": 30}] * 4):
                     pass
@@ -174,7 +176,7 @@ def test_results_until_closed_notices_the_boss_dying_while_waiting_for_input(sta
         assert bw.add_work(1) and bw.get_result() == 1
         raised: list[BaseException] = []
 
-        def consume(bw: BossWorkerAsync[Any, Any] = bw) -> None:
+        def consume(bw: BossWorkerAsync[Any, Any] = bw, raised: list[BaseException] = raised) -> None:
             try:
                 list(bw.results(until_closed=True))
             except BaseException as exc:  # noqa: BLE001 - the test looks at it
