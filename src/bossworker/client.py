@@ -42,20 +42,16 @@ from typing import Any
 
 from .backend import BossHandle, forget_main_socket
 from .errors import (
-    NOT_IMPORTABLE_HINT,
     BossDiedError,
     InvalidArgumentError,
-    SerializationError,
     ShutDownError,
-    WorkerInitError,
     WrongProcessError,
 )
 from .jobs import job_frames, retried_job_frames
 from .ledger import JobRecord, Lane, MainLedger, Phase, Wake
 from .payload import Pickled, Segments, chunks_of
 from .portable import send_chunks
-from .process import signal_description
-from .protocol import MAX_PAYLOAD, Decoder, Flag, Frame, InitFailure, Kind, SendQueue, encode
+from .protocol import MAX_PAYLOAD, Decoder, Flag, Frame, Kind, SendQueue, encode
 
 __all__ = ["Client", "JobRecord", "Lane", "check_owner"]
 
@@ -650,26 +646,12 @@ class Client:
 
     # -- start-up, stats, cancel, shut-down ---------------------------------------------
 
-    def wait_ready(self, start_method: str) -> None:
-        """Block until the Boss says a worker is serving; raise with the cause
-        the Boss or a worker reported if none can."""
+    def wait_started(self) -> tuple[str | None, int] | None:
+        """Block until the Boss said READY (None) or INIT_FAILED (its text
+        and InitFailure), or its socket ended first ((None, 0))."""
         with self._cond:
             self.wait_for(lambda: self.ledger.started, None)
-            verdict = self.ledger.ready_verdict()
-        if verdict is None:
-            return
-        text, failure = verdict
-        if text is None:
-            self.handle.join(1.0)  # its socket is closed: it is exiting
-            status = signal_description(getattr(self.handle, "exitcode", None))
-            raise BossDiedError(f"the Boss process died while starting ({status})")
-        if failure == InitFailure.NOT_IMPORTABLE:
-            head, _, rest = text.partition("\n")
-            hint = NOT_IMPORTABLE_HINT.format(method=start_method)
-            raise SerializationError(f"a new process could not import the handlers: {head}\n{hint}\n{rest}")
-        if failure == InitFailure.BOSS:
-            raise BossDiedError(f"the Boss process failed while starting: {text}")
-        raise WorkerInitError(f"no worker could start:\n{text}")
+            return self.ledger.ready_verdict()
 
     def stats(self) -> dict[str, Any]:
         """Ask the Boss for its counters and wait for the answer."""
@@ -680,18 +662,12 @@ class Client:
         with contextlib.suppress(BossDiedError, ShutDownError):
             self.flush(target)  # if it cannot be sent, stats_result says why
         with self._cond:
-            reply: list[dict[str, Any] | None] = [None]
-
-            def answered() -> bool:
-                reply[0] = self.ledger.stats_result(ticket)
-                return reply[0] is not None
-
-            self.wait_for(answered, None)
-            if reply[0] is None:
-                reply[0] = self.ledger.stats_result(ticket)
-                if reply[0] is None:  # the socket was shut, yet not by a stop: say so
-                    raise ShutDownError("the pool was shut down before the Boss answered")
-            return reply[0]
+            # Raises once no reply can come (stopped, died); the socket
+            # ends in either, so the wait always ends with an answer or that.
+            self.wait_for(lambda: self.ledger.stats_result(ticket) is not None, None)
+            reply = self.ledger.stats_result(ticket)
+            assert reply is not None
+            return reply
 
     def cancel_jobs(self, job_ids: Sequence[int], outcomes: bool = False) -> list[bool | None]:
         """Ask the Boss to drop these jobs if they still wait in its queue.

@@ -44,10 +44,10 @@ from .backend import Backend, BossHandle, LocalBackend, default_start_method
 from .checks import check_backend, check_start_method
 from .client import Client
 from .config import BossConfig, WorkerSpec
-from .errors import NOT_IMPORTABLE_HINT, BossDiedError, SerializationError
+from .errors import NOT_IMPORTABLE_HINT, BossDiedError, SerializationError, WorkerInitError
 from .payload import PICKLE_PROTOCOL, Segments, new_prefix
-from .process import pickle_as_if_spawning
-from .protocol import Kind
+from .process import pickle_as_if_spawning, signal_description
+from .protocol import InitFailure, Kind
 
 __all__ = ["DEFAULT_INIT_TIMEOUT", "DEFAULT_READ_SIZE", "Session", "prepare_handlers"]
 
@@ -141,13 +141,32 @@ class Session:
         self._waiter: aio.SocketWaiter | None = None  # made on first async use
         self._finalizer = weakref.finalize(self, _emergency_stop, self.client, handle)
         try:
-            self.client.wait_ready(method)
+            self._wait_ready()
         except BaseException:
             self.stop(force=True)
             raise
         log.info(
             "pool started: Boss %s, %d workers, start method %s", handle.pid, config.worker_count, method
         )
+
+    def _wait_ready(self) -> None:
+        """Return once the Boss says a worker serves; raise with the cause
+        the Boss or a worker reported if none can."""
+        verdict = self.client.wait_started()
+        if verdict is None:
+            return
+        text, failure = verdict
+        if text is None:
+            self.handle.join(1.0)  # its socket is closed: it is exiting
+            status = signal_description(getattr(self.handle, "exitcode", None))
+            raise BossDiedError(f"the Boss process died while starting ({status})")
+        if failure == InitFailure.NOT_IMPORTABLE:
+            head, _, rest = text.partition("\n")
+            hint = NOT_IMPORTABLE_HINT.format(method=self.start_method)
+            raise SerializationError(f"a new process could not import the handlers: {head}\n{hint}\n{rest}")
+        if failure == InitFailure.BOSS:
+            raise BossDiedError(f"the Boss process failed while starting: {text}")
+        raise WorkerInitError(f"no worker could start:\n{text}")
 
     @property
     def owned(self) -> bool:
