@@ -51,7 +51,7 @@ from .jobs import job_frames, retried_job_frames
 from .ledger import JobRecord, Lane, MainLedger, Phase, Wake
 from .payload import Pickled, Segments, chunks_of
 from .portable import send_chunks
-from .protocol import MAX_PAYLOAD, Decoder, Flag, Frame, Kind, SendQueue, encode
+from .protocol import MAX_PAYLOAD, Decoder, Flag, Frame, Kind, SendQueue, encode, recv_frames
 
 __all__ = ["Client", "JobRecord", "Lane", "check_owner"]
 
@@ -436,25 +436,7 @@ class Client:
 
     def _recv_available(self) -> tuple[list[Frame], bool]:
         """Read and decode what the socket holds now; True if it said EOF."""
-        frames: list[Frame] = []
-        decoder = self._decoder
-        while True:
-            buffer = decoder.get_buffer()
-            room = len(buffer)
-            try:
-                n = self._sock.recv_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                return frames, False
-            except OSError:
-                n = 0
-            finally:
-                buffer.release()
-            if not n:
-                return frames, True
-            decoder.buffer_updated(n)
-            frames += decoder.take()
-            if n < room:
-                return frames, False  # drained for now: spare the system call that says so
+        return recv_frames(self._sock, self._decoder, drain=True)
 
     def wait_for(self, done: Callable[[], bool], deadline: float | None) -> bool:
         """Block until ``done()`` (evaluated with the lock held) is true, the

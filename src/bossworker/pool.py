@@ -7,19 +7,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, overload
 
-from . import answers, streams
+from . import answers, checks, streams
 from .backend import Backend, LocalBackend
-from .checks import (
-    MAX_RETRIES,
-    MAX_TIMEOUT,
-    RETRY_CAUSES,
-    check_backend,
-    check_callable,
-    check_int,
-    check_retries,
-    check_retry_on,
-    check_timeout,
-)
+from .checks import StartMethod
 from .client import JobRecord, Lane
 from .errors import BossDiedError, InvalidArgumentError, SerializationError, ShutDownError
 from .outcome import Outcome
@@ -28,15 +18,12 @@ from .protocol import Frame
 from .session import DEFAULT_INIT_TIMEOUT, DEFAULT_READ_SIZE, Session
 from .stats import Stats
 
-__all__ = ["MAX_RETRIES", "MAX_TIMEOUT", "RETRY_CAUSES", "BossWorkerAsync", "StartMethod"]
+__all__ = ["BossWorkerAsync", "StartMethod"]
 
 log = logging.getLogger("bossworker")
 
 J = TypeVar("J")  # a job: what the work handler takes
 R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
-
-#: The ``start_method`` values (``None``: the platform's default).
-StartMethod = Literal["fork", "spawn", "forkserver"]
 
 
 class BossWorkerAsync(Generic[J, R]):
@@ -165,19 +152,19 @@ class BossWorkerAsync(Generic[J, R]):
         retry_on: Iterable[str] = ("died",),
         max_worker_memory: int | str | None = None,
     ) -> None:
-        check_callable("work_handler", work_handler, required=True)
-        check_callable("result_handler", result_handler)
-        check_callable("init_handler", init_handler)
-        check_callable("exit_handler", exit_handler)
-        self._global_timeout = check_timeout("global_timeout", global_timeout)
-        init_limit = check_timeout("init_timeout", init_timeout)
-        check_int("worker_count", worker_count, minimum=1)
-        check_int("read_size", read_size, minimum=4096)
+        checks.callable_arg("work_handler", work_handler, required=True)
+        checks.callable_arg("result_handler", result_handler)
+        checks.callable_arg("init_handler", init_handler)
+        checks.callable_arg("exit_handler", exit_handler)
+        self._global_timeout = checks.seconds("global_timeout", global_timeout)
+        init_limit = checks.seconds("init_timeout", init_timeout)
+        checks.whole_number("worker_count", worker_count, 1)
+        checks.whole_number("read_size", read_size, 4096)
         if max_jobs_per_worker is not None:
-            check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
-        self._retries = check_retries(retries)
-        self._retry_on = check_retry_on(retry_on)
-        check_backend(backend)
+            checks.whole_number("max_jobs_per_worker", max_jobs_per_worker, 1)
+        self._retries = checks.retries(retries)
+        self._retry_on = checks.retry_on(retry_on)
+        checks.backend(backend)
         # Retrying is the local Boss's: another backend would ignore it.
         self._retry_backend = (
             None if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
@@ -371,8 +358,8 @@ class BossWorkerAsync(Generic[J, R]):
         """The checked options of one map; with ``outcomes``, it yields
         Outcome objects (its lane keeps each job's details), else what
         get_result() would return."""
-        limit = self._global_timeout if timeout is None else check_timeout("timeout", timeout)
-        streams.check_progress(progress)
+        limit = self._global_timeout if timeout is None else checks.seconds("timeout", timeout)
+        checks.progress(progress)
         retry = self._retry(retries)
         lane = Lane(records=outcomes)
         deliver: Callable[[Frame], Any] = (
@@ -384,7 +371,9 @@ class BossWorkerAsync(Generic[J, R]):
             deliver,
             lane,
             bool(ordered),
-            streams.check_max_in_flight(max_in_flight),
+            streams.DEFAULT_MAX_IN_FLIGHT
+            if max_in_flight is None
+            else checks.whole_number("max_in_flight", max_in_flight),
             limit,
             retry,
             lambda: streams.Bar(progress, streams.known_length(iterable)),
@@ -400,7 +389,7 @@ class BossWorkerAsync(Generic[J, R]):
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
         if not jobs:
             raise InvalidArgumentError("add_work() needs at least one job")
-        limit = self._global_timeout if timeout is None else check_timeout("timeout", timeout)
+        limit = self._global_timeout if timeout is None else checks.seconds("timeout", timeout)
         payloads = []
         for index, job in enumerate(jobs):
             try:
@@ -451,7 +440,7 @@ class BossWorkerAsync(Generic[J, R]):
         as retrieved.
         """
         if timeout is not None:
-            timeout = check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
         if frame is None:
             return None
@@ -487,7 +476,7 @@ class BossWorkerAsync(Generic[J, R]):
         total is the results taken plus those pending (it grows as work is
         added); without tqdm, one hint line on stderr, never an error.
         """
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.results(
             self._client,
             lambda frame: self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id),
@@ -516,7 +505,7 @@ class BossWorkerAsync(Generic[J, R]):
         anything for it.
         """
         if timeout is not None:
-            timeout = check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout, cancelled=True)
         return None if frame is None else self._outcome(frame)
 
@@ -526,7 +515,7 @@ class BossWorkerAsync(Generic[J, R]):
         """Yield :meth:`get_outcome` until no job is pending (cancelled jobs
         included: each yields its ``cancelled`` outcome).  ``until_closed``
         and ``progress`` are as in :meth:`results`."""
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.results(
             self._client,
             self._outcome,
@@ -554,7 +543,7 @@ class BossWorkerAsync(Generic[J, R]):
     def _retry(self, retries: int | None) -> tuple[int, int]:
         """``(retries, retry_on bits)`` for jobs added with ``retries=``
         (None: the pool's), as every way of adding work sends them."""
-        count = self._retries if retries is None else check_retries(retries)
+        count = self._retries if retries is None else checks.retries(retries)
         if count:
             self._check_retry_backend()
         return count, self._retry_on if count else 0
@@ -663,7 +652,7 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> Any:
         """:meth:`get_result` for async code: same options, same results."""
         if timeout is not None:
-            timeout = check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         from . import aio
 
         frame = await aio.anext_result(self._client, self._session.socket_waiter(), bool(blocking), timeout)
@@ -675,7 +664,7 @@ class BossWorkerAsync(Generic[J, R]):
     async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
         """:meth:`get_outcome` for async code: same options, same outcomes."""
         if timeout is not None:
-            timeout = check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         from . import aio
 
         waiter = self._session.socket_waiter()
@@ -686,7 +675,7 @@ class BossWorkerAsync(Generic[J, R]):
         self, *, until_closed: bool = False, progress: streams.Progress = False
     ) -> AsyncIterator[Outcome[R]]:
         """``async for`` over outcomes: :meth:`outcomes` for async code, same options."""
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.aresults(
             self._client,
             self._session.socket_waiter(),
@@ -713,7 +702,7 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> AsyncIterator[Any]:
         """``async for`` over results: :meth:`results` for async code, same
         options (``until_closed`` waits for a producer task or thread)."""
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.aresults(
             self._client,
             self._session.socket_waiter(),

@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any, overload
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from . import aio
 
-from . import byvalue, memory
+from . import byvalue, checks
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
-from .checks import check_backend, check_start_method
 from .client import Client
 from .config import BossConfig, WorkerSpec
 from .errors import NOT_IMPORTABLE_HINT, BossDiedError, SerializationError, WorkerInitError
@@ -107,13 +106,12 @@ class Session:
         (None: local processes) and return once a worker serves; raise with
         the cause if none can (nothing is left running then).  The caller
         has checked the counts and limits; the rest is checked here."""
-        check_backend(backend)
-        check_start_method(start_method)
+        checks.backend(backend)
         memory_cap = None
         if max_worker_memory is not None:
-            memory_cap = memory.parse_memory(max_worker_memory)
-            memory.check_supported()
-        method = default_start_method() if start_method is None else start_method
+            memory_cap = checks.memory_size(max_worker_memory)
+            checks.memory_supported()
+        method = checks.start_method(start_method) or default_start_method()
         work, init, exit_ = prepare_handlers(method, work_handler, init_handler, exit_handler)
         assert work is not None
         segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
@@ -304,11 +302,12 @@ def _travelling(name: str, fn: Callable[..., Any], method: str) -> Callable[...,
 def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callable[..., Any] | None:
     """``fn`` ready to be pickled for a ``method`` child: itself, or wrapped
     to travel by value when it cannot be imported there by name."""
-    if fn is None or not byvalue.needs_by_value(fn):
-        return fn
-    if byvalue.cloudpickle_available():
-        return byvalue.ByValue(fn)
-    _check_importable(method, fn)  # the message for a __main__ without a file
+    if fn is None:
+        return None
+    try:
+        return byvalue.by_value(fn)
+    except ImportError:  # it must travel by value, and cloudpickle is missing
+        _check_importable(method, fn)  # the message for a __main__ without a file
     raise SerializationError(
         f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be pickled by name (a lambda or a closure?)\n"
         + NOT_IMPORTABLE_HINT.format(method=method)
