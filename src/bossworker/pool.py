@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
 from . import answers, checks, streams
 from .backend import Backend, LocalBackend
 from .checks import StartMethod
 from .client import JobRecord, Lane
-from .errors import BossDiedError, InvalidArgumentError, SerializationError, ShutDownError
+from .errors import InvalidArgumentError, SerializationError
 from .outcome import Outcome
 from .payload import Pickled, dump
+from .pool_async import AsyncFace
 from .protocol import Frame
 from .session import DEFAULT_INIT_TIMEOUT, DEFAULT_READ_SIZE, Session
 from .stats import Stats
@@ -26,7 +27,7 @@ J = TypeVar("J")  # a job: what the work handler takes
 R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
 
 
-class BossWorkerAsync(Generic[J, R]):
+class BossWorkerAsync(AsyncFace[J, R]):
     """A Boss process and ``worker_count`` preforked workers.
 
     Generic in ``J``, the job type, and ``R``, the result type, both
@@ -598,133 +599,6 @@ class BossWorkerAsync(Generic[J, R]):
         tb: TracebackType | None,
     ) -> None:
         self.shut_down(force=exc_type is not None)
-
-    # -- asyncio ---------------------------------------------------------------
-    #
-    # The same pool from async code, never blocking the event loop: these
-    # wait on main's socket with loop.add_reader / add_writer (see aio.py).
-
-    async def aadd_work(
-        self, *jobs: J, timeout: float | None = None, retries: int | None = None
-    ) -> list[int]:
-        """:meth:`add_work` that waits in the event loop when the socket is full
-        (same arguments: ``retries=`` included, the pool's by default).
-
-        Its jobs are queued before the first wait: if the call is cancelled
-        (``asyncio.wait_for``, a task cancelled), they may still run, and
-        their results come like any other (:meth:`pending` counts them);
-        whoever waits next for results sends what is still queued.
-        """
-        from . import aio
-
-        payloads, limit = self._pickle_jobs(jobs, timeout)
-        count, retry_on = self._retry(retries)
-        ids, target = self._client.queue_jobs(payloads, limit, count, retry_on)
-        try:
-            await aio.aflush(self._client, self._session.socket_waiter(), target)
-        except (BossDiedError, ShutDownError):
-            self._client.forget_jobs(ids)
-            raise
-        return ids
-
-    @overload
-    async def aget_result(
-        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[False] = False
-    ) -> R | dict[str, str]: ...
-    @overload
-    async def aget_result(
-        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[True]
-    ) -> tuple[int, R | dict[str, str]]: ...
-    @overload
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[False] = False
-    ) -> R | dict[str, str] | None: ...
-    @overload
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[True]
-    ) -> tuple[int, R | dict[str, str]] | None: ...
-    @overload
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool
-    ) -> Any: ...
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
-    ) -> Any:
-        """:meth:`get_result` for async code: same options, same results."""
-        if timeout is not None:
-            timeout = checks.seconds("timeout", timeout)
-        from . import aio
-
-        frame = await aio.anext_result(self._client, self._session.socket_waiter(), bool(blocking), timeout)
-        if frame is None:
-            return None
-        self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id)
-
-    async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
-        """:meth:`get_outcome` for async code: same options, same outcomes."""
-        if timeout is not None:
-            timeout = checks.seconds("timeout", timeout)
-        from . import aio
-
-        waiter = self._session.socket_waiter()
-        frame = await aio.anext_result(self._client, waiter, bool(blocking), timeout, cancelled=True)
-        return None if frame is None else self._outcome(frame)
-
-    def aoutcomes(
-        self, *, until_closed: bool = False, progress: streams.Progress = False
-    ) -> AsyncIterator[Outcome[R]]:
-        """``async for`` over outcomes: :meth:`outcomes` for async code, same options."""
-        checks.progress(progress)
-        return streams.aresults(
-            self._client,
-            self._session.socket_waiter(),
-            self._outcome,
-            bool(until_closed),
-            lambda: streams.Bar(progress, self._client.pending + self._client.cancelled_waiting),
-            cancelled=True,
-        )
-
-    @overload
-    def aresults(
-        self,
-        *,
-        with_id: Literal[False] = False,
-        until_closed: bool = False,
-        progress: streams.Progress = False,
-    ) -> AsyncIterator[R | dict[str, str]]: ...
-    @overload
-    def aresults(
-        self, *, with_id: Literal[True], until_closed: bool = False, progress: streams.Progress = False
-    ) -> AsyncIterator[tuple[int, R | dict[str, str]]]: ...
-    def aresults(
-        self, *, with_id: bool = False, until_closed: bool = False, progress: streams.Progress = False
-    ) -> AsyncIterator[Any]:
-        """``async for`` over results: :meth:`results` for async code, same
-        options (``until_closed`` waits for a producer task or thread)."""
-        checks.progress(progress)
-        return streams.aresults(
-            self._client,
-            self._session.socket_waiter(),
-            lambda frame: self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id),
-            bool(until_closed),
-            lambda: streams.Bar(progress, self._client.pending),
-        )
-
-    async def ashut_down(self, force: bool = False) -> None:
-        """:meth:`shut_down` that waits in the event loop."""
-        await self._session.astop(force)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.ashut_down(force=exc_type is not None)
 
     def __repr__(self) -> str:
         return (
