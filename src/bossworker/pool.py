@@ -10,8 +10,8 @@ from typing import Any, Literal, Self, TypeVar, overload
 from . import answers, checks, streams
 from .backend import Backend, LocalBackend
 from .checks import StartMethod
-from .client import JobRecord, Lane
 from .errors import InvalidArgumentError, SerializationError
+from .ledger import JobRecord, Lane
 from .outcome import Outcome
 from .payload import Pickled, dump
 from .pool_async import AsyncFace

@@ -19,7 +19,8 @@ from .errors import BossDiedError, ShutDownError
 from .outcome import Outcome
 
 if TYPE_CHECKING:
-    from .client import Client, JobRecord
+    from .client import Client
+    from .ledger import JobRecord
     from .payload import Pickled
     from .protocol import Frame
     from .session import Session

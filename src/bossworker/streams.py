@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
 
     from .aio import SocketWaiter
 
-from .client import Client, Lane
+from .client import Client
 from .errors import SerializationError
+from .ledger import Lane
 from .payload import Pickled, dump
 from .progressbar import open_bar
 from .protocol import Flag, Frame
