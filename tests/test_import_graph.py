@@ -33,7 +33,11 @@ MAIN_ROOTS = ("bossworker", "bossworker.aio", "bossworker.cli", "bossworker.dask
 # reach the Boss's or the worker's code, directly or through another module.
 MAIN_SIDE = (
     "bossworker.pool",
+    "bossworker.pool_async",
     "bossworker.client",
+    "bossworker.ledger",
+    "bossworker.session",
+    "bossworker.answers",
     "bossworker.executor",
     "bossworker.streams",
     "bossworker.aio",
@@ -57,6 +61,8 @@ SANS_IO = (
     "bossworker.outcome",
     "bossworker.boss.core",
     "bossworker.boss.link",
+    "bossworker.ledger",
+    "bossworker.answers",
 )
 # The standard-library modules that mean I/O, threads or processes.
 IO_STDLIB = frozenset(
@@ -167,7 +173,7 @@ def reachable(graph: dict[str, set[str]], roots: tuple[str, ...]) -> dict[str, l
 def test_the_graph_is_read_from_the_source() -> None:
     graph = import_graph()
     # A few edges we know, so that a broken parser cannot pass the tests below.
-    assert "bossworker.client" in graph["bossworker.pool"]
+    assert "bossworker.session" in graph["bossworker.pool"]
     assert "bossworker.protocol" in graph["bossworker.boss.core"]
     assert "bossworker.worker" in graph["bossworker.boss.local"]
     assert "bossworker.boss" in graph["bossworker.dask.plugin"]  # a module's package runs first
@@ -216,6 +222,25 @@ def test_the_boss_core_and_link_import_no_io_modules() -> None:
             "bossworker.process",
         ):
             assert io_module not in paths, " -> ".join(paths[io_module])
+
+
+def test_main_side_layers() -> None:
+    """Facades stand on the session, the session on the drivers, the
+    drivers on the ledger; never the other way, and neither facade on the
+    other's insides (the Executor's pool is a view made through a public
+    constructor)."""
+    graph = import_graph()
+    below = {
+        "bossworker.ledger": {"bossworker.client", "bossworker.aio", "bossworker.session", "bossworker.pool"},
+        "bossworker.answers": {"bossworker.client", "bossworker.session", "bossworker.pool"},
+        "bossworker.client": {"bossworker.session", "bossworker.pool", "bossworker.executor"},
+        "bossworker.session": {"bossworker.pool", "bossworker.executor", "bossworker.streams"},
+        "bossworker.pool": {"bossworker.executor"},
+    }
+    for module, forbidden in below.items():
+        paths = reachable(graph, (module,))
+        for up in forbidden:
+            assert up not in paths, f"{module} reaches {up}: {' -> '.join(paths[up])}"
 
 
 def test_importing_and_using_the_package_in_main_leaves_boss_and_worker_unloaded() -> None:
