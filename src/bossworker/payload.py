@@ -33,8 +33,9 @@ result (``-r``)        main, in ``get_result()``          the Boss, when the wor
                                                           garbage-collected
 =====================  =================================  ======================================
 
-Where there is no writable ``/dev/shm`` (or it is full), payloads simply
-travel inside their frames.
+Where there is no writable ``/dev/shm`` (or it is full), and on the portable
+path (what Windows runs, see ``portable.py``), payloads simply travel inside
+their frames.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ import pickle
 import secrets
 import sys
 from typing import Any, Literal
+
+from .portable import PORTABLE
 
 __all__ = ["THRESHOLD", "Chunked", "Pickled", "Segments", "chunks_of", "dump", "new_prefix"]
 
@@ -142,8 +145,10 @@ def new_prefix() -> str | None:
     """A fresh path prefix for one pool's segments, or None if unavailable.
 
     Unavailable on Windows (no ``/dev/shm``; under Wine the path would reach
-    the host's): large payloads then travel inside frames."""
-    if sys.platform == "win32" or not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
+    the host's), and so on the portable path anywhere: it is what Windows
+    runs, and a portable run on Linux must carry large payloads as Windows
+    does, inside frames, or that path goes untested."""
+    if PORTABLE or sys.platform == "win32" or not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
         return None
     return os.path.join(_SHM_DIR, f"bossworker-{os.getpid()}-{secrets.token_hex(6)}-")
 
