@@ -749,7 +749,7 @@ def _dask_installed() -> bool:
 
 
 @pytest.mark.skipif(not _dask_installed(), reason="the 'dask' extra is not installed")
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)  # two clusters and seven runs; slow on a loaded machine
 def test_run_on_a_dask_cluster(tmp_path: Path) -> None:
     """``--dask ADDRESS`` (a real scheduler and workers on 127.0.0.1) and
     ``--dask local`` (a private local cluster)."""
