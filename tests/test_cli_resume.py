@@ -352,6 +352,33 @@ def test_halt_after_one_failure(tmp_path: Path, when: str, ordered: bool) -> Non
     assert sorted(one_per_line(out)) == list(range(1, 1001))
 
 
+@pytest.mark.parametrize("when", ["soon", "now"])
+def test_halt_does_not_wait_for_a_pipe_that_stays_open(tmp_path: Path, when: str) -> None:
+    """Jobs from a pipe whose writer sends a failing line and then nothing
+    (but does not close it): the run still stops, at once."""
+    out, never = tmp_path / "out.jsonl", tmp_path / "never"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bossworker", "run", f"{HANDLERS}:note_and_echo", "-o", str(out),
+         "-w", "2", "--no-progress", "--halt", f"{when},fail=1"],
+        cwd=REPO, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        side = str(tmp_path / "side")
+        lines = [{"n": 1, "side": side}, {"n": 2, "side": side, "fail": str(never)}, {"n": 3, "side": side}]
+        proc.stdin.write("".join(json.dumps(job) + "\n" for job in lines).encode())
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 3
+        assert f"halted (--halt {when},fail=1)" in last_line(proc.stderr.read().decode())
+        assert one_per_line(out)[2]["error"].startswith("ValueError")
+    finally:
+        proc.stdin.close()
+        proc.stderr.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_halt_on_a_failure_rate(tmp_path: Path) -> None:
     """Every other job fails: ``soon,fail=30%`` stops once 10 jobs have
     finished (a rate over fewer is not judged), well before the end."""
