@@ -84,7 +84,7 @@ class BossWorkerAsync(Generic[J, R]):
 
     Feed it jobs with :meth:`add_work` and collect results with
     :meth:`get_result` at any time, interleaved, blocking or not.  See the
-    README for the full contract; in short:
+    documentation's guide to the pool for the full contract; in short:
 
     * results come back in completion order; ``with_id=True`` pairs each with
       the id :meth:`add_work` returned for its job;
@@ -147,7 +147,7 @@ class BossWorkerAsync(Generic[J, R]):
         handlers.
     backend
         Where the Boss runs: ``None`` (default) for processes on this
-        machine; see the README's "Scaling out".
+        machine; a :class:`bossworker.dask.DaskBackend` for a Dask cluster.
     init_timeout
         Seconds a worker may take from its start to ready (its
         ``init_handler``); ``0`` or ``None``: no limit; default 60.
