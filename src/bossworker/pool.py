@@ -62,7 +62,7 @@ class BossWorkerAsync(Generic[J, R]):
 
     Generic in ``J``, the job type, and ``R``, the result type, both
     inferred from ``work_handler: Callable[[J], R]``: ``add_work`` takes
-    ``J``s and ``get_result`` returns ``R | dict[str, str]``, the dict being
+    jobs of type ``J`` and ``get_result`` returns ``R | dict[str, str]``, the dict being
     a failed job's ``{"ERROR": ...}`` (or ``{}`` for a ``None`` result).
     With a ``result_handler``, ``R`` covers what either returns (mypy
     joins the two, e.g. ``object`` for ``int`` and ``str``).
