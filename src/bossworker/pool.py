@@ -32,14 +32,14 @@ class BossWorkerAsync(AsyncFace[J, R]):
 
     Generic in ``J``, the job type, and ``R``, the result type, both
     inferred from ``work_handler: Callable[[J], R]``: ``add_work`` takes
-    ``J``s and ``get_result`` returns ``R | dict[str, str]``, the dict being
+    jobs of type ``J`` and ``get_result`` returns ``R | dict[str, str]``, the dict being
     a failed job's ``{"ERROR": ...}`` (or ``{}`` for a ``None`` result).
     With a ``result_handler``, ``R`` covers what either returns (mypy
     joins the two, e.g. ``object`` for ``int`` and ``str``).
 
     Feed it jobs with :meth:`add_work` and collect results with
     :meth:`get_result` at any time, interleaved, blocking or not.  See the
-    README for the full contract; in short:
+    documentation's guide to the pool for the full contract; in short:
 
     * results come back in completion order; ``with_id=True`` pairs each with
       the id :meth:`add_work` returned for its job;
@@ -102,7 +102,7 @@ class BossWorkerAsync(AsyncFace[J, R]):
         handlers.
     backend
         Where the Boss runs: ``None`` (default) for processes on this
-        machine; see the README's "Scaling out".
+        machine; a :class:`bossworker.dask.DaskBackend` for a Dask cluster.
     init_timeout
         Seconds a worker may take from its start to ready (its
         ``init_handler``); ``0`` or ``None``: no limit; default 60.
