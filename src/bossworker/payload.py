@@ -49,8 +49,6 @@ import secrets
 import sys
 from typing import Any, Literal
 
-from .portable import PORTABLE
-
 __all__ = ["THRESHOLD", "Chunked", "Pickled", "Segments", "chunks_of", "dump", "new_prefix"]
 
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -148,6 +146,11 @@ def new_prefix() -> str | None:
     the host's), and so on the portable path anywhere: it is what Windows
     runs, and a portable run on Linux must carry large payloads as Windows
     does, inside frames, or that path goes untested."""
+    # Imported here, not at the top: portable.py brings sockets and
+    # selectors, and the codec modules that import this one (jobs,
+    # boss.core) stay free of I/O imports (tests/test_import_graph.py).
+    from .portable import PORTABLE
+
     if PORTABLE or sys.platform == "win32" or not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
         return None
     return os.path.join(_SHM_DIR, f"bossworker-{os.getpid()}-{secrets.token_hex(6)}-")
