@@ -59,7 +59,7 @@ from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_descript
 from ..protocol import Decoder, Flag, Frame, InitFailure, Kind, ProtocolError, RetryOn, SendQueue, encode
 from ..worker import run_worker
 from .core import BossCore, FleetNumbers
-from .link import ANSWERED, TIMED_OUT, HeadFate, LinkState, OutOfTurn, WorkerLink
+from .link import ANSWERED, DEAD, SERVING, STARTING, STOPPING, TIMED_OUT, HeadFate, OutOfTurn, WorkerLink
 
 __all__ = ["EXIT_GRACE", "LocalFleet", "WorkerRecord"]
 
@@ -68,12 +68,16 @@ log = logging.getLogger("bossworker")
 # How long a worker may take to exit after its socket closed before it is killed.
 EXIT_GRACE = 1.0
 
+# The kinds a worker's frames are compared with, bound once (see link.SERVING).
+_ANSWERS = frozenset({Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT})
+_TIMED_OUT_KIND, _READY = Kind.TIMED_OUT, Kind.READY
+
 
 class WorkerRecord(WorkerLink):
     """One worker process as the local Boss sees it: its link, and what
     talking to it takes (process, socket, buffers, exit watch)."""
 
-    __slots__ = ("decoder", "on_io", "out", "pidfd", "process", "rss_probe", "sock")
+    __slots__ = ("decoder", "events", "on_io", "out", "pidfd", "process", "rss_probe", "sock")
 
     def __init__(
         self, process: BaseProcess, sock: socket.socket, read_size: int, now: float, init_timeout: float
@@ -83,6 +87,7 @@ class WorkerRecord(WorkerLink):
         self.sock = sock
         self.decoder = Decoder(read_size)
         self.out = SendQueue()
+        self.events = selectors.EVENT_READ  # what the selector watches its socket for
         self.pidfd: OwnedFd | None = None  # readable once the process exited (None: its sentinel is watched)
         # With a memory cap only: reads the worker's resident size.
         self.rss_probe: RssProbe | None = None
@@ -125,6 +130,8 @@ class LocalFleet:
         # nothing more, so a million queued tiny jobs stay small.
         self.queue: deque[bytes | bytearray] = deque()
         self.workers: list[WorkerRecord] = []
+        # Workers given frames this turn, written to by flush() at its end.
+        self.unflushed: list[WorkerRecord] = []
         self.respawn_at: list[float] = []  # one entry per slot waiting for a new worker
         self.workers_started = 0
         self.memory_kills = 0
@@ -158,7 +165,7 @@ class LocalFleet:
         return bool(self.workers or self.respawn_at)
 
     def can_serve(self) -> bool:
-        return any(w.state is not LinkState.DEAD for w in self.workers)
+        return any(w.state is not DEAD for w in self.workers)
 
     def take_queued(self) -> list[int]:
         job_ids = []
@@ -172,7 +179,7 @@ class LocalFleet:
         self.respawn_at.clear()
         now = self.clock()
         for w in self.workers:
-            if w.state in (LinkState.STARTING, LinkState.SERVING):
+            if w.state in (STARTING, SERVING):
                 self._tell_to_leave(w, now)
 
     def kill_all(self) -> None:
@@ -186,10 +193,10 @@ class LocalFleet:
                 w.pidfd.close()
 
     def request_numbers(self, reply: Callable[[FleetNumbers], None]) -> None:
-        alive = [w for w in self.workers if w.state is not LinkState.DEAD]
+        alive = [w for w in self.workers if w.state is not DEAD]
         reply(
             FleetNumbers(
-                running=sum(1 for w in alive if w.inflight and w.state is LinkState.SERVING),
+                running=sum(1 for w in alive if w.inflight and w.state is SERVING),
                 workers_alive=len(alive),
                 workers_started=self.workers_started,
                 jobs_per_worker={w.pid: w.jobs_done for w in alive},
@@ -210,7 +217,7 @@ class LocalFleet:
         queue = self.queue
         if not queue:
             return
-        serving = [w for w in self.workers if w.state is LinkState.SERVING]
+        serving = [w for w in self.workers if w.state is SERVING]
         now = self.clock()
         # Idle workers first, one job each, so work spreads before it deepens.
         for w in serving:
@@ -223,7 +230,7 @@ class LocalFleet:
         # Every worker is busy and jobs still wait: send some ahead, but no
         # worker more than its fair share of the queue (counting workers
         # still starting), so the tail of a batch stays spread out.
-        starting = sum(1 for w in self.workers if w.state is LinkState.STARTING)
+        starting = sum(1 for w in self.workers if w.state is STARTING)
         for w in serving:
             share = len(queue) // (len(serving) + starting)
             room = min(w.depth(), w.budget(self.max_jobs) + len(w.inflight)) - len(w.inflight)
@@ -239,11 +246,11 @@ class LocalFleet:
             soonest = min(soonest, w.deadline())
             if watch_memory:
                 soonest = min(soonest, w.memory_check_due(CHECK_INTERVAL))
-            if w.state is LinkState.STARTING:
+            if w.state is STARTING:
                 soonest = min(soonest, w.start_by)
-            elif w.state is LinkState.DEAD:
+            elif w.state is DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
-            elif w.state is LinkState.STOPPING:
+            elif w.state is STOPPING:
                 soonest = min(soonest, w.leave_by)
         if self.respawn_at:
             soonest = min(soonest, min(self.respawn_at))
@@ -372,22 +379,34 @@ class LocalFleet:
     # -- workers: talking -----------------------------------------------------------------
 
     def _send(self, w: WorkerRecord, frames: list[bytes | bytearray]) -> None:
+        """Queue ``frames`` for ``w``; :meth:`flush` writes them at the end of the turn."""
+        if not w.out:
+            self.unflushed.append(w)
         w.out.extend(frames)
-        self._flush_worker(w)
+
+    def flush(self) -> None:
+        """Write what this turn queued for the workers (the driver calls
+        this last in a turn, see Boss.run)."""
+        if self.unflushed:
+            for w in self.unflushed:
+                self._flush_worker(w)
+            self.unflushed.clear()
 
     def _flush_worker(self, w: WorkerRecord) -> None:
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
-        if w.out:
+        out = w.out
+        if out:
             try:
-                w.out.consume(send_chunks(w.sock, w.out.chunks()))
+                out.consume(send_chunks(w.sock, out.chunks()))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
                 return  # it died; its sentinel will tell
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
-        if self.selector.get_key(w.sock).events != events:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        if w.events != events:
             self.selector.modify(w.sock, events, w.on_io)
+            w.events = events
 
     def _on_worker(self, w: WorkerRecord, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -397,7 +416,7 @@ class LocalFleet:
 
     def _read_worker(self, w: WorkerRecord) -> bool:
         """Read what ``w`` sent. True if bytes came (there may be more)."""
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return False
         try:
             n = w.sock.recv_into(w.decoder.get_buffer())
@@ -421,17 +440,17 @@ class LocalFleet:
         return True
 
     def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return  # killed for a frame before this one: the rest is not trusted
         kind = frame.kind
-        if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
+        if kind in _ANSWERS:
             now = self.clock()
             try:
                 job = w.answered(frame, now)
             except OutOfTurn as exc:
                 self._protocol_violation(w, str(exc))
                 return
-            if kind == Kind.TIMED_OUT:
+            if kind == _TIMED_OUT_KIND:
                 log.warning("job %d timed out in worker %d", frame.job_id, w.pid)
             if self.core.deliver(job, frame):
                 self.queue.appendleft(job.raw)
@@ -439,7 +458,7 @@ class LocalFleet:
                 w.retire(now, self.config.exit_limit)  # it exits by itself now
             elif self.watch_memory:
                 self._recycle_if_over_memory(w, now)
-        elif kind == Kind.READY:
+        elif kind == _READY:
             if self.watch_memory and self._over_memory_at_start(w):
                 return
             w.ready()
@@ -454,7 +473,7 @@ class LocalFleet:
         socket, say): this costs that worker and its running job only.  The
         job gets an ERROR; the worker is killed, and replaced as after any
         death (jobs sent ahead go back to the queue)."""
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
         text = PROTOCOL_VIOLATION_ERROR.format(detail=detail)
         log.error("worker %d: %s; killing it", w.pid, detail)
@@ -500,7 +519,7 @@ class LocalFleet:
 
     def _lose_socket(self, w: WorkerRecord) -> None:
         """The worker's socket is closed: stop listening; wait for its exit."""
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
         self.selector.unregister(w.sock)
         w.sock.close()
@@ -611,7 +630,7 @@ class LocalFleet:
         its has to be killed for memory it leaked in earlier jobs.  Measured
         after every answer that leaves it idle, else every CHECK_INTERVAL."""
         cap = self.config.max_worker_memory
-        if w.rss_probe is None or cap is None or w.state is not LinkState.SERVING:
+        if w.rss_probe is None or cap is None or w.state is not SERVING:
             return
         # A worker with jobs sent ahead is running sub-millisecond jobs back
         # to back: a system call after each would slow the Boss down for
