@@ -34,6 +34,7 @@ __all__ = [
     "DEAD",
     "MAX_DEPTH",
     "PIPELINE_SECONDS",
+    "SEND_AHEAD_BELOW",
     "SERVING",
     "STARTING",
     "STOPPING",
@@ -53,6 +54,11 @@ TIMEOUT_GRACE = 0.25
 # behind its worker's running job even if that one turns out to be slow.
 PIPELINE_SECONDS = 0.001
 MAX_DEPTH = 32
+# A worker whose jobs take from PIPELINE_SECONDS up to this long keeps one
+# job sent ahead: it finds its next job in its socket instead of waiting a
+# round trip through the Boss for it (~0.1 ms: 10 % of a 1 ms job).  Above,
+# that wait costs under 1 %, less than a job stuck behind a long one would.
+SEND_AHEAD_BELOW = 0.01
 
 
 class LinkState(enum.Enum):
@@ -184,8 +190,10 @@ class WorkerLink:
         """How many jobs to keep in flight on it while it is busy (at least 1)."""
         # Until a job has been timed, assume it is long: a second job queued
         # behind a long one would wait while another worker may sit idle.
-        if self.jobs_done == 0 or self.service_time >= PIPELINE_SECONDS:
+        if self.jobs_done == 0 or self.service_time >= SEND_AHEAD_BELOW:
             return 1
+        if self.service_time >= PIPELINE_SECONDS:
+            return 2
         return min(MAX_DEPTH, 1 + int(PIPELINE_SECONDS / max(self.service_time, 1e-6)))
 
     def take_jobs(self, queue: deque[bytes | bytearray], count: int, now: float) -> list[bytes | bytearray]:

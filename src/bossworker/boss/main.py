@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import selectors
 import signal
@@ -73,8 +74,11 @@ class Boss:
         self.selector = make_selector()
         self.selector.register(self.main, selectors.EVENT_READ, self._on_main)
         self.main_events = selectors.EVENT_READ  # what the selector watches main's socket for
-        self.next_parent_check = 0.0
         self.main_pidfd = self._watch_main()
+        # Main's pidfd shows its death at once: then the Boss never looks at
+        # its parent's pid, and with nothing else due it waits without a
+        # timeout (a timed wait arms a timer at every sleep).
+        self.next_parent_check = 0.0 if self.main_pidfd is None else math.inf
         self.core = BossCore(config.worker_count)
         self.fleet = LocalFleet(config, self.core, self.selector, time.monotonic, self._own_descriptors)
         self.core.attach(self.fleet)
@@ -114,7 +118,8 @@ class Boss:
             self._flush_main()  # answers to main
             if core.finished():
                 break
-            for key, mask in select(max(0.0, due - time.monotonic())):
+            wait = None if due == math.inf else max(0.0, due - time.monotonic())
+            for key, mask in select(wait):
                 key.data(mask)  # main's frames, workers' answers, worker exits
         self.selector.close()
 
