@@ -120,6 +120,17 @@ def echo(sock: socket.socket) -> None:
             sock.sendall(frame)
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time ``pid`` has used so far, in ns (``/proc/<pid>/schedstat``)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
 class RawRelay:
     """main -> relay -> echo -> relay -> main, over socketpairs, forked."""
 
@@ -146,6 +157,8 @@ class RawRelay:
         relay_echo.close()
         echo_sock.close()
         self.buf = bytearray()
+        # The processes by their place: main, the one in the middle, the far end.
+        self.roles = {"middle": [self.pids[1]], "end": [self.pids[0]]}
 
     def one(self) -> None:
         st.stamp("t0")
@@ -181,6 +194,8 @@ class Ours:
         from bossworker import BossWorkerAsync
 
         self.bw = BossWorkerAsync(handler, worker_count=WORKERS)
+        boss = self.bw.boss_pid
+        self.roles = {"middle": [boss], "end": children(boss)}
 
     def one(self) -> None:
         st.stamp("t0")
@@ -195,17 +210,22 @@ class Ours:
 # -- measuring -------------------------------------------------------------------
 
 
-def timed(system: Any, jobs: int) -> float:
-    """The median round trip in µs, after a warm-up."""
+def timed(system: Any, jobs: int) -> tuple[float, dict[str, float]]:
+    """The median round trip in µs, after a warm-up; and the CPU time each
+    place (main, middle, end) used per round trip, in µs: unlike the wall
+    time, that does not grow when other processes take the CPUs."""
     for _ in range(50):
         system.one()
+    roles = {"main": [os.getpid()], **system.roles}
+    before = {role: sum(cpu_ns(p) for p in pids) for role, pids in roles.items()}
     times = []
     clock = time.perf_counter
     for _ in range(jobs):
         t = clock()
         system.one()
         times.append(clock() - t)
-    return statistics.median(times) * 1e6
+    cpu = {role: (sum(cpu_ns(p) for p in pids) - before[role]) / jobs / 1e3 for role, pids in roles.items()}
+    return statistics.median(times) * 1e6, cpu
 
 
 def split(system: Any, jobs: int, stamps: st.Stamps, spans: list[tuple[str, str, str]]) -> dict[str, float]:
@@ -235,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     stamps = st.instrument(args.jobs)
     raw_spans = [*SPANS[:4], RAW_WORKER, *SPANS[7:]]
     plain: dict[str, list[float]] = {"ours": [], "raw": []}
+    cpu: dict[str, list[dict[str, float]]] = {"ours": [], "raw": []}
     parts: dict[str, list[dict[str, float]]] = {"ours": [], "raw": []}
     for r in range(args.rounds):
         order = ("ours", "raw") if r % 2 == 0 else ("raw", "ours")
@@ -244,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             st.STAMPS = None
             system: Any = Ours(wl.multiply) if name == "ours" else RawRelay()
             try:
-                plain[name].append(timed(system, args.jobs))
+                wall, used = timed(system, args.jobs)
+                plain[name].append(wall)
+                cpu[name].append(used)
             finally:
                 system.close()
             st.STAMPS = stamps
@@ -272,6 +295,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("ours", "bossworker"), ("raw", "raw two-hop relay")):
         print(f"| {label} | {min(plain[name]):.0f} µs | {statistics.median(plain[name]):.0f} µs |")
     print(f"| ratio (same round) | {min(ratios):.2f}× | {statistics.median(ratios):.2f}× |")
+    print()
+    print("| CPU time per round trip (uninstrumented; µs, min / median) | bossworker | raw relay |")
+    print("|---|---|---|")
+    for role, label in (
+        ("main", "main"),
+        ("middle", "the Boss / the relay"),
+        ("end", "the workers / the echo"),
+    ):
+        row = []
+        for name in ("ours", "raw"):
+            values = [c[role] for c in cpu[name]]
+            row.append(f"{min(values):.1f} / {statistics.median(values):.1f}")
+        print(f"| {label} | {row[0]} | {row[1]} |")
     print()
     print("| span (instrumented; µs, min / median over rounds) | bossworker | raw relay | difference (min) |")
     print("|---|---|---|---|")

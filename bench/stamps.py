@@ -137,7 +137,18 @@ def instrument(slots: int) -> Stamps:
     sender(client, "main>boss")
     sender(boss_main, "boss>main")
     sender(local, "boss>worker")
-    sender(worker, "worker>boss")
+    sender(worker, "worker>boss")  # READY, and answers of several buffers
+    # The usual answer goes out with sock.sendall right after the worker
+    # asked result_segment about it: that is its "about to send" moment.
+    result_segment = worker.result_segment
+
+    def segment_of(answer: Any) -> Any:
+        found = result_segment(answer)
+        if len(answer) == 1:
+            stamp(f"worker>boss {_kind_name(answer[0])}")
+        return found
+
+    worker.result_segment = segment_of
 
     buffer_updated = Decoder.buffer_updated
 
