@@ -266,13 +266,13 @@ def result_value(frame: Frame, segments: Segments) -> Any:
     """What ``get_result()`` hands out for an answer frame: the unpickled
     result, or ``{"ERROR": text}`` (a result that does not unpickle is that
     job's ERROR, never raised)."""
-    if frame.kind == Kind.RESULT:
+    if frame.kind == _RESULT:
         try:
-            if frame.flags & Flag.SEGMENT:
+            if frame.flags & _SEGMENT:
                 return segments.load(frame.job_id, "r")
             return pickle.loads(frame.payload)
         except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
             return {"ERROR": result_not_unpicklable_error(exc)}
-    if frame.kind == Kind.TIMED_OUT:
+    if frame.kind == _TIMED_OUT:
         return {"ERROR": TIMED_OUT_ERROR}
     return {"ERROR": error_text(frame)}

@@ -158,7 +158,9 @@ class Frame(NamedTuple):
     def parse(cls, raw: bytes | bytearray) -> Frame:
         """The frame whose complete bytes (header included) are ``raw``."""
         kind, flags, _length, job_id, timeout = HEADER.unpack_from(raw)
-        return cls(kind, flags, job_id, timeout, raw)
+        # tuple.__new__: without the NamedTuple's Python-level __new__ (the
+        # Boss parses every job it sends a worker).
+        return tuple.__new__(cls, (kind, flags, job_id, timeout, raw))
 
     @property
     def payload(self) -> memoryview:
@@ -352,8 +354,12 @@ class SendQueue:
 
     def extend(self, items: Iterable[Buffer]) -> None:
         """Queue each of ``items`` in order."""
+        chunks = self._chunks
         for item in items:
-            self.append(item)
+            n = len(item)
+            if n:
+                chunks.append(item)
+                self._nbytes += n
 
     def chunks(self) -> list[Buffer]:
         """The next buffers to send, in order (at most :attr:`MAX_CHUNKS`)."""
