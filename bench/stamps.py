@@ -100,6 +100,7 @@ class Stamps:
 STAMPS: Stamps | None = None
 ROLE = "main"  # set to "boss" / "worker" in the children by the wrapped process bodies
 _boss_main_decoder: object = None  # the Boss's decoder for main's frames
+_answer_stamped = False  # a worker's answer was stamped before its send
 
 
 def _kind_name(data: Any) -> str:
@@ -126,9 +127,13 @@ def instrument(slots: int) -> Stamps:
         original = module.send_chunks
 
         def send_chunks(sock: Any, chunks: Any) -> int:
+            global _answer_stamped
             # Stamped before the write: once it is done the reader may run
             # (and stamp) before this process gets the CPU back.
-            stamp(f"{main_role} {_kind_name(chunks[0])}")
+            if _answer_stamped:
+                _answer_stamped = False  # stamped by segment_of already (older trees)
+            else:
+                stamp(f"{main_role} {_kind_name(chunks[0])}")
             n: int = original(sock, chunks)
             return n
 
@@ -143,9 +148,13 @@ def instrument(slots: int) -> Stamps:
     result_segment = worker.result_segment
 
     def segment_of(answer: Any) -> Any:
+        global _answer_stamped
         found = result_segment(answer)
         if len(answer) == 1:
             stamp(f"worker>boss {_kind_name(answer[0])}")
+            _answer_stamped = True  # a tree whose worker still sends it with send_chunks
+        else:
+            _answer_stamped = False  # send_chunks stamps it
         return found
 
     worker.result_segment = segment_of
