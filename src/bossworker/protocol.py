@@ -37,7 +37,10 @@ inside a frame.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import struct
+import sys
 from collections.abc import Iterable
 from enum import IntEnum
 from typing import NamedTuple, TypeAlias
@@ -74,11 +77,6 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 # A frame larger than this is handed out as the very bytearray it was read
 # into, instead of being copied out of the shared read buffer.
 _DEFAULT_CHUNK = 1024 * 1024
-# The shared read buffer starts this small and grows (up to the chunk size)
-# only for a frame that needs it: a new bytearray is zero-filled, and
-# faulting in a megabyte of fresh pages costs 1-5 ms, paid by every Boss,
-# worker and main at start-up (before they had read a byte).
-_FIRST_CHUNK = 64 * 1024
 
 #: The largest payload one frame may carry (4 GiB).  Far above what travels
 #: inline in practice (pickles of 256 KiB and more go to /dev/shm segments
@@ -216,14 +214,13 @@ class Decoder:
     are still there for :meth:`take`); the stream cannot be trusted after it.
     """
 
-    __slots__ = ("_big", "_big_filled", "_buf", "_chunk_size", "_end", "_frames", "_max_payload", "_start")
+    __slots__ = ("_big", "_big_filled", "_buf", "_end", "_frames", "_max_payload", "_start")
 
     def __init__(self, chunk_size: int = _DEFAULT_CHUNK, max_payload: int = MAX_PAYLOAD) -> None:
         if chunk_size < HEADER_SIZE:
             raise ValueError(f"chunk_size must be at least {HEADER_SIZE}")
         self._max_payload = max_payload
-        self._chunk_size = chunk_size
-        self._buf = bytearray(min(chunk_size, _FIRST_CHUNK))  # grows up to chunk_size (see _parse)
+        self._buf = _zeroed(chunk_size)
         self._start = 0  # first byte not yet decoded
         self._end = 0  # one past the last byte received
         self._big: bytearray | None = None  # a large frame being filled
@@ -300,25 +297,37 @@ class Decoder:
                     )
                 total = HEADER_SIZE + length
                 if end - start < total:
-                    have = end - start
-                    if total > self._chunk_size:
+                    if total > len(buf):
                         # Too big for the shared buffer: give it one of its own.
                         big = bytearray(total)
+                        have = end - start
                         big[:have] = view[start:end]
                         self._big, self._big_filled = big, have
                         start = end = 0
-                    elif total > len(buf):
-                        # It fits the chunk size, not the buffer yet: grow it.
-                        grown = bytearray(min(self._chunk_size, max(total, 2 * len(buf))))
-                        grown[:have] = view[start:end]
-                        self._buf = grown
-                        start, end = 0, have
                     break
                 append(new(Frame, (kind, flags, job_id, timeout, view[start : start + total].tobytes())))
                 start += total
         if start == end:
             start = end = 0
         self._start, self._end = start, end
+
+
+def _zeroed(size: int) -> mmap.mmap:
+    """A writable buffer of ``size`` zero bytes whose pages are only made
+    when first written.  A ``bytearray(size)`` is zero-filled at once: for
+    the default megabyte, milliseconds of page faults that every Boss,
+    worker and main paid at start-up before reading a byte, though most
+    reads only ever touch the first page.  Raises MemoryError, as a
+    bytearray would, when the address space is exhausted."""
+    try:
+        if sys.platform == "win32":
+            return mmap.mmap(-1, size)
+        # Private: a process forked later gets its own copy, not a share.
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            raise MemoryError(f"no room for a read buffer of {size} bytes") from exc
+        raise
 
 
 class SendQueue:
