@@ -145,7 +145,7 @@ def instrument(slots: int) -> Stamps:
     sender(worker, "worker>boss")  # READY, and answers of several buffers
     # The usual answer goes out with sock.sendall right after the worker
     # asked result_segment about it: that is its "about to send" moment.
-    result_segment = worker.result_segment
+    result_segment = getattr(worker, "result_segment")  # noqa: B009 - imported there, not exported
 
     def segment_of(answer: Any) -> Any:
         global _answer_stamped
@@ -157,7 +157,7 @@ def instrument(slots: int) -> Stamps:
             _answer_stamped = False  # send_chunks stamps it
         return found
 
-    worker.result_segment = segment_of
+    setattr(worker, "result_segment", segment_of)  # noqa: B010
 
     buffer_updated = Decoder.buffer_updated
 
