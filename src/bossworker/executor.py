@@ -3,13 +3,13 @@
 Who does what::
 
     caller threads                main process                          Boss and workers
-    submit(fn, *a, **kw) --> pickle (fn, a, kw); add a job -----------> queue --> worker: _call()
+    submit(fn, *a, **kw) --> pickle (fn, a, kw); add a job -----------> queue --> worker: call()
     future.cancel()      --> CANCEL round trip ------------------------> dropped if still queued
     future.result()      <-- collector thread: next answer, completes <-- RESULT | ERROR | TIMED_OUT
                              that job's future
 
 The pool underneath is an ordinary :class:`~bossworker.BossWorkerAsync` whose
-work handler is :func:`_call`: every task is the job ``(fn, args, kwargs)``.
+work handler is :func:`bossworker.executor_worker.call`: every task is the job ``(fn, args, kwargs)``.
 So dead workers, time limits, recycling and shared-memory payloads are the
 engine's, unchanged; this module only turns jobs into futures and answers
 into results or exceptions.
@@ -27,18 +27,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import multiprocessing
 import os
 import pickle
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
+from . import checks
 from .backend import Backend
 from .errors import (
     BossDiedError,
@@ -46,11 +45,11 @@ from .errors import (
     InvalidArgumentError,
     SerializationError,
     ShutDownError,
-    _JobTimeout,
 )
+from .executor_worker import Raised, call, run_chunk
 from .outcome import error_from_answer, rebuild_exception
-from .payload import PICKLE_PROTOCOL, Pickled, dump
-from .pool import BossWorkerAsync, StartMethod, _check_timeout
+from .payload import Pickled, dump
+from .pool import BossWorkerAsync
 from .protocol import Flag, Frame, Kind
 
 __all__ = ["Executor", "ExecutorOptions"]
@@ -63,68 +62,6 @@ T = TypeVar("T")
 _IDLE_WAIT = 3600.0
 # map() sends the tasks it submits up front this many to a send.
 _BATCH = 512
-
-
-# -- worker side -----------------------------------------------------------------
-
-
-class _Raised:
-    """What :func:`_call` returns instead of a value when the task raised.
-
-    The exception travels pickled (inside the answer's pickle), so that one
-    that pickles but cannot be unpickled in main still arrives as text.
-    """
-
-    __slots__ = ("exc_pickle", "tb", "text", "type_name")
-
-    def __init__(self, exc_pickle: bytes | None, type_name: str, text: str, tb: str) -> None:
-        self.exc_pickle = exc_pickle
-        self.type_name = type_name
-        self.text = text
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Raised, (self.exc_pickle, self.type_name, self.text, self.tb))
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> _Raised:
-        tb = "".join(traceback.format_exception(exc))
-        text = "".join(traceback.format_exception_only(exc)).strip()
-        kind = type(exc)
-        type_name = f"{kind.__module__}.{kind.__qualname__}"
-        exc_pickle: bytes | None
-        try:
-            exc_pickle = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
-            pickle.loads(exc_pickle)  # some exceptions pickle but cannot be rebuilt
-        except Exception:  # noqa: BLE001 - any failure means: send the text instead
-            exc_pickle = None
-        return cls(exc_pickle, type_name, text, tb)
-
-    def exception(self) -> BaseException:
-        """The task's exception, rebuilt in main, remote traceback as ``__cause__``."""
-        return rebuild_exception(self.exc_pickle, self.text, self.type_name, self.tb)
-
-
-def _call(job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
-    """The one work handler of every Executor: run ``fn(*args, **kwargs)``.
-
-    An exception (any ``BaseException``, as ``ProcessPoolExecutor`` does) is
-    caught here and returned as a :class:`_Raised`, so it reaches main as an
-    object, not as the engine's ERROR text.  The engine's own time-limit
-    signal is let through: the engine answers that job TIMED_OUT.
-    """
-    fn, args, kwargs = job
-    try:
-        return fn(*args, **kwargs)
-    except _JobTimeout:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
-        return _Raised.from_exception(exc)
-
-
-def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
-    """``map(..., chunksize=n)``: one task runs ``n`` calls, in order."""
-    return [fn(*args) for args in chunk]
 
 
 # -- main side: futures ----------------------------------------------------------
@@ -224,8 +161,7 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> _TaskFuture:
-        if not callable(fn):
-            raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+        checks.callable_arg("fn", fn, required=True)
         try:
             pickled = dump((fn, args, kwargs))
         except Exception:  # noqa: BLE001 - submit_many makes the failed future
@@ -245,8 +181,7 @@ class _Core:
         so: one system call and one Boss wake-up instead of one per task)."""
         pickled: list[Any] = []
         for fn, args, kwargs in calls:
-            if not callable(fn):
-                raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+            checks.callable_arg("fn", fn, required=True)
             try:
                 pickled.append(dump((fn, args, kwargs)))
             except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
@@ -393,8 +328,8 @@ class _Core:
                 error = SerializationError(f"the task's result could not be unpickled in main: {exc!r}")
                 error.__cause__ = exc
                 return False, error
-            if type(value) is _Raised:
-                return False, value.exception()
+            if type(value) is Raised:
+                return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
             return True, value
         return False, error_from_answer(frame, limit, "task")
 
@@ -449,14 +384,6 @@ else:  # pragma: no cover - every CPython since 3.9 has it
 
 
 # -- the public class ------------------------------------------------------------
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise InvalidArgumentError(f"{name} must be greater than 0, not {value}")
-    return value
 
 
 def _default_workers() -> int:
@@ -524,10 +451,10 @@ class Executor(futures.Executor):
         max_worker_memory: int | str | None = None,
     ) -> None:
         workers = (
-            _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
+            _default_workers() if max_workers is None else checks.whole_number("max_workers", max_workers)
         )
         if max_tasks_per_child is not None:
-            _check_positive_int("max_tasks_per_child", max_tasks_per_child)
+            checks.whole_number("max_tasks_per_child", max_tasks_per_child)
         method = start_method
         if mp_context is not None:
             get = getattr(mp_context, "get_start_method", None)
@@ -543,12 +470,8 @@ class Executor(futures.Executor):
                     f"{context_method!r}; pass one of them"
                 )
             method = context_method
-        if method is not None and method not in multiprocessing.get_all_start_methods():
-            raise InvalidArgumentError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {method!r}"
-            )
-        if initializer is not None and not callable(initializer):
-            raise InvalidArgumentError(f"initializer must be callable, not {type(initializer).__name__}")
+        method = checks.start_method(method)
+        checks.callable_arg("initializer", initializer)
         if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Iterable):
             raise InvalidArgumentError(
                 f"initargs must be a tuple of arguments for initializer, not {type(initargs).__name__}"
@@ -556,20 +479,26 @@ class Executor(futures.Executor):
         initargs = tuple(initargs)
         if initargs and initializer is None:
             raise InvalidArgumentError("initargs were given without an initializer to pass them to")
-        limit = _check_timeout("timeout", timeout)
+        limit = checks.seconds("timeout", timeout)
         init = functools.partial(initializer, *initargs) if initializer is not None else None
         pool = BossWorkerAsync(
-            _call,
+            call,
             init_handler=init,
             global_timeout=limit,
             worker_count=workers,
-            start_method=cast("StartMethod | None", method),  # checked by BossWorkerAsync
+            start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
             max_worker_memory=max_worker_memory,
         )
         self._max_workers = workers
-        self._core = _Core(pool, limit, workers)
+        try:
+            self._core = _Core(pool, limit, workers)
+        except BaseException:
+            # Its collector thread could not start (a process limit): stop
+            # the Boss and workers now, not at some garbage collection.
+            pool.shut_down(force=True)
+            raise
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)
@@ -613,7 +542,7 @@ class Executor(futures.Executor):
         Executor (``submit``, ``map``, ``loop.run_in_executor``) sharing this
         one's workers; its ``shutdown()`` does nothing.
         """
-        limit = self._core.timeout if timeout is None else _check_timeout("timeout", timeout)
+        limit = self._core.timeout if timeout is None else checks.seconds("timeout", timeout)
         return ExecutorOptions(self, limit)
 
     def map(  # buffersize: keyword-only, as added in Python 3.14
@@ -700,11 +629,10 @@ def _map(
     chunksize: int,
     buffersize: int | None,
 ) -> Iterator[T]:
-    if not callable(fn):
-        raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
-    _check_positive_int("chunksize", chunksize)
+    checks.callable_arg("fn", fn, required=True)
+    checks.whole_number("chunksize", chunksize)
     if buffersize is not None:
-        _check_positive_int("buffersize", buffersize)
+        checks.whole_number("buffersize", buffersize)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
         raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     end_time = None if timeout is None else time.monotonic() + timeout
@@ -712,7 +640,7 @@ def _map(
     calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
     tasks: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
     if chunksize > 1:
-        tasks = ((_run_chunk, (fn, chunk)) for chunk in _batched(calls, chunksize))
+        tasks = ((run_chunk, (fn, chunk)) for chunk in _batched(calls, chunksize))
     else:
         tasks = ((fn, args) for args in calls)
 

@@ -15,28 +15,30 @@ the handler raised, exception pickles  that exception, its own type and message;
 the handler raised, it does not        :class:`TaskError` (``type_name``, text)
 the job ran out of time                :class:`TaskTimeoutError`
 its worker died (Flag.DIED)            :class:`WorkerDiedError` (``reason``, ``exitcode``)
-its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY)
+its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY; ``rss``, ``limit``)
 the result could not be pickled        :class:`SerializationError`
 no worker could start                  :class:`WorkerInitError`
 anything else the engine reports       :class:`TaskError`
 =====================================  =========================================
+
+The figures in the last two (an exit code, the memory sizes) are the
+:class:`~bossworker.jobs.Facts` the Boss measured and sent as data
+(``Flag.FACTS``); the ERROR texts only show them to people.
 """
 
 from __future__ import annotations
 
 import contextlib
 import pickle
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, NoReturn, TypeVar
 
-from . import errors
 from .errors import (
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
-    WORKER_DIED_PREFIX,
     JobCancelledError,
+    MemoryLimitError,
     RemoteTraceback,
     SerializationError,
     TaskError,
@@ -44,7 +46,7 @@ from .errors import (
     WorkerDiedError,
     WorkerInitError,
 )
-from .jobs import decode_error
+from .jobs import Facts, answer_facts, decode_error
 from .protocol import Buffer, Flag, Frame, Kind, answer_pid
 
 __all__ = ["Attempt", "Outcome", "error_from_answer", "rebuild_exception"]
@@ -86,7 +88,7 @@ class Outcome(Generic[R]):
     failed (``error`` says how; see the table in :mod:`bossworker.outcome`).
     :meth:`unwrap` returns the value or raises the error.
 
-    Times are ``time.time()`` in main: ``queued_at`` when :meth:`add_work`
+    Times are ``time.time()`` in main: ``queued_at`` when :meth:`BossWorkerAsync.add_work`
     was called, ``finished_at`` when main received the answer, and
     ``started_at`` is *derived*: ``finished_at - run_time``, so it is the
     start as seen from main, late by the answer's trip from the worker
@@ -96,17 +98,30 @@ class Outcome(Generic[R]):
     or was killed at its deadline.
     """
 
+    #: The id :meth:`BossWorkerAsync.add_work` returned for the job.
     job_id: int
+    #: True when the handler returned: ``value`` is what it returned.
     ok: bool
+    #: The handler's return value, untouched; None unless ``ok``.
     value: R | None = None
+    #: Why the job did not succeed (None when ``ok``): the handler's own
+    #: exception, or the engine's verdict (:class:`TaskTimeoutError`,
+    #: :class:`WorkerDiedError`, :class:`JobCancelledError`, ...).
     error: BaseException | None = None
+    #: True when :meth:`BossWorkerAsync.cancel` dropped the job before it started.
     cancelled: bool = False
     #: pid of the worker that ran the (last) attempt; None if none did
     #: (cancelled, or no worker could start).
     worker_pid: int | None = None
+    #: Seconds the (last) attempt ran, measured by the worker (by the Boss
+    #: for a worker that died or was killed at its deadline).
     run_time: float = 0.0
+    #: ``time.time()`` in main when the job was added.
     queued_at: float = 0.0
+    #: ``finished_at - run_time`` (never before ``queued_at``): the start as
+    #: seen from main; None for a cancelled job.
     started_at: float | None = None
+    #: ``time.time()`` in main when the answer arrived.
     finished_at: float = 0.0
     #: Every attempt, oldest first; more than one only when the job was
     #: retried (``retries=``).  Empty for a cancelled job.
@@ -168,10 +183,10 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
         return rebuild_exception(exc_pickle, head, type_name, tb)
     error: BaseException
     if frame.flags & Flag.MEMORY:  # the memory cap (max_worker_memory) killed its worker
-        error = errors.MemoryLimitError.from_text(text)
-    elif frame.flags & Flag.DIED or text.startswith(WORKER_DIED_PREFIX):
-        # The flag from our Boss; the text from backends that do not set it.
-        error = _died(text, what)
+        facts = answer_facts(frame)
+        error = MemoryLimitError(text, facts.rss, facts.limit)
+    elif frame.flags & Flag.DIED:
+        error = _died(text, answer_facts(frame), what)
     elif text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
         error = SerializationError(f"the {what}'s return value could not be pickled in the worker: {text}")
     elif text.startswith(NO_WORKER_COULD_START_PREFIX):
@@ -182,35 +197,18 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
     return error
 
 
-def _died(text: str, what: str) -> WorkerDiedError:
-    reason = text[len(WORKER_DIED_PREFIX) :].split(")", 1)[0] if text.startswith(WORKER_DIED_PREFIX) else ""
+def _died(text: str, facts: Facts, what: str) -> WorkerDiedError:
     return WorkerDiedError(
-        f"the worker running this {what} died ({reason or text}); it was replaced and the pool "
+        f"the worker running this {what} died ({facts.reason or text}); it was replaced and the pool "
         "carries on (unlike ProcessPoolExecutor, whose whole pool would now be broken)",
-        reason,
-        exitcode_of(reason),
+        facts.reason,
+        facts.exitcode,
     )
 
 
-def exitcode_of(reason: str) -> int | None:
-    """``"SIGKILL"`` -> -9, ``"exit code 3"`` -> 3 (multiprocessing's convention)."""
-    if reason.startswith("exit code "):
-        with contextlib.suppress(ValueError):
-            return int(reason[len("exit code ") :])
-        return None
-    if reason.startswith("signal "):
-        with contextlib.suppress(ValueError):
-            return -int(reason[len("signal ") :])
-        return None
-    try:
-        return -int(signal.Signals[reason])
-    except KeyError:
-        return None
-
-
-def _attempt(frame: Frame, received: float, limit: float, error: BaseException | None) -> Attempt:
+def _attempt(frame: Frame, received: float, error: BaseException | None) -> Attempt:
     pid = answer_pid(frame.raw)
-    return Attempt(pid or None, max(0.0, frame.timeout), error, received)
+    return Attempt(pid or None, max(0.0, frame.ran), error, received)
 
 
 def cancelled_outcome(job_id: int, queued_at: float, when: float) -> Outcome[R]:
@@ -233,8 +231,8 @@ def make_outcome(
     (see :meth:`Client.take_record`)."""
     error = None if ok else value
     assert error is None or isinstance(error, BaseException)
-    attempts = [_attempt(f, t, limit, error_from_answer(f, limit)) for t, f in retried]
-    last = _attempt(frame, received, limit, error)
+    attempts = [_attempt(f, t, error_from_answer(f, limit)) for t, f in retried]
+    last = _attempt(frame, received, error)
     attempts.append(last)
     run_time = last.run_time
     started_at = max(queued_at, received - run_time)

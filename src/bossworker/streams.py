@@ -8,15 +8,11 @@ the input.  Its jobs go through a :class:`~bossworker.client.Lane`: their
 answers never reach ``get_result()``, and ``pending()`` does not count them.
 
 What is yielded is decided by a ``deliver(frame)`` function the pool passes
-in (today: the value ``get_result()`` would return).  That is the seam for
-``Outcome`` objects: an outcomes flavour passes a frame-to-Outcome function
-and reuses all of this unchanged.
+in: the value ``get_result()`` would return, or the job's ``Outcome``.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,8 +25,9 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from .aio import SocketWaiter
 
 from .client import Client, Lane
-from .errors import InvalidArgumentError, SerializationError
+from .errors import SerializationError
 from .payload import Pickled, dump
+from .progressbar import open_bar
 from .protocol import Flag, Frame
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "Bar", "amap", "aresults", "map_jobs", "results"]
@@ -41,11 +38,6 @@ T = TypeVar("T")
 #: tiny jobs (the Boss pipelines up to 32 jobs per worker), small enough to
 #: be nothing in memory.
 DEFAULT_MAX_IN_FLIGHT = 1024
-
-#: What ``progress=True`` prints once per process when tqdm is missing.
-NO_TQDM_HINT = "bossworker: progress=True shows no bar: tqdm is not installed (pip install 'bossworker[cli]')"
-
-_hint_shown = False
 
 #: ``progress=``: False, True, or keyword arguments for ``tqdm`` (``file=``, ``desc=``, ...).
 Progress = bool | Mapping[str, Any]
@@ -61,14 +53,9 @@ class Bar:
         self._bar: Any = None
         if progress is False:
             return
-        try:  # imported by name: tqdm is optional (the cli extra) and has no stubs
-            tqdm = importlib.import_module("tqdm").tqdm
-        except ImportError:
-            _hint()
-            return
         options = dict(progress) if isinstance(progress, Mapping) else {}
         options.setdefault("total", total)
-        self._bar = tqdm(**options)
+        self._bar = open_bar(**options)
 
     def step(self, total: int | None = None) -> None:
         """One more done; ``total`` the total as now known (it may grow)."""
@@ -84,34 +71,12 @@ class Bar:
             self._bar.close()
 
 
-def _hint() -> None:
-    global _hint_shown
-    if not _hint_shown:
-        _hint_shown = True
-        print(NO_TQDM_HINT, file=sys.stderr)
-
-
-def check_progress(progress: object) -> None:
-    if not isinstance(progress, (bool, Mapping)):
-        raise InvalidArgumentError(
-            f"progress must be True, False or a dict of tqdm arguments, not {type(progress).__name__}"
-        )
-
-
 def known_length(iterable: object) -> int | None:
     """``len(iterable)`` if it has one (a list, a range), else None."""
     try:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def check_max_in_flight(value: object) -> int:
-    if value is None:
-        return DEFAULT_MAX_IN_FLIGHT
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"max_in_flight must be an int >= 1 (or None), not {value!r}")
-    return value
 
 
 def _pickle(items: list[Any], first_index: int) -> tuple[list[Pickled], SerializationError | None]:

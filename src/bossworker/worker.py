@@ -40,17 +40,16 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from .config import WorkerSpec
-from .errors import _JobTimeout, result_not_picklable_error
+from .errors import JobAlarm, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
 from .payload import PICKLE_PROTOCOL, dump
-from .portable import HAS_ALARM, send_chunks, watch_forks
+from .portable import HAS_ALARM, LateSocket, send_chunks, watch_forks
 from .process import (
     Closable,
     ExitFlush,
-    OwnedFd,
+    Watched,
     close_inherited,
     exit_now,
-    has_exited,
     ignore_interrupts,
     lead_own_group,
     open_pidfd,
@@ -84,7 +83,7 @@ class _Alarm:
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self.armed:
             self.fired = True
-            raise _JobTimeout
+            raise JobAlarm
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -110,7 +109,7 @@ def _error(job_id: int, started: float, text: str, exc: BaseException | None = N
 
 
 def _run_job(
-    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: OwnedFd | None = None, pid: int = 0
+    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: Watched | None = None, pid: int = 0
 ) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
@@ -118,12 +117,13 @@ def _run_job(
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
 
-    Raises :class:`_BossGone` instead of writing a result segment when the
-    pidfd ``boss`` says the Boss has exited (nobody would remove it).
+    Raises :class:`_BossGone` instead of leaving a result segment when
+    ``boss`` (watched where nothing kills us with it) says the Boss has
+    exited or is exiting: nobody would remove it.
     ``pid`` is this worker's (0: ask the system).
     """
     job_id = frame.job_id
-    timeout = frame.timeout
+    timeout = frame.limit
     started = time.perf_counter()
     alarm.fired = False
     try:
@@ -134,26 +134,36 @@ def _run_job(
                 signal.setitimer(signal.ITIMER_REAL, timeout)
             value = spec.work_handler(job)
         finally:
-            # An alarm that fires in here still raises _JobTimeout: fine, the
+            # An alarm that fires in here still raises JobAlarm: fine, the
             # job did run out of time.
             if timeout > 0 and HAS_ALARM:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             alarm.armed = False
-    except _JobTimeout:
+    except JobAlarm:
         return [_answer(Kind.TIMED_OUT, job_id, started)]
     except BaseException as exc:  # noqa: BLE001 - one bad job must not kill the worker
-        if alarm.fired:  # the handler swallowed our _JobTimeout, then failed
+        if alarm.fired:  # the handler swallowed our JobAlarm, then failed
             return [_answer(Kind.TIMED_OUT, job_id, started)]
         return [_error(job_id, started, describe_exception(exc), exc)]
-    if alarm.fired:  # the handler caught _JobTimeout itself and went on
+    if alarm.fired:  # the handler caught JobAlarm itself and went on
         return [_answer(Kind.TIMED_OUT, job_id, started)]
     try:
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
         return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)))]
-    if boss is not None and has_exited(boss):
+    if boss is not None and boss.leaving():
         raise _BossGone
-    return result_answer(job_id, pickled, spec.segments, started, pid)
+    answer = result_answer(job_id, pickled, spec.segments, started, pid)
+    if boss is not None:
+        # Looked at again once the segment exists: the Boss may have been
+        # killed while it was written, and main may already have freed the
+        # pool's segments (it does once it saw the Boss die, which is after
+        # the Boss began to exit).
+        segment = result_segment(answer)
+        if segment is not None and boss.leaving():
+            spec.segments.discard(segment)
+            raise _BossGone
+    return answer
 
 
 def _exit(flush: ExitFlush, code: int) -> NoReturn:
@@ -186,12 +196,16 @@ class SpecError(Exception):
 
 
 def run_worker(
-    sock: socket.socket,
+    sock_or_late: socket.socket | LateSocket,
     spec: WorkerSpec | bytes,
     boss_pid: int,
     inherited: Sequence[Closable] = (),
 ) -> None:
     """The body of a worker process. Never returns: it ends in ``os._exit``.
+
+    Its socket is opened here (see :class:`~bossworker.portable.LateSocket`):
+    a worker whose Boss was stopped before the socket could be fetched leaves
+    quietly, with no traceback.
 
     ``spec`` comes pickled (bytes) from a Boss that does not fork its
     workers: unpickling it here, not in multiprocessing's bootstrap, lets a
@@ -199,14 +213,22 @@ def run_worker(
     NOT_IMPORTABLE) instead of killing the process with a traceback only on
     stderr.
     """
-    lead_own_group()  # first: whatever runs from here on is in the group
+    if isinstance(sock_or_late, LateSocket):
+        opened = sock_or_late.open()
+        if opened is None:
+            os._exit(0)  # the Boss is gone: nobody is left to answer
+        sock = opened
+    else:
+        sock = sock_or_late
+    lead_own_group()  # whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
-    boss: OwnedFd | None = None
+    boss: Watched | None = None
     if not (os.getppid() == boss_pid and set_parent_death_signal(boss_pid)):
         # Under forkserver (or without prctl) nothing kills us with the
         # Boss: watch it, so as to leave no segment behind for it.
-        boss = open_pidfd(boss_pid, older_than_me=True)
+        pidfd = open_pidfd(boss_pid, older_than_me=True)
+        boss = Watched(boss_pid, pidfd) if pidfd is not None else None
     flush = ExitFlush()  # after this, what the handlers set up is flushed at exit
     gc.freeze()  # never walk the objects inherited from the Boss (and main)
     forked = watch_forks()

@@ -32,6 +32,8 @@ its group before reaping it, so what its handlers started goes with it.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import multiprocessing
@@ -39,6 +41,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -52,14 +55,35 @@ from ..errors import (
     PROTOCOL_VIOLATION_ERROR,
     START_FAILED_ERROR,
 )
-from ..jobs import frame_text
+from ..jobs import Facts, frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
-from ..portable import send_chunks
+from ..portable import LateSocket, send_chunks
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
-from ..protocol import Decoder, Flag, Frame, InitFailure, Kind, ProtocolError, RetryOn, SendQueue, encode
+from ..protocol import (
+    Decoder,
+    Flag,
+    Frame,
+    InitFailure,
+    Kind,
+    ProtocolError,
+    RetryOn,
+    SendQueue,
+    encode,
+    recv_frames,
+)
 from ..worker import run_worker
-from .core import BossCore, FleetNumbers
-from .link import ANSWERED, DEAD, SERVING, STARTING, STOPPING, TIMED_OUT, HeadFate, OutOfTurn, WorkerLink
+from .core import RESPAWN_BACKOFF_MAX, BossCore, FleetNumbers
+from .link import (
+    ANSWERED,
+    DEAD,
+    SERVING,
+    STARTING,
+    STOPPING,
+    TIMED_OUT,
+    HeadFate,
+    OutOfTurn,
+    WorkerLink,
+)
 
 __all__ = ["EXIT_GRACE", "LocalFleet", "WorkerRecord"]
 
@@ -67,6 +91,13 @@ log = logging.getLogger("bossworker")
 
 # How long a worker may take to exit after its socket closed before it is killed.
 EXIT_GRACE = 1.0
+# Worker starts due are made for at most this long per turn of the loop:
+# the rest wait for the next turn, so READYs, answers and main's frames are
+# read while a big pool starts (a start costs a fork, or a fork and exec).
+START_BUDGET = 0.01
+# Slots that cannot get a worker (a process or file limit) are summed up in
+# one log line at most this often, not one line per failed start.
+START_REPORT_INTERVAL = 60.0
 
 # The kinds a worker's frames are compared with, bound once (see link.SERVING).
 _ANSWERS = frozenset({Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT})
@@ -77,13 +108,31 @@ class WorkerRecord(WorkerLink):
     """One worker process as the local Boss sees it: its link, and what
     talking to it takes (process, socket, buffers, exit watch)."""
 
-    __slots__ = ("decoder", "events", "on_io", "out", "pidfd", "process", "rss_probe", "sock")
+    __slots__ = (
+        "decoder",
+        "events",
+        "on_io",
+        "out",
+        "pidfd",
+        "process",
+        "rss_probe",
+        "slot_failures",
+        "sock",
+    )
 
     def __init__(
-        self, process: BaseProcess, sock: socket.socket, read_size: int, now: float, init_timeout: float
+        self,
+        process: BaseProcess,
+        sock: socket.socket,
+        read_size: int,
+        now: float,
+        init_timeout: float,
+        slot_failures: int = 0,
     ) -> None:
         super().__init__(process.pid or 0, now, init_timeout)
         self.process = process
+        # How many starts of its slot failed in a row before it (its back-off).
+        self.slot_failures = slot_failures
         self.sock = sock
         self.decoder = Decoder(read_size)
         self.out = SendQueue()
@@ -132,7 +181,14 @@ class LocalFleet:
         self.workers: list[WorkerRecord] = []
         # Workers given frames this turn, written to by flush() at its end.
         self.unflushed: list[WorkerRecord] = []
-        self.respawn_at: list[float] = []  # one entry per slot waiting for a new worker
+        # The slots waiting for a new worker, a heap of (when, order, the
+        # slot's failures in a row): one entry per slot.
+        self.respawn_at: list[tuple[float, int, int]] = []
+        self.respawn_order = itertools.count()
+        # Starts that failed since the last summary line, and why the last one did.
+        self.start_failures_unreported = 0
+        self.start_failure_text = ""
+        self.start_report_due = 0.0
         self.workers_started = 0
         self.memory_kills = 0
         self.memory_recycles = 0
@@ -208,9 +264,12 @@ class LocalFleet:
     # -- once per turn ------------------------------------------------------------------
 
     def start_all(self) -> None:
-        """Start the initial workers, one per slot."""
+        """Make every slot due for a worker now.  They are started a few per
+        turn (see :data:`START_BUDGET`), so the first READY is read, and
+        the first jobs run, while the rest of a big pool starts."""
+        now = self.clock()
         for _ in range(self.config.worker_count):
-            self._start_worker()
+            self._slot_due(now, 0)
 
     def dispatch(self) -> None:
         """Hand queued jobs to workers: idle ones first, then some ahead."""
@@ -239,21 +298,22 @@ class LocalFleet:
 
     def next_due(self) -> float:
         """The nearest time something is due: a deadline, a memory check, a
-        start-up or leave limit, a killing of a lingering process, a respawn."""
+        start-up or leave limit, a killing of a lingering process, a respawn,
+        the summary of failed starts.  The Boss ticks only then."""
         soonest = math.inf
         watch_memory = self.watch_memory
         for w in self.workers:
-            soonest = min(soonest, w.deadline())
+            soonest = min(soonest, w.deadline(), w.start_deadline())
             if watch_memory:
                 soonest = min(soonest, w.memory_check_due(CHECK_INTERVAL))
-            if w.state is STARTING:
-                soonest = min(soonest, w.start_by)
-            elif w.state is DEAD:
+            if w.state is DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
             elif w.state is STOPPING:
                 soonest = min(soonest, w.leave_by)
         if self.respawn_at:
-            soonest = min(soonest, min(self.respawn_at))
+            soonest = min(soonest, self.respawn_at[0][0])
+        if self.start_failures_unreported:
+            soonest = min(soonest, self.start_report_due)
         return soonest
 
     def tick(self, now: float) -> None:
@@ -264,17 +324,19 @@ class LocalFleet:
         self._kill_overdue(now)
         self._expire_starts(now)
         self._respawn_due(now)
+        self._report_start_failures(now)
 
     # -- workers: start -----------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        """Start a worker for one slot.  A failure to create it (a process or
-        file limit: EAGAIN, EMFILE) is an init failure, retried with the
+    def _start_worker(self, slot_failures: int = 0) -> None:
+        """Start a worker for one slot (whose starts failed ``slot_failures``
+        times in a row).  A failure to create it (a process or file limit:
+        EAGAIN, EMFILE) is an init failure, retried with the slot's
         back-off, never the Boss's death."""
         try:
             boss_end, worker_end = socket.socketpair()
         except OSError as exc:
-            self._start_failed(exc)
+            self._start_failed(exc, slot_failures)
             return
         inherited: list[Closable] = []
         fork = self.config.start_method == "fork"
@@ -287,25 +349,27 @@ class LocalFleet:
             inherited += [w.rss_probe for w in self.workers if w.rss_probe is not None]
         process = self.ctx.Process(
             target=run_worker,
-            args=(worker_end, self.worker_spec, os.getpid(), inherited),
+            args=(LateSocket(worker_end), self.worker_spec, os.getpid(), inherited),
             name="bossworker-worker",
             daemon=False,
         )
-        fds_before = _open_fds() if fork else None
+        pipe_fds: list[int] = []
         try:
+            if fork:
+                pipe_fds = _next_pipe_fds()
             process.start()
         except OSError as exc:
             boss_end.close()
             # multiprocessing's fork start leaks the two pipes it made when
             # os.fork() fails: close what the failed start left open.
-            _close_new_fds(fds_before)
-            self._start_failed(exc)
+            _close_pipes(pipe_fds)
+            self._start_failed(exc, slot_failures)
             return
         finally:
             worker_end.close()
         boss_end.setblocking(False)
         spec = self.config.worker
-        w = WorkerRecord(process, boss_end, spec.read_size, self.clock(), spec.init_timeout)
+        w = WorkerRecord(process, boss_end, spec.read_size, self.clock(), spec.init_timeout, slot_failures)
         w.on_io = lambda mask: self._on_worker(w, mask)
         if self.watch_memory:
             try:
@@ -320,15 +384,40 @@ class LocalFleet:
         self._watch_exit(w)
         log.info("worker %d started", w.pid)
 
-    def _start_failed(self, exc: OSError) -> None:
+    def _start_failed(self, exc: OSError, slot_failures: int) -> None:
+        """No process could be made for a slot: counted, and summed up in
+        the log by :meth:`_report_start_failures`."""
         text = START_FAILED_ERROR.format(error=f"{type(exc).__name__}: {exc}")
-        log.warning("%s", text)
-        self._slot_failed(text, InitFailure.WORKERS, killed=False)
+        self.start_failures_unreported += 1
+        self.start_failure_text = text
+        self._slot_failed(text, InitFailure.WORKERS, False, slot_failures + 1)
 
-    def _slot_failed(self, text: str, failure: int, killed: bool) -> None:
-        """A slot failed to get a serving worker: try again after the core's back-off."""
-        delay = self.core.worker_start_failed(text, failure, killed)
-        self.respawn_at.append(self.clock() + delay)
+    def _slot_failed(self, text: str, failure: int, killed: bool, attempt: int) -> None:
+        """A slot failed to get a serving worker (its ``attempt``-th failure
+        in a row): try again after the core's back-off for it."""
+        delay = self.core.worker_start_failed(text, failure, killed, attempt)
+        self._slot_due(self.clock() + delay, attempt)
+
+    def _slot_due(self, when: float, slot_failures: int) -> None:
+        heapq.heappush(self.respawn_at, (when, next(self.respawn_order), slot_failures))
+
+    def _report_start_failures(self, now: float) -> None:
+        """One WARNING for the starts that failed (how many slots wait for
+        a worker, and why), at most every START_REPORT_INTERVAL."""
+        if not self.start_failures_unreported or now < self.start_report_due:
+            return
+        waiting = sum(1 for _, _, failures in self.respawn_at if failures)
+        log.warning(
+            "%d of %d worker slot(s) could not start a worker (%d failed start(s)); "
+            "each is retried with a back-off of up to %.0f s: %s",
+            waiting,
+            self.config.worker_count,
+            self.start_failures_unreported,
+            RESPAWN_BACKOFF_MAX,
+            self.start_failure_text,
+        )
+        self.start_failures_unreported = 0
+        self.start_report_due = now + START_REPORT_INTERVAL
 
     def _watch_exit(self, w: WorkerRecord) -> None:
         """Have the selector tell when ``w``'s process exits.
@@ -357,14 +446,22 @@ class LocalFleet:
             self.selector.unregister(w.process.sentinel)
 
     def _respawn_due(self, now: float) -> None:
-        due = [t for t in self.respawn_at if t <= now]
-        if not due:
+        """Start workers for the slots due, for at most START_BUDGET: the
+        rest stay due, and the loop comes back at once after one look at
+        its sockets."""
+        due = self.respawn_at
+        if not due or due[0][0] > now:
             return
-        self.respawn_at = [t for t in self.respawn_at if t > now]
         if self.core.shutting_down and not self.queue:
-            return  # nothing left to do for them
-        for _ in due:
-            self._start_worker()
+            while due and due[0][0] <= now:  # nothing left to do for them
+                heapq.heappop(due)
+            return
+        stop_at = self.clock() + START_BUDGET
+        while due and due[0][0] <= now:
+            _, _, failures = heapq.heappop(due)
+            self._start_worker(failures)
+            if self.clock() >= stop_at:
+                return
 
     def _expire_starts(self, now: float) -> None:
         """Kill a worker whose start-up (its init_handler) overran
@@ -414,30 +511,23 @@ class LocalFleet:
         if mask & selectors.EVENT_READ:
             self._read_worker(w)
 
-    def _read_worker(self, w: WorkerRecord) -> bool:
-        """Read what ``w`` sent. True if bytes came (there may be more)."""
+    def _read_worker(self, w: WorkerRecord, drain: bool = False) -> None:
+        """Read what ``w`` sent (all of it with ``drain``; else one read, so
+        that one busy worker does not hold up the others) and handle it."""
         if w.state is DEAD:
-            return False
-        try:
-            n = w.sock.recv_into(w.decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            n = 0
-        if not n:
-            self._lose_socket(w)
-            return False
+            return
         violation: Exception | None = None
         try:
-            w.decoder.buffer_updated(n)
+            frames, ended = recv_frames(w.sock, w.decoder, drain)
         except (ProtocolError, MemoryError) as exc:
             violation = exc  # the frames before it are good: handle them first
-        for frame in w.decoder.take():
+            frames, ended = w.decoder.take(), False
+        for frame in frames:
             self._on_worker_frame(w, frame)
         if violation is not None:
             self._protocol_violation(w, f"{type(violation).__name__}: {violation}")
-            return False
-        return True
+        elif ended:
+            self._lose_socket(w)
 
     def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
         if w.state is DEAD:
@@ -534,8 +624,7 @@ class LocalFleet:
         """``w``'s process has exited: collect its last words, answer, replace."""
         # Its last answers may still sit in the socket, read them first: the
         # sentinel and the socket become ready together, in no set order.
-        while self._read_worker(w):
-            pass
+        self._read_worker(w, drain=True)
         # A grandchild may still hold the socket open; the worker is gone anyway.
         self._lose_socket(w)
         self._forget_exit_watch(w)
@@ -548,6 +637,10 @@ class LocalFleet:
         reason = signal_description(exitcode)
         if w.exited_cleanly(exitcode):
             log.info("worker %d exited", w.pid)
+        elif w.inflight:
+            # Its job's own warning says it (died while running it, or it
+            # was killed for a deadline or the memory cap): one death, one warning.
+            log.info("worker %d exited (%s)", w.pid, reason)
         else:
             log.warning("worker %d exited (%s)", w.pid, reason)
         self.workers.remove(w)
@@ -558,23 +651,23 @@ class LocalFleet:
         w.process.close()
         if w.rss_probe is not None:
             w.rss_probe.close()
-        self._settle_jobs(w, reason)
+        self._settle_jobs(w, reason, exitcode)
         if self.core.shutting_down and not self.queue:
             return  # no replacement needed to finish
         if not w.ever_ready:
             log.warning("worker %d failed to start (%s)", w.pid, reason)
-            self._slot_failed(*w.start_failure(reason, exitcode))
+            self._slot_failed(*w.start_failure(reason, exitcode), w.slot_failures + 1)
         else:
             self._start_worker()
 
-    def _settle_jobs(self, w: WorkerRecord, reason: str) -> None:
+    def _settle_jobs(self, w: WorkerRecord, reason: str, exitcode: int | None) -> None:
         """After ``w``'s exit: its running job is answered or retried (see
         link.exit_failure); the jobs sent ahead to it that never started go
         back to the front of the queue, in order, behind a retried head."""
         if w.inflight:
             # Now that the process is gone, nothing can still write its segments.
             self.config.worker.segments.discard(w.inflight[0].job_id)
-        head, fate, unstarted = w.take_jobs_back(reason)
+        head, fate, unstarted = w.take_jobs_back(reason, exitcode)
         self.queue.extendleft(reversed(unstarted))
         if head is None or fate is None:
             return
@@ -582,7 +675,7 @@ class LocalFleet:
         if fate.cause is RetryOn.DIED:
             log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
         ran = max(0.0, self.clock() - w.started_at)
-        if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran):
+        if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran, fate.facts):
             self.queue.appendleft(head.raw)
 
     # -- workers: the memory cap ------------------------------------------------------------
@@ -613,12 +706,19 @@ class LocalFleet:
             )
             self.memory_kills += 1
             text = MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap))
+            facts = Facts(rss=rss, limit=cap)
             if self.core.may_retry(head, RetryOn.MEMORY):
                 # Decided at its exit, as for a deadline (see _expire_deadlines).
-                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY))
+                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY, facts))
             else:
                 self.core.answer(
-                    head.job_id, Kind.ERROR, text, flags=Flag.MEMORY, pid=w.pid, ran=now - w.started_at
+                    head.job_id,
+                    Kind.ERROR,
+                    text,
+                    flags=Flag.MEMORY,
+                    pid=w.pid,
+                    ran=now - w.started_at,
+                    facts=facts,
                 )
                 w.head_killed(ANSWERED)
             self._kill(w)
@@ -665,28 +765,25 @@ class LocalFleet:
         return True
 
 
-def _open_fds() -> set[int] | None:
-    """This process's open descriptors (None where /proc cannot tell)."""
+def _next_pipe_fds() -> list[int]:
+    """The descriptors two ``os.pipe()`` calls get now: the lowest free ones
+    (the Boss is single-threaded, so they stay free until its next call)."""
+    fds: list[int] = []
     try:
-        listed = [int(name) for name in os.listdir("/proc/self/fd")]
-    except (OSError, ValueError):
-        return None
-    fds = set()
-    for fd in listed:
-        # Skip the descriptor the listing itself used (closed by now): a
-        # new one may get its number.
-        with contextlib.suppress(OSError):
-            os.fstat(fd)
-            fds.add(fd)
+        fds.extend(os.pipe())
+        fds.extend(os.pipe())
+    finally:
+        for fd in fds:
+            os.close(fd)
     return fds
 
 
-def _close_new_fds(before: set[int] | None) -> None:
-    """Close the descriptors opened since ``before`` was taken.  The Boss is
-    single-threaded, so they can only be those of the call in between."""
-    after = _open_fds()
-    if before is None or after is None:
-        return
-    for fd in after - before:
+def _close_pipes(fds: list[int]) -> None:
+    """Close those of ``fds`` that are pipes now: after a failed fork start,
+    the two pipes multiprocessing made just before ``os.fork()`` (no
+    scan of every descriptor: a pool far bigger than a process limit
+    fails thousands of starts)."""
+    for fd in fds:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)

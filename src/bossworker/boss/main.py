@@ -47,9 +47,10 @@ from ..process import (
     exit_now,
     ignore_interrupts,
     open_pidfd,
+    pipe_write_ends_since,
     preload_parent_death_signal,
 )
-from ..protocol import Decoder, InitFailure, Kind
+from ..protocol import Decoder, InitFailure, Kind, recv_frames
 from ..worker import SpecError, describe_exception, unpickle_spec
 from .core import PARENT_CHECK_INTERVAL, BossCore, main_gone
 from .local import LocalFleet
@@ -66,8 +67,13 @@ class _ForcedStop(BaseException):
 class Boss:
     """The local Boss's event loop: main's socket, the core and the fleet."""
 
-    def __init__(self, main_sock: socket.socket, config: BossConfig) -> None:
+    def __init__(
+        self, main_sock: socket.socket, config: BossConfig, not_for_workers: Iterable[Closable] = ()
+    ) -> None:
         self.config = config
+        # Descriptors of ours a forked worker must not keep: the write end
+        # of our own sentinel pipe (see process.pipe_write_ends_since).
+        self.not_for_workers = list(not_for_workers)
         self.main = main_sock
         self.main.setblocking(False)
         self.main_in = Decoder(config.worker.read_size)
@@ -85,7 +91,7 @@ class Boss:
 
     def _own_descriptors(self) -> list[Closable]:
         """What a forked worker must close of the Boss's own."""
-        owned: list[Closable] = [self.main, self.selector]
+        owned: list[Closable] = [self.main, self.selector, *self.not_for_workers]
         if self.main_pidfd is not None:
             owned.append(self.main_pidfd)
         return owned
@@ -132,19 +138,12 @@ class Boss:
             self._flush_main()
 
     def _read_main(self) -> None:
-        decoder = self.main_in
-        try:
-            n = self.main.recv_into(decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            n = 0
-        if not n:
+        frames, ended = recv_frames(self.main, self.main_in)
+        if frames:
+            self.core.receive(frames)
+        if ended:
             log.debug("main closed its socket; stopping")
             self.core.main_lost()
-            return
-        decoder.buffer_updated(n)
-        self.core.receive(decoder.take())
 
     def _flush_main(self) -> None:
         out = self.core.out
@@ -199,7 +198,10 @@ def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text
 
 
 def run_boss(
-    main_sock: socket.socket, config: BossConfig | bytes, inherited: Iterable[Closable] = ()
+    main_sock: socket.socket,
+    config: BossConfig | bytes,
+    inherited: Iterable[Closable] = (),
+    main_fds: dict[int, tuple[int, int]] | None = None,
 ) -> None:
     """The body of the Boss process. Never returns: it ends in ``os._exit``.
 
@@ -209,6 +211,8 @@ def run_boss(
     bootstrap.  Any failure before the Boss has told main READY is reported
     the same way (INIT_FAILED naming what failed)."""
     close_inherited(inherited)
+    # Forked: main's descriptors as it forked us tell our sentinel pipe.
+    sentinel = pipe_write_ends_since(main_fds) if main_fds else []
     ignore_interrupts()
     # Never walk the objects inherited from main: under fork they can be
     # many (a large program's), and walking them costs the Boss ~15 %.
@@ -221,7 +225,7 @@ def run_boss(
         if isinstance(config, bytes):
             config = unpickle_spec(config)
         assert isinstance(config, BossConfig)
-        boss = Boss(main_sock, config)
+        boss = Boss(main_sock, config, sentinel)
         boss.run()
     except _ForcedStop:
         pass
