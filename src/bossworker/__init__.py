@@ -39,6 +39,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerDiedError,
     WorkerInitError,
+    WrongProcessError,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerDiedError",
     "WorkerInitError",
+    "WrongProcessError",
 ]
 
 __version__ = "0.1.0"

@@ -8,8 +8,9 @@ Who does what::
     future.result()      <-- collector thread: next answer, completes <-- RESULT | ERROR | TIMED_OUT
                              that job's future
 
-The pool underneath is an ordinary :class:`~bossworker.BossWorkerAsync` whose
-work handler is :func:`bossworker.executor_worker.call`: every task is the job ``(fn, args, kwargs)``.
+The engine underneath is a :class:`~bossworker.session.Session`, as under
+:class:`~bossworker.BossWorkerAsync`, whose work handler is
+:func:`bossworker.executor_worker.call`: every task is the job ``(fn, args, kwargs)``.
 So dead workers, time limits, recycling and shared-memory payloads are the
 engine's, unchanged; this module only turns jobs into futures and answers
 into results or exceptions.
@@ -28,7 +29,6 @@ import contextlib
 import functools
 import itertools
 import os
-import pickle
 import threading
 import time
 import weakref
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
 
-from . import checks
+from . import answers, checks
 from .backend import Backend
 from .errors import (
     BossDiedError,
@@ -47,10 +47,11 @@ from .errors import (
     ShutDownError,
 )
 from .executor_worker import Raised, call, run_chunk
-from .outcome import error_from_answer, rebuild_exception
+from .outcome import rebuild_exception
 from .payload import Pickled, dump
 from .pool import BossWorkerAsync
-from .protocol import Flag, Frame, Kind
+from .protocol import Frame, Kind
+from .session import DEFAULT_INIT_TIMEOUT, Session
 
 __all__ = ["Executor", "ExecutorOptions"]
 
@@ -126,10 +127,9 @@ class _Core:
     then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
     """
 
-    def __init__(self, pool: BossWorkerAsync[Any, Any], timeout: float, workers: int) -> None:
-        self.pool = pool
-        self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
-        self.client.keep_records = False  # futures carry no outcome details
+    def __init__(self, session: Session, timeout: float, workers: int) -> None:
+        self.session = session
+        self.client = session.client  # started with keep_records=False: futures carry no outcome details
         self.timeout = timeout
         self.pid = os.getpid()
         # Guards the fields below.  Re-entrant: the finalizer of a dropped
@@ -161,6 +161,7 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
     ) -> _TaskFuture:
+        self.client.check_owner()  # before any lock: a forked child's copy may be held
         checks.callable_arg("fn", fn, required=True)
         try:
             pickled = dump((fn, args, kwargs))
@@ -179,6 +180,7 @@ class _Core:
     ) -> list[_TaskFuture]:
         """Submit several calls with one send (``map`` sends its first batch
         so: one system call and one Boss wake-up instead of one per task)."""
+        self.client.check_owner()
         pickled: list[Any] = []
         for fn, args, kwargs in calls:
             checks.callable_arg("fn", fn, required=True)
@@ -235,7 +237,7 @@ class _Core:
         try:
             client.flush(target)
         except (BossDiedError, ShutDownError):
-            client.forget_jobs(len(ids))
+            client.forget_jobs(ids)
             raise
         self.deferred = 0
         return ids
@@ -245,6 +247,7 @@ class _Core:
     def cancel(self, fs: Iterable[_TaskFuture]) -> list[bool]:
         """Cancel these futures where the Boss still holds their tasks; one
         round trip for all.  Returns each future's ``cancel()`` value."""
+        self.client.check_owner()  # before any lock: a forked child's copy may be held
         fs = list(fs)
         with self.cancel_lock:  # two cancels of one future must not both ask
             asked = [f for f in fs if not f.done() and not f.running()]
@@ -272,7 +275,7 @@ class _Core:
         if kill:
             # Closes the socket: the collector wakes and fails what is left.
             with self.stop_lock, contextlib.suppress(BossWorkerError):
-                self.pool.shut_down(force=True)
+                self.session.stop(force=True)
         elif first:
             # The Boss finishes the queue, says BYE and leaves; the collector
             # sees the socket close once every answer is in.
@@ -317,21 +320,10 @@ class _Core:
 
     def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
         """An answer frame as (True, value) or (False, exception)."""
-        kind = frame.kind
-        if kind == Kind.RESULT:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    value = self.client.segments.load(frame.job_id, "r")
-                else:
-                    value = pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - this task's failure only
-                error = SerializationError(f"the task's result could not be unpickled in main: {exc!r}")
-                error.__cause__ = exc
-                return False, error
-            if type(value) is Raised:
-                return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
-            return True, value
-        return False, error_from_answer(frame, limit, "task")
+        ok, value = answers.decode(frame, self.client.segments, limit, "task")
+        if ok and type(value) is Raised:
+            return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
+        return ok, value
 
     def _finish(self, error: BaseException | None) -> None:
         """The socket is closed: fail what is unanswered, stop the pool."""
@@ -355,7 +347,7 @@ class _Core:
         with self.stop_lock:
             if not self.killed:  # else the killing thread stops the pool
                 with contextlib.suppress(BossWorkerError):
-                    self.pool.shut_down()
+                    self.session.stop()
 
 
 # -- interpreter exit ------------------------------------------------------------
@@ -481,23 +473,25 @@ class Executor(futures.Executor):
             raise InvalidArgumentError("initargs were given without an initializer to pass them to")
         limit = checks.seconds("timeout", timeout)
         init = functools.partial(initializer, *initargs) if initializer is not None else None
-        pool = BossWorkerAsync(
+        session = Session(
             call,
             init_handler=init,
-            global_timeout=limit,
             worker_count=workers,
             start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
+            init_timeout=DEFAULT_INIT_TIMEOUT,
             max_worker_memory=max_worker_memory,
+            keep_records=False,
         )
         self._max_workers = workers
+        self._pool: BossWorkerAsync[Any, Any] | None = None
         try:
-            self._core = _Core(pool, limit, workers)
+            self._core = _Core(session, limit, workers)
         except BaseException:
             # Its collector thread could not start (a process limit): stop
             # the Boss and workers now, not at some garbage collection.
-            pool.shut_down(force=True)
+            session.stop(force=True)
             raise
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
@@ -514,12 +508,16 @@ class Executor(futures.Executor):
     @property
     def start_method(self) -> str:
         """The multiprocessing start method in use."""
-        return self._core.pool.start_method
+        return self._core.session.start_method
 
     @property
     def pool(self) -> BossWorkerAsync[Any, Any]:
-        """The engine underneath (for :meth:`BossWorkerAsync.stats`); do not add work to it."""
-        return self._core.pool
+        """A pool view of the engine underneath (for :meth:`BossWorkerAsync.stats`,
+        ``pending()``, ``boss_pid``); do not add work to it, and stop the
+        Executor, not it."""
+        if self._pool is None:
+            self._pool = BossWorkerAsync.from_session(self._core.session, self._core.timeout)
+        return self._pool
 
     # -- work ----------------------------------------------------------------
 
@@ -635,6 +633,8 @@ def _map(
         checks.whole_number("buffersize", buffersize)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
         raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if timeout is not None and not timeout <= checks.MAX_TIMEOUT:  # inf, 1e10, nan: as every other limit
+        checks.seconds("timeout", timeout)
     end_time = None if timeout is None else time.monotonic() + timeout
     core = executor._core
     calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)

@@ -4,7 +4,7 @@
 
     main                               Boss                          worker
     job_frames() / retried_job_frames()  --JOB-->  (forwards raw)  -->  load_job()
-    result_value()  <--RESULT | ERROR | TIMED_OUT--  (forwards raw)  <--  result_answer()
+    answers.py      <--RESULT | ERROR | TIMED_OUT--  (forwards raw)  <--  result_answer()
                                                                          error_answer()
                                                                          answer_frame()
 
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import TIMED_OUT_ERROR, result_not_unpicklable_error, result_too_big_error
+from .errors import result_too_big_error
 from .payload import PICKLE_PROTOCOL, THRESHOLD, Pickled, Segments, chunks_of
 from .protocol import (
     HEADER,
@@ -61,7 +61,6 @@ __all__ = [
     "load_job",
     "result_answer",
     "result_segment",
-    "result_value",
     "retried_job_frames",
     "text_frame",
 ]
@@ -347,19 +346,3 @@ def result_segment(answer: Sequence[Buffer]) -> int | None:
         return None  # an inline payload follows the header
     kind, flags, _, job_id, _ = HEADER.unpack(head)
     return job_id if kind == Kind.RESULT and flags & Flag.SEGMENT else None
-
-
-def result_value(frame: Frame, segments: Segments) -> Any:
-    """What ``get_result()`` hands out for an answer frame: the unpickled
-    result, or ``{"ERROR": text}`` (a result that does not unpickle is that
-    job's ERROR, never raised)."""
-    if frame.kind == _RESULT:
-        try:
-            if frame.flags & _SEGMENT:
-                return segments.load(frame.job_id, "r")
-            return pickle.loads(frame.payload)
-        except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
-            return {"ERROR": result_not_unpicklable_error(exc)}
-    if frame.kind == _TIMED_OUT:
-        return {"ERROR": TIMED_OUT_ERROR}
-    return {"ERROR": error_text(frame)}

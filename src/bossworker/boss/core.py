@@ -360,7 +360,11 @@ class BossCore:
             for job_id in dropped:  # a retried job dropped before its next attempt
                 self.attempts.pop(job_id, None)
         for job_id in job_ids:
-            self.out.append(encode(Kind.CANCEL_REPLY, job_id, b"\x01" if job_id in dropped else b"\x00"))
+            # Exactly once: of two CANCELs of one job in one read, only the
+            # first dropped it.
+            first = job_id in dropped
+            dropped.discard(job_id)
+            self.out.append(encode(Kind.CANCEL_REPLY, job_id, b"\x01" if first else b"\x00"))
 
     def _send_stats(self, numbers: FleetNumbers) -> None:
         self.out.append(encode(Kind.STATS, 0, self.stats_body(numbers)))

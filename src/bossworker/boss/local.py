@@ -57,7 +57,7 @@ from ..errors import (
 )
 from ..jobs import Facts, frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
-from ..portable import LateSocket, send_chunks
+from ..portable import send_chunks, socket_for_child
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
 from ..protocol import (
     Decoder,
@@ -349,7 +349,7 @@ class LocalFleet:
             inherited += [w.rss_probe for w in self.workers if w.rss_probe is not None]
         process = self.ctx.Process(
             target=run_worker,
-            args=(LateSocket(worker_end), self.worker_spec, os.getpid(), inherited),
+            args=(socket_for_child(worker_end), self.worker_spec, os.getpid(), inherited),
             name="bossworker-worker",
             daemon=False,
         )
