@@ -83,7 +83,7 @@ _ONE_BUFFER_BELOW = min(64 * 1024, THRESHOLD)
 _pack = HEADER.pack
 # Members used once per job, bound once: on Python 3.11 every ``Kind.X`` /
 # ``Flag.X`` goes through EnumType.__getattr__ (~0.3 µs each).
-_JOB, _RESULT, _TIMED_OUT = Kind.JOB, Kind.RESULT, Kind.TIMED_OUT
+_JOB, _RESULT = Kind.JOB, Kind.RESULT
 _SEGMENT = Flag.SEGMENT
 
 
