@@ -159,7 +159,7 @@ if __name__ == "__main__":
 def test_the_portable_path_carries_big_payloads_inside_frames(
     method: str, portable: bool, tmp_path: Any
 ) -> None:
-    """Issue 16 item 15: the portable path is what Windows runs, which has
+    """The portable path is what Windows runs, which has
     no /dev/shm; on Linux it still put big payloads there, contrary to the
     README, so Windows' way (inside frames) went untested.  A 1 MiB job
     waiting for the only worker is a segment in /dev/shm off the portable

@@ -19,9 +19,10 @@ after the deadline (C code that ignores signals), the Boss kills the worker.
 Leaving: a worker leads its own process group (the Boss kills the group
 when the worker goes), and before ``os._exit`` it flushes what its handlers
 hold (see :class:`bossworker.process.ExitFlush`), except in a child a
-handler forked that came back into this loop.  Where no parent-death signal
-ends it with its Boss (under forkserver), it watches the Boss's pidfd and
-writes no result segment for a Boss that is gone.
+handler forked that came back into this loop.  It leaves no result segment
+for a Boss that is gone or going (see :class:`bossworker.process.Watched`):
+under forkserver nothing ends it with its Boss, and elsewhere the
+parent-death signal comes after main may have seen the Boss die.
 """
 
 from __future__ import annotations
@@ -118,8 +119,7 @@ def _run_job(
     it, without counting the time a worker waited for work.
 
     Raises :class:`_BossGone` instead of leaving a result segment when
-    ``boss`` (watched where nothing kills us with it) says the Boss has
-    exited or is exiting: nobody would remove it.
+    ``boss`` says the Boss has exited or is exiting: nobody would remove it.
     ``pid`` is this worker's (0: ask the system).
     """
     job_id = frame.job_id
@@ -151,14 +151,13 @@ def _run_job(
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
         return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)))]
-    if boss is not None and boss.leaving():
-        raise _BossGone
     answer = result_answer(job_id, pickled, spec.segments, started, pid)
     if boss is not None:
-        # Looked at again once the segment exists: the Boss may have been
-        # killed while it was written, and main may already have freed the
-        # pool's segments (it does once it saw the Boss die, which is after
-        # the Boss began to exit).
+        # Looked at once the segment exists (not before: the Boss may be
+        # killed while it is written): main may have seen the Boss die
+        # already (it sees that as soon as the Boss's descriptors close,
+        # before its parent-death signal reaches us) and freed the pool's
+        # segments.  Only for a segment: a small answer is sent or fails.
         segment = result_segment(answer)
         if segment is not None and boss.leaving():
             spec.segments.discard(segment)
@@ -223,10 +222,10 @@ def run_worker(
     lead_own_group()  # whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
-    boss: Watched | None = None
+    # Watched so as to leave no result segment behind for a Boss that is
+    # gone.  Under forkserver (or without prctl) nothing kills us with it.
+    boss: Watched | None = Watched(boss_pid)
     if not (os.getppid() == boss_pid and set_parent_death_signal(boss_pid)):
-        # Under forkserver (or without prctl) nothing kills us with the
-        # Boss: watch it, so as to leave no segment behind for it.
         pidfd = open_pidfd(boss_pid, older_than_me=True)
         boss = Watched(boss_pid, pidfd) if pidfd is not None else None
     flush = ExitFlush()  # after this, what the handlers set up is flushed at exit
