@@ -114,7 +114,7 @@ def _run_job(
 ) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
-    The answer's ``timeout`` field carries how long the job took (wall
+    The answer's ``ran`` field (``Frame.ran``) carries how long the job took (wall
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
 
