@@ -211,7 +211,7 @@ def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
                 new_helpers = [pid_in(f) for f in files]
                 helpers += new_helpers
                 # Main's end of the Boss's sentinel pipe (multiprocessing's).
-                sentinel: int = bw._handle._process.sentinel  # type: ignore[attr-defined]
+                sentinel: int = bw._session.handle._process.sentinel  # type: ignore[attr-defined]
                 pipe = f"pipe:[{os.fstat(sentinel).st_ino}]"
                 for helper in new_helpers:
                     fds = os.listdir(f"/proc/{helper}/fd")
