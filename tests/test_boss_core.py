@@ -532,6 +532,8 @@ def test_pipelining_depth_follows_the_measured_job_time() -> None:
     link.take_jobs(deque([job(1)]), 1, now=0.0)
     link.answered(answer(Kind.RESULT, 1), now=0.0)  # 10 ms: long
     assert link.depth() == 1
+    link.service_time = 2e-3  # a few ms: one job waits in its socket
+    assert link.depth() == 2
     link.service_time = 1e-5
     assert link.depth() == MAX_DEPTH
     assert link.budget(max_jobs=3) == 2  # one sent of three

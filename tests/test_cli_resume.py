@@ -266,6 +266,11 @@ def test_resume_refuses_standard_output_and_foreign_files(tmp_path: Path) -> Non
     proc = cli(f"{HANDLERS}:echo", "-i", str(source), "-o", str(foreign), "--resume")
     assert proc.returncode == 2 and "is not a record of bossworker run" in proc.stderr, proc.stderr
     assert foreign.read_text().startswith("dear diary")  # left alone
+    longer = tmp_path / "longer.jsonl"
+    longer.write_text('{"line":1,"result":1}\n{"line":7,"result":7}\n')
+    proc = cli(f"{HANDLERS}:echo", "-i", str(source), "-o", str(longer), "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "has 1 record for lines the input does not have" in proc.stderr, proc.stderr
     twice = tmp_path / "twice.jsonl"
     twice.write_text('{"line":1,"result":1}\n{"line":1,"result":1}\n')
     proc = cli(f"{HANDLERS}:echo", "-i", str(source), "-o", str(twice), "--resume")

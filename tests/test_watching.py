@@ -192,14 +192,6 @@ def test_graceful_shut_down_is_prompt_although_helpers_hold_the_workers_pipes(
         kill_quietly(helpers)
 
 
-def boss_sentinel(bw: BossWorkerAsync[Any, Any]) -> int:
-    """Main's end of the Boss's multiprocessing sentinel pipe (internals:
-    nothing public shows it)."""
-    owner: Any = getattr(bw, "_session", bw)
-    handle = getattr(owner, "handle", None) or owner._handle
-    return int(handle._process.sentinel)
-
-
 @pytest.mark.timeout(60)
 def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
     start_method: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -218,7 +210,8 @@ def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
                 collect(bw, len(files), timeout=20)
                 new_helpers = [pid_in(f) for f in files]
                 helpers += new_helpers
-                sentinel = boss_sentinel(bw)
+                # Main's end of the Boss's sentinel pipe (multiprocessing's).
+                sentinel: int = bw._session.handle._process.sentinel  # type: ignore[attr-defined]
                 pipe = f"pipe:[{os.fstat(sentinel).st_ino}]"
                 for helper in new_helpers:
                     fds = os.listdir(f"/proc/{helper}/fd")

@@ -110,16 +110,17 @@ def _error(job_id: int, started: float, text: str, exc: BaseException | None = N
 
 
 def _run_job(
-    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: Watched | None = None
+    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: Watched | None = None, pid: int = 0
 ) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
-    The answer's ``timeout`` field carries how long the job took (wall
+    The answer's ``ran`` field (``Frame.ran``) carries how long the job took (wall
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
 
     Raises :class:`_BossGone` instead of leaving a result segment when
     ``boss`` says the Boss has exited or is exiting: nobody would remove it.
+    ``pid`` is this worker's (0: ask the system).
     """
     job_id = frame.job_id
     timeout = frame.limit
@@ -150,7 +151,7 @@ def _run_job(
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
         return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)))]
-    answer = result_answer(job_id, pickled, spec.segments, started)
+    answer = result_answer(job_id, pickled, spec.segments, started, pid)
     if boss is not None:
         # Looked at once the segment exists (not before: the Boss may be
         # killed while it is written): main may have seen the Boss die
@@ -257,11 +258,13 @@ def run_worker(
     decoder = Decoder(spec.read_size)
     todo: deque[Frame] = deque()
     done = 0
+    max_jobs = spec.max_jobs
+    pid = os.getpid()
+    shutdown = Kind.SHUTDOWN  # bound once: Kind.X is slow on 3.11 (see boss/link.py)
     unsent_segment: int | None = None  # a result segment whose frame is not sent yet
     try:
+        _send_all(sock, out)  # READY
         while True:
-            _send_all(sock, out)  # answer before starting the next job
-            unsent_segment = None
             if not todo:
                 n = sock.recv_into(decoder.get_buffer())
                 if not n:  # the Boss is gone
@@ -270,20 +273,24 @@ def run_worker(
                 todo.extend(decoder.take())
                 continue
             frame = todo.popleft()
-            if frame.kind == Kind.SHUTDOWN:
+            if frame.kind == shutdown:
                 _leave(spec, flush)
-            answer = _run_job(spec, alarm, frame, boss)
-            if forked:
+            answer = _run_job(spec, alarm, frame, boss, pid)
+            if forked.value:
                 # The handler forked and its child returned into our loop:
                 # that child must not speak on the Boss's socket, nor flush
                 # its parent's queues.
                 exit_now(EXIT_OK)
+            # Answer before starting the next job.
             unsent_segment = result_segment(answer)
-            out.extend(answer)
-            done += 1
-            if spec.max_jobs is not None and done >= spec.max_jobs:
+            if len(answer) == 1:
+                sock.sendall(answer[0])  # the usual answer: one buffer
+            else:
+                out.extend(answer)
                 _send_all(sock, out)
-                unsent_segment = None
+            unsent_segment = None
+            done += 1
+            if max_jobs is not None and done >= max_jobs:
                 _leave(spec, flush)
     except (BrokenPipeError, ConnectionResetError, _BossGone):
         # The Boss is gone; nobody is left to answer, nor to remove the

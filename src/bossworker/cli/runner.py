@@ -344,6 +344,13 @@ def run(options: RunOptions, console: Console, pump: LogPump | None = None) -> i
                     outcome = run_to_the_end(options, handlers, source, state, writer, console, pump, done)
                 finally:
                     state.close()
+                if done is not None and outcome is RunOutcome.DONE and len(done) > state.resumed:
+                    extra = len(done) - state.resumed
+                    console.line(
+                        f"bossworker: warning: --resume: {options.output} has {extra} "
+                        f"record{'s' if extra != 1 else ''} for lines the input does not have; "
+                        "was it the same input?"
+                    )
                 left = ""
                 if options.eta and outcome is not RunOutcome.DONE:
                     left = _time_left(source, state, writer, time.monotonic() - started)
