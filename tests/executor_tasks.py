@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -152,3 +153,72 @@ def init_once(marker: str) -> None:
     if os.path.exists(marker):
         raise RuntimeError("init fails from now on")
     Path(marker).touch()
+
+
+# -- issue 16 #2 / 18: data that attacks main's collector thread --------------------
+
+
+def _explode(kind: str) -> Any:
+    """Runs when a :class:`ExplodesInMain` is unpickled (in main)."""
+    if kind == "exit":
+        raise SystemExit(5)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    raise ValueError("unpickling exploded")
+
+
+class ExplodesInMain:
+    """Pickles fine in the worker; unpickling it raises ``kind``'s exception."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_explode, (self.kind,))
+
+
+def return_explosive(kind: str) -> ExplodesInMain:
+    return ExplodesInMain(kind)
+
+
+class RefusesPickling:
+    """Its pickling raises ``kind``'s exception (in whichever process pickles it)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.kind == "exit":
+            raise SystemExit(6)
+        import pickle
+
+        raise pickle.PicklingError("refused to be pickled")
+
+
+def return_refusing(kind: str) -> RefusesPickling:
+    return RefusesPickling(kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """A frozen-dataclass exception: ``exc.__cause__ = ...`` raises on it."""
+
+    code: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenError, (self.code,))
+
+
+def raise_frozen(code: int) -> Any:
+    raise FrozenError(code)
+
+
+class Blob:
+    """A result main can hold a weak reference to."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def make_blob(n: int) -> Blob:
+    return Blob(n)

@@ -7,6 +7,10 @@ catches all of them::
     ├── InvalidArgumentError        you passed something we cannot use (also a
     │                               TypeError and a ValueError)
     ├── SerializationError          a job (or a handler under spawn) cannot be pickled
+    │   ├── PicklingError           a task or its result cannot be pickled (also a
+    │   │                           pickle.PicklingError)
+    │   └── UnpicklingError         a result cannot be unpickled in main (also a
+    │                               pickle.UnpicklingError)
     ├── ShutDownError               you already shut the pool (or Executor) down
     │   │                           (also a RuntimeError, as concurrent.futures raises)
     │   └── InputClosedError        you called close_input(): the pool takes no more work
@@ -41,6 +45,7 @@ future's ``result()``: the task's own exception, or one of the three above;
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
@@ -68,11 +73,13 @@ __all__ = [
     "JobCancelledError",
     "MemoryLimitError",
     "NoPendingResultsError",
+    "PicklingError",
     "RemoteTraceback",
     "SerializationError",
     "ShutDownError",
     "TaskError",
     "TaskTimeoutError",
+    "UnpicklingError",
     "WorkerDiedError",
     "WorkerInitError",
     "could_not_start_worker_error",
@@ -282,6 +289,21 @@ class SerializationError(BossWorkerError):
     queued) and by the constructor for a handler that a ``spawn`` or
     ``forkserver`` worker could not import.
     """
+
+
+class PicklingError(SerializationError, pickle.PicklingError):
+    """A task (in main) or its return value (in its worker) could not be
+    pickled; raised by that task's future only.  Also a
+    ``pickle.PicklingError``, so code written for ``ProcessPoolExecutor``
+    (``except pickle.PicklingError``) keeps working.  The error pickling
+    raised is ``__cause__``."""
+
+
+class UnpicklingError(SerializationError, pickle.UnpicklingError):
+    """A task's return value could not be unpickled in main; raised by that
+    task's future (or in its ``Outcome.error``) only.  Also a
+    ``pickle.UnpicklingError``.  The error unpickling raised (any exception,
+    ``SystemExit`` and ``KeyboardInterrupt`` included) is ``__cause__``."""
 
 
 class ShutDownError(BossWorkerError, RuntimeError):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -44,11 +45,12 @@ from .errors import (
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
-    SerializationError,
+    PicklingError,
     ShutDownError,
+    TaskError,
     _JobTimeout,
 )
-from .outcome import error_from_answer, rebuild_exception
+from .outcome import error_from_answer, rebuild_exception, unpickling_error
 from .payload import PICKLE_PROTOCOL, Pickled, dump
 from .pool import BossWorkerAsync, StartMethod, _check_timeout
 from .protocol import Flag, Frame, Kind
@@ -56,6 +58,12 @@ from .protocol import Flag, Frame, Kind
 __all__ = ["Executor", "ExecutorOptions"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("bossworker")
+# The logger concurrent.futures reports a failing done-callback to: ours
+# reports there too, with the same words, so whoever watches it for
+# ProcessPoolExecutor sees ours.
+_callbacks_log = logging.getLogger("concurrent.futures")
 
 # The collector waits this long for an answer before it looks again; any
 # answer, or the socket closing, wakes it at once, so this only bounds how
@@ -145,6 +153,25 @@ class _TaskFuture(futures.Future[Any]):
         self._core = core
         self._job_id = job_id
         self._limit = limit
+
+    def _invoke_callbacks(self) -> None:
+        """Run the done-callbacks; one that raises is logged as the standard
+        library logs it, and the next one runs.
+
+        The standard library lets a ``BaseException`` (a callback calling
+        ``sys.exit()``) escape, which in the collector thread would end it
+        and leave every other future waiting forever; there, it is logged
+        like any other.  In a caller's own thread (``cancel()``), it
+        propagates, as the standard library's does."""
+        in_collector = threading.current_thread() is self._core.thread
+        callbacks: list[Callable[[futures.Future[Any]], object]] = self._done_callbacks  # type: ignore[attr-defined]
+        for callback in callbacks:
+            try:
+                callback(self)
+            except BaseException as exc:
+                if not in_collector and not isinstance(exc, Exception):
+                    raise
+                _callbacks_log.exception("exception calling callback for %r", self)
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is cancelled.
@@ -250,7 +277,7 @@ class _Core:
             try:
                 pickled.append(dump((fn, args, kwargs)))
             except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
-                error = SerializationError(
+                error = PicklingError(
                     f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
                     f"cannot be pickled: {exc}"
                 )
@@ -263,11 +290,11 @@ class _Core:
                 raise ShutDownError("cannot schedule new futures after shutdown")
             # Registered under the lock that the collector takes to find a
             # future, so an answer cannot arrive before its future exists.
-            sendable = [p for p in pickled if not isinstance(p, SerializationError)]
+            sendable = [p for p in pickled if not isinstance(p, PicklingError)]
             ids = iter(self._send(sendable, limit) if sendable else [])
             result = []
             for p in pickled:
-                if isinstance(p, SerializationError):
+                if isinstance(p, PicklingError):
                     future = _TaskFuture(self, 0, limit)
                     future.set_exception(p)
                 else:
@@ -349,36 +376,56 @@ class _Core:
     # -- the collector -------------------------------------------------------
 
     def _collect(self) -> None:
-        """Complete futures as answers come, until the socket closes."""
+        """Complete futures as answers come, until the socket closes.
+
+        Nothing a task's data or a user's callback does may end this thread
+        (every other future would wait forever): a failure while completing
+        one future fails that future (see :meth:`_complete`).  If the thread
+        must end all the same (our own bug), every future it owns fails at
+        once with the reason, and the pool is stopped."""
         client = self.client
         error: BaseException | None = None
-        while True:
-            try:
-                frame = client.next_result(blocking=True, timeout=_IDLE_WAIT)
-            except BossWorkerError as exc:  # the Boss died (or a forced stop said so)
-                error = exc
-                break
-            if frame is not None:
-                # Those read with it too, in one batch: one lock for all.
-                self._complete([frame, *client.take_filed()])
-            elif client.eof_or_closed:
-                break
-        self._finish(error)
+        crashed = False
+        try:
+            while True:
+                try:
+                    frame = client.next_result(blocking=True, timeout=_IDLE_WAIT)
+                except BossWorkerError as exc:  # the Boss died (or a forced stop said so)
+                    error = exc
+                    break
+                if frame is not None:
+                    # Those read with it too, in one batch: one lock for all.
+                    self._complete([frame, *client.take_filed()])
+                elif client.eof_or_closed:
+                    break
+        except BaseException as exc:  # see the docstring: fail all, never hang
+            log.exception("bossworker: the Executor's collector thread failed; every unfinished task fails")
+            error = BossWorkerError(
+                f"the executor's collector thread failed ({exc!r}), so no answer can be read any more; "
+                "create a new executor"
+            )
+            error.__cause__ = exc
+            crashed = True
+        self._finish(error, crashed)
 
     def _complete(self, frames: list[Frame]) -> None:
+        """Complete the futures of these answers.  A failure while completing
+        one (its result's unpickling raising anything, ``SystemExit``
+        included; a bug of ours in decoding) fails that future with the
+        error attached and is logged once; the others go on."""
         with self.lock:
             pop = self.futures.pop
             owners = [pop(frame.job_id, None) for frame in frames]
         for frame, future in zip(frames, owners, strict=True):
-            outcome = self._outcome(frame, future._limit if future is not None else 0.0)
             if future is None:
                 continue  # cannot happen: every job has a future until answered
-            ok, value = outcome
-            with contextlib.suppress(futures.InvalidStateError):
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+            try:
+                ok, value = self._outcome(frame, future._limit)
+            except BaseException as exc:  # this task's failure only
+                log.exception("bossworker: the answer to task %d could not be decoded", frame.job_id)
+                ok, value = False, TaskError(f"the task's answer could not be decoded in main: {exc!r}")
+                value.__cause__ = exc
+            _settle(future, ok, value)
 
     def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
         """An answer frame as (True, value) or (False, exception)."""
@@ -389,38 +436,63 @@ class _Core:
                     value = self.client.segments.load(frame.job_id, "r")
                 else:
                     value = pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - this task's failure only
-                error = SerializationError(f"the task's result could not be unpickled in main: {exc!r}")
-                error.__cause__ = exc
-                return False, error
+            except BaseException as exc:  # noqa: BLE001 - even SystemExit: this task's failure only
+                if not isinstance(exc, Exception):  # rarer, and not what main expects: say it once
+                    log.warning(
+                        "bossworker: unpickling the result of task %d raised %r; that task's future "
+                        "fails with it",
+                        frame.job_id,
+                        exc,
+                    )
+                return False, unpickling_error(exc, "task")
             if type(value) is _Raised:
                 return False, value.exception()
             return True, value
         return False, error_from_answer(frame, limit, "task")
 
-    def _finish(self, error: BaseException | None) -> None:
-        """The socket is closed: fail what is unanswered, stop the pool."""
+    def _finish(self, error: BaseException | None, crashed: bool = False) -> None:
+        """The socket is closed (or the collector failed): fail what is
+        unanswered, stop the pool."""
         with self.lock:
             left = list(self.futures.values())
             self.futures.clear()
             killed = self.killed
-            if not killed and not self.shutting_down:
+            if crashed or (not killed and not self.shutting_down):
                 self.broken = error or BossDiedError("the Boss process died")
             self.shutting_down = True
         for future in left:
             reason: BaseException
-            if killed:
+            if crashed:
+                assert error is not None
+                reason = error
+            elif killed:
                 reason = ShutDownError(
                     "the executor was stopped with shutdown(kill=True) before this task finished"
                 )
             else:
                 reason = BossDiedError(f"the Boss process died before this task finished ({error})")
-            with contextlib.suppress(futures.InvalidStateError):
-                future.set_exception(reason)
+            _settle(future, False, reason)
         with self.stop_lock:
             if not self.killed:  # else the killing thread stops the pool
                 with contextlib.suppress(BossWorkerError):
-                    self.pool.shut_down()
+                    # After a failed collector nobody reads answers: a
+                    # graceful stop would wait for them.
+                    self.pool.shut_down(force=crashed)
+
+
+def _settle(future: _TaskFuture, ok: bool, value: Any) -> None:
+    """Set a future's result or exception; never raises (a future cancelled
+    or failed meanwhile keeps its state; callbacks are guarded by
+    :meth:`_TaskFuture._invoke_callbacks`)."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except futures.InvalidStateError:
+        pass
+    except BaseException:  # nothing may end the collector
+        log.exception("bossworker: completing the future of task %d failed", future._job_id)
 
 
 # -- interpreter exit ------------------------------------------------------------
@@ -598,8 +670,9 @@ class Executor(futures.Executor):
         """Run ``fn(*args, **kwargs)`` in a worker; return its Future.
 
         ``fn`` and the arguments are pickled now; if they cannot be, the
-        returned future fails with :class:`SerializationError` (as the
-        standard library's does).  Raises :class:`ShutDownError` (a
+        returned future fails with :class:`PicklingError` (also a
+        ``pickle.PicklingError``), never ``submit()`` itself, as with the
+        standard library.  Raises :class:`ShutDownError` (a
         ``RuntimeError``) after :meth:`shutdown`.
         """
         return self._core.submit(fn, args, kwargs, self._core.timeout)
@@ -742,23 +815,28 @@ def _map(
                     future = submit_next()
                     if future is not None:
                         fs.append(future)
+                    del future  # it may be the head below: hold its result once only
                 refill = True
                 if not fs:
                     return
                 head = fs.popleft()
                 wait = None if end_time is None else end_time - time.monotonic()
                 try:
-                    value = head.result(wait)
+                    values = [head.result(wait)]
                 except futures.TimeoutError:
                     if head.done():
                         raise  # the task's own TimeoutError (or ours: TaskTimeoutError)
                     head.cancel()
                     raise
                 del head  # keep no reference to a big result or an exception
+                # Each result is popped as it is yielded: while this
+                # generator waits at a yield, it holds no result already
+                # handed out (a local would keep it alive until the next one).
                 if chunksize > 1:
-                    yield from value
-                else:
-                    yield value
+                    values = values.pop()
+                    values.reverse()
+                while values:
+                    yield values.pop()
         finally:
             if fs:
                 core.cancel(fs)

@@ -264,7 +264,7 @@ def result_value(frame: Frame, segments: Segments) -> Any:
             if frame.flags & Flag.SEGMENT:
                 return segments.load(frame.job_id, "r")
             return pickle.loads(frame.payload)
-        except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit: this job's ERROR, never main's
             return {"ERROR": result_not_unpicklable_error(exc)}
     if frame.kind == Kind.TIMED_OUT:
         return {"ERROR": TIMED_OUT_ERROR}

@@ -32,7 +32,7 @@ from .errors import (
     ShutDownError,
 )
 from .jobs import result_value
-from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
+from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome, unpickling_error
 from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
 from .protocol import Flag, Frame, Kind, RetryOn
@@ -635,10 +635,9 @@ class BossWorkerAsync(Generic[J, R]):
                     value = client.segments.load(frame.job_id, "r")
                 else:
                     value = pickle.loads(frame.payload)
-            except Exception as exc:  # noqa: BLE001 - this job's failure only
+            except BaseException as exc:  # noqa: BLE001 - even SystemExit: this job's failure only
                 ok = False
-                value = SerializationError(f"the job's result could not be unpickled in main: {exc!r}")
-                value.__cause__ = exc
+                value = unpickling_error(exc)
         else:
             value = error_from_answer(frame, limit)
         return make_outcome(frame, value, ok, queued_at, limit, received, retried)

@@ -149,7 +149,9 @@ def _run_job(
     try:
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
-        return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)))]
+        # The exception travels too: main raises it (or a PicklingError
+        # caused by it), as ProcessPoolExecutor does.
+        return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)), exc)]
     if boss is not None and has_exited(boss):
         raise _BossGone
     return result_answer(job_id, pickled, spec.segments, started)

@@ -1,0 +1,240 @@
+"""bossworker.Executor as a drop-in (issues 16 #2, 16 #7, 18): no thread we own
+in main dies of user data; each pickling/running/unpickling failure fails only
+its own future, with the standard library's exception type; map drops what it
+yielded; Ctrl-C stops the work.
+
+Written from ``concurrent.futures``' documented behaviour; real processes
+throughout.  Scenarios that attack the collector repeat inside the test, so a
+collector that died on one of them would hang the next (and fail on its
+timeout) in every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import executor_tasks as tasks
+from bossworker import (
+    BossWorkerAsync,
+    BossWorkerError,
+    Executor,
+    PicklingError,
+    RemoteTraceback,
+    SerializationError,
+    UnpicklingError,
+)
+from waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPLOSIONS = [("error", ValueError), ("exit", SystemExit), ("interrupt", KeyboardInterrupt)]
+
+
+class Gate:
+    """Holds a ``tasks.block`` task still until :meth:`open`."""
+
+    def __init__(self, tmp_path: Path, name: str = "gate") -> None:
+        self.started = tmp_path / f"{name}.started"
+        self.release = tmp_path / f"{name}.release"
+
+    def args(self, value: Any = None) -> tuple[Any, ...]:
+        return (str(self.started), str(self.release), value)
+
+    def wait_started(self, timeout: float = 30) -> None:
+        wait_until(self.started.exists, timeout, f"{self.started.name} to start")
+
+    def open(self) -> None:
+        self.release.touch()
+
+
+# -- the collector survives what a task's data does -------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("kind", "raised"), EXPLOSIONS)
+def test_a_result_whose_unpickling_raises_fails_only_its_own_future(
+    start_method: str, kind: str, raised: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bossworker")
+    rounds = 12
+    with Executor(2, start_method=start_method) as ex:
+        for r in range(rounds):  # a collector that died in one round hangs the next
+            before = [ex.submit(tasks.square, i) for i in range(5)]
+            bad = ex.submit(tasks.return_explosive, kind)
+            after = [ex.submit(tasks.square, i) for i in range(5, 10)]
+            error = bad.exception(timeout=30)
+            assert isinstance(error, UnpicklingError), (r, error)
+            assert isinstance(error, pickle.UnpicklingError) and isinstance(error, SerializationError)
+            assert type(error.__cause__) is raised  # the original error is attached
+            assert "could not be unpickled in main" in str(error)
+            assert [f.result(timeout=30) for f in before + after] == [i * i for i in range(10)]
+    # A SystemExit or KeyboardInterrupt caught in the collector is said once
+    # each; an ordinary exception is the future's business only.
+    said = [rec for rec in caplog.records if "unpickling the result of task" in rec.getMessage()]
+    assert len(said) == (0 if raised is ValueError else rounds)
+
+
+@pytest.mark.timeout(120)
+def test_the_pool_facade_keeps_the_outcome_of_a_result_that_cannot_be_unpickled(start_method: str) -> None:
+    kinds = [k for k, _ in EXPLOSIONS]
+    with BossWorkerAsync(tasks.return_explosive, worker_count=2, start_method=start_method) as bw:
+        # get_outcome(): the job's outcome is there, with the error.
+        for kind, raised in EXPLOSIONS:
+            [job_id] = bw.add_work(kind)
+            outcome = bw.get_outcome(timeout=30)
+            assert outcome is not None and outcome.job_id == job_id and not outcome.ok
+            assert isinstance(outcome.error, UnpicklingError) and type(outcome.error.__cause__) is raised
+        # map_outcomes() yields one outcome per item, in order, to the end.
+        outcomes = list(bw.map_outcomes(kinds * 10, timeout=60))
+        assert len(outcomes) == 30 and not any(o.ok for o in outcomes)
+        assert [type(o.error.__cause__) for o in outcomes] == [raised for _, raised in EXPLOSIONS] * 10
+        # get_result(): that job's ERROR, never main's exit.
+        for kind in kinds:
+            bw.add_work(kind)
+            result = bw.get_result(timeout=30)
+            assert isinstance(result, dict) and "could not be unpickled" in result["ERROR"]
+        assert bw.pending() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_dataclass_exception_arrives_with_its_remote_traceback(start_method: str) -> None:
+    with Executor(2, start_method=start_method) as ex:
+        for code in range(10):
+            error = ex.submit(tasks.raise_frozen, code).exception(timeout=30)
+            assert type(error) is tasks.FrozenError and error.code == code
+            assert isinstance(error.__cause__, RemoteTraceback) and "raise_frozen" in str(error.__cause__)
+            assert ex.submit(tasks.square, code).result(timeout=30) == code * code
+
+
+@pytest.mark.timeout(120)
+def test_a_done_callback_that_exits_or_raises_is_logged_and_the_collector_goes_on(
+    start_method: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="concurrent.futures")
+    seen: list[Any] = []
+    rounds = 5
+    with Executor(2, start_method=start_method) as ex:
+        for r in range(rounds):
+            gate = Gate(tmp_path, f"gate{r}")
+            f = ex.submit(tasks.block, *gate.args(r))
+            gate.wait_started()
+            # Added while pending, so the collector runs them.
+            f.add_done_callback(lambda _: sys.exit(3))
+            f.add_done_callback(lambda _: (_ for _ in ()).throw(ValueError("callback failed")))
+            f.add_done_callback(lambda fut: seen.append(fut.result()))
+            gate.open()
+            assert f.result(timeout=30) == r
+            wait_until(lambda r=r: len(seen) == r + 1, 30, "the third callback")  # type: ignore[misc]
+            assert ex.submit(tasks.square, r).result(timeout=30) == r * r
+    assert seen == list(range(rounds))
+    logged = [rec for rec in caplog.records if rec.name == "concurrent.futures"]
+    assert len(logged) == 2 * rounds
+    assert all(rec.getMessage().startswith("exception calling callback for") for rec in logged)
+    assert sorted({type(rec.exc_info[1]).__name__ for rec in logged if rec.exc_info}) == [
+        "SystemExit",
+        "ValueError",
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_a_collector_that_must_end_fails_every_future_at_once(tmp_path: Path) -> None:
+    """The last resort (only a bug of ours can get there): simulated by a
+    client whose batch read raises."""
+    gate = Gate(tmp_path)
+    with Executor(2, start_method="fork") as ex:
+        first = ex.submit(tasks.block, *gate.args("first"))
+        gate.wait_started()
+        queued = [ex.submit(tasks.square, i) for i in range(20)]
+
+        def broken() -> list[Any]:
+            raise RuntimeError("our bug")
+
+        ex.pool._client.take_filed = broken  # type: ignore[method-assign]
+        gate.open()
+        for f in [first, *queued]:
+            error = f.exception(timeout=30)
+            assert isinstance(error, BossWorkerError) and "collector thread failed" in str(error)
+            assert isinstance(error.__cause__, RuntimeError)
+        with pytest.raises(BossWorkerError, match="collector thread failed"):
+            ex.submit(tasks.square, 1)
+
+
+# -- each failure fails only its own future, with the standard library's type ----------------
+
+
+@pytest.mark.timeout(120)
+def test_pickling_failures_fail_only_their_future_with_the_standard_types(start_method: str) -> None:
+    with Executor(2, start_method=start_method) as ex:
+        # The arguments (in main): submit() never raises; the future does.
+        fs = [ex.submit(tasks.square, x) for x in (1, threading.Lock(), 3)]
+        assert fs[0].result(timeout=30) == 1 and fs[2].result(timeout=30) == 9
+        error = fs[1].exception(timeout=1)
+        assert isinstance(error, PicklingError) and isinstance(error, pickle.PicklingError)
+        assert isinstance(error, SerializationError) and isinstance(error.__cause__, TypeError)
+        # The result (in the worker): a PicklingError stays one ...
+        error = ex.submit(tasks.return_refusing, "error").exception(timeout=30)
+        assert isinstance(error, pickle.PicklingError) and isinstance(error, SerializationError)
+        assert type(error.__cause__) is pickle.PicklingError and "refused" in str(error.__cause__)
+        # ... and a SystemExit raised there is raised as itself, as the standard library does.
+        error = ex.submit(tasks.return_refusing, "exit").exception(timeout=30)
+        assert type(error) is SystemExit and error.code == 6
+        assert isinstance(error.__cause__, RemoteTraceback) and "__reduce__" in str(error.__cause__)
+        # Running: the task's own exception, SystemExit included.
+        error = ex.submit(tasks.raise_system_exit, 4).exception(timeout=30)
+        assert type(error) is SystemExit and error.code == 4
+        assert ex.submit(tasks.square, 5).result(timeout=30) == 25
+    with BossWorkerAsync(tasks.return_refusing, worker_count=1, start_method=start_method) as bw:
+        bw.add_work("error")
+        outcome = bw.get_outcome(timeout=30)
+        assert outcome is not None and isinstance(outcome.error, pickle.PicklingError)
+        bw.add_work("error")
+        result = bw.get_result(timeout=30)
+        assert isinstance(result, dict) and "could not be pickled" in result["ERROR"]
+
+
+@pytest.mark.timeout(120)
+def test_map_drops_each_result_as_it_yields_it(start_method: str) -> None:
+    with Executor(2, start_method=start_method) as ex:
+        for buffersize in (None, 1, 3):
+            for chunksize in (1, 3):
+                results = ex.map(tasks.make_blob, range(9), chunksize=chunksize, buffersize=buffersize)
+                for i in range(9):
+                    blob = next(results)
+                    assert blob.n == i
+                    ref = weakref.ref(blob)
+                    del blob
+                    assert ref() is None, (buffersize, chunksize, i)
+                with pytest.raises(StopIteration):
+                    next(results)
+
+
+@pytest.mark.timeout(300)
+def test_shutdown_cancel_futures_never_reports_a_started_task_cancelled(
+    start_method: str, tmp_path: Path
+) -> None:
+    """Each task leaves a file when it runs: a cancelled future's task must
+    have left none, every other future must have succeeded."""
+    ran = cancelled = 0
+    for r in range(8):
+        folder = tmp_path / str(r)
+        folder.mkdir()
+        ex = Executor(2, start_method=start_method)
+        fs = [ex.submit(tasks.write_file, str(folder / str(i)), 0.01) for i in range(50)]
+        ex.shutdown(cancel_futures=True)
+        for i, f in enumerate(fs):
+            assert f.done()
+            if f.cancelled():
+                assert not (folder / str(i)).exists(), f"task {i} ran but its future says cancelled"
+                cancelled += 1
+            else:
+                assert f.result(timeout=0) == str(folder / str(i))
+                ran += 1
+    assert cancelled > 0
