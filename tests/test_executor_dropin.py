@@ -11,8 +11,11 @@ timeout) in every run.
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import pickle
+import select
 import sys
 import threading
 import weakref
@@ -238,3 +241,63 @@ def test_shutdown_cancel_futures_never_reports_a_started_task_cancelled(
                 assert f.result(timeout=0) == str(folder / str(i))
                 ran += 1
     assert cancelled > 0
+
+
+# -- a half-read map collected by the cyclic GC in the collector thread (issue 16 #7) ----------
+
+
+@pytest.mark.timeout(180)
+def test_a_half_read_map_collected_in_the_collector_thread_does_not_deadlock_it(
+    start_method: str, tmp_path: Path
+) -> None:
+    """A half-read map, caught in a reference cycle, is dropped; the garbage
+    collector is then let run only in the collector thread, while it reads
+    an answer (main waits in ``select``, allocating nothing): the map's
+    leftovers are cancelled and the collector carries on."""
+    thresholds = gc.get_threshold()
+    was_enabled = gc.isenabled()
+    r_fd, w_fd = os.pipe()
+    try:
+        with Executor(2, start_method=start_method) as ex:
+            for r in range(10):
+                gc.disable()  # only the collector's allocations may free the map
+                hold = Gate(tmp_path, f"hold{r}")
+                mapped = Gate(tmp_path, f"map{r}")
+                held = ex.submit(tasks.block, *hold.args("held"))
+                hold.wait_started()
+                # Item 0 is let through at once; the others wait on the gate.
+                first = tmp_path / f"first{r}"
+                first.touch()
+                releases = [str(first)] + [str(mapped.release)] * 20
+                starts = [str(tmp_path / f"s{r}_{i}") for i in range(21)]
+                results = ex.map(tasks.block, starts, releases, range(21))
+                assert next(results) == 0
+                held.add_done_callback(lambda _: os.write(w_fd, b"x"))
+                readers = [r_fd]
+                gc.collect()  # nothing is garbage now; the cycle made next is young
+                ref = weakref.ref(results)
+                cycle: list[Any] = [results]
+                cycle.append(cycle)
+                del results, cycle
+                gc.set_threshold(1)
+                hold.open()
+                gc.enable()
+                ready = select.select(readers, (), (), 30.0)[0]
+                gc.disable()
+                gc.set_threshold(*thresholds)
+                assert ready, "the collector never completed the held task (deadlocked?)"
+                os.read(r_fd, 1)
+                gc.collect()  # if no collection ran in the collector, the map goes here
+                assert ref() is None
+                # The collector carries on, and the map's queued leftovers
+                # were cancelled: had they not, all would run before this.
+                mapped.open()
+                assert ex.submit(tasks.square, r).result(timeout=30) == r * r
+                ran = sum(Path(s).exists() for s in starts)
+                assert 2 <= ran < 21, ran
+    finally:
+        gc.set_threshold(*thresholds)
+        if was_enabled:
+            gc.enable()
+        os.close(r_fd)
+        os.close(w_fd)

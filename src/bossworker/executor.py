@@ -839,9 +839,27 @@ def _map(
                     yield values.pop()
         finally:
             if fs:
-                core.cancel(fs)
+                _cancel_leftovers(core, fs)
 
     return results()
+
+
+def _cancel_leftovers(core: _Core, fs: Iterable[_TaskFuture]) -> None:
+    """Cancel what an abandoned ``map`` still has queued.
+
+    The cancel is a round trip whose reply the collector thread reads.  An
+    abandoned map is finalized in whatever thread drops it; the cyclic
+    garbage collector may do that in the collector thread itself, in the
+    middle of its reading, where waiting for the reply would wait for
+    itself forever.  There, the cancel is handed to a short-lived thread."""
+    if threading.current_thread() is not core.thread:
+        core.cancel(fs)
+        return
+    fs = list(fs)
+    with contextlib.suppress(RuntimeError):  # at interpreter exit no thread starts: then they run
+        threading.Thread(
+            target=core.cancel, args=(fs,), name="bossworker-executor-cancel", daemon=True
+        ).start()
 
 
 def _batched(iterable: Iterator[T], n: int) -> Iterator[tuple[T, ...]]:
