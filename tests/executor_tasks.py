@@ -222,3 +222,10 @@ class Blob:
 
 def make_blob(n: int) -> Blob:
     return Blob(n)
+
+
+def sleep_marked(marker: str, seconds: float) -> float:
+    """Say it started (a file), then sleep."""
+    Path(marker).touch()
+    time.sleep(seconds)
+    return seconds

@@ -12,16 +12,21 @@ timeout) in every run.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import pickle
 import select
+import signal
+import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import executor_tasks as tasks
@@ -301,3 +306,76 @@ def test_a_half_read_map_collected_in_the_collector_thread_does_not_deadlock_it(
             gc.enable()
         os.close(r_fd)
         os.close(w_fd)
+
+
+# -- Ctrl-C (issue 18) ----------------------------------------------------------------------------
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                members.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from the script within {timeout} s"
+    line = proc.stdout.readline()
+    assert line, f"the script ended without a word (exit {proc.wait(10)})"
+    info: dict[str, Any] = json.loads(line)
+    assert info["event"] != "error", info
+    return info
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["with", "map", "bare"])
+def test_ctrl_c_stops_the_executor_within_about_a_second(
+    start_method: str, mode: str, tmp_path: Path
+) -> None:
+    """Six 60 s tasks on two workers, Ctrl-C to the process group while main
+    waits on them: the block is left (or the program ends) at once, nothing
+    of the executor is left running, the tasks not started are cancelled."""
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "executor_ctrl_c.py"), start_method, mode, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal job
+    )
+    try:
+        ready = _read_line(proc, 60)
+        assert ready["event"] == "ready"
+        boss = psutil.Process(ready["boss"])
+        family = [boss, *boss.children(recursive=True)]
+        workers = [p for p in family if "resource_tracker" not in " ".join(p.cmdline())]
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        if mode != "bare":
+            stopped = _read_line(proc, 30)
+            assert stopped["event"] == "stopped"
+            assert stopped["took"] < 3.0, stopped  # about 0.01 s on an idle machine
+            states = stopped["states"]
+            if mode == "with":
+                assert set(states) <= {"cancelled", "ShutDownError"}, states
+                assert states.count("ShutDownError") >= stopped["started"]  # the killed ones
+                assert states.count("cancelled") >= 1
+            assert proc.wait(10) == 0
+        else:
+            assert proc.wait(10) != 0  # ended by the KeyboardInterrupt
+        assert time.monotonic() - sent < 10
+        _gone, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"left running: {alive}"
+        # Nothing started after the SIGINT: the cancelled tasks never ran.
+        assert sum((tmp_path / f"started-{i}").exists() for i in range(6)) <= 2
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()

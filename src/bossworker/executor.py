@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -502,10 +503,17 @@ _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
 
 def _at_exit() -> None:
     """At interpreter exit, finish the work of every Executor still open (as
-    ``ProcessPoolExecutor`` does): submitted tasks complete, nothing is left."""
+    ``ProcessPoolExecutor`` does): submitted tasks complete, nothing is left.
+
+    But when the program ends on a ``KeyboardInterrupt`` (Ctrl-C while it
+    waited on a future or a ``map`` outside a ``with`` block), what no
+    worker has is cancelled and the running tasks are killed, as when Ctrl-C
+    leaves a ``with Executor(...)`` block.  (The interpreter has reported the
+    exception, as ``sys.last_value``, before it runs this hook.)"""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for core in list(_live_cores):
         with contextlib.suppress(Exception):
-            core.shutdown(wait=True, cancel_futures=False, kill=False)
+            core.shutdown(wait=True, cancel_futures=interrupted, kill=interrupted)
 
 
 # Run before the interpreter joins its threads and before atexit callbacks
@@ -726,6 +734,19 @@ class Executor(futures.Executor):
         still works after a graceful shutdown began).
         """
         self._core.shutdown(bool(wait), bool(cancel_futures), bool(kill))
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: Any
+    ) -> None:
+        """Leaving ``with``: :meth:`shutdown` (waiting), as the standard
+        library does; but a ``KeyboardInterrupt`` (Ctrl-C) leaving the block
+        cancels every task no worker has and kills the running ones at once
+        (their futures fail with :class:`ShutDownError`): a person pressing
+        Ctrl-C wants it to stop, not to wait for every task."""
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._core.shutdown(wait=True, cancel_futures=True, kill=True)
+        else:
+            self.shutdown(wait=True)
 
     def __repr__(self) -> str:
         core = self._core
