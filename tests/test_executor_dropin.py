@@ -379,3 +379,63 @@ def test_ctrl_c_stops_the_executor_within_about_a_second(
             proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+# -- by-value tasks (issue 18) ----------------------------------------------------------------
+
+_BY_VALUE_SCRIPT = """
+import sys
+{prelude}
+import concurrent.futures as cf
+from bossworker import Executor, PicklingError
+
+OFFSET = 10
+
+def add_offset(x):
+    return x + OFFSET
+
+def make_adder(k):
+    def adder(x):
+        return x + k
+    return adder
+
+try:
+    with Executor(2, start_method={method!r}) as ex:
+        print(ex.submit(lambda x: x * 3, 2).result(timeout=60))
+        print(ex.submit(make_adder(5), 1).result(timeout=60))
+        print(ex.submit(add_offset, 1).result(timeout=60))
+        print(list(ex.map(lambda x: -x, range(4))))
+        print(list(ex.map(make_adder(1), range(7), chunksize=3)))
+        print(list(ex.map(add_offset, range(3), buffersize=2)))
+        print(ex.options(timeout=30).submit(lambda: "view").result(timeout=60))
+except PicklingError as e:
+    print("PicklingError:", e)
+"""
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_lambdas_closures_and_main_functions_run_by_value(method: str) -> None:
+    """``python -c``: main has no file a worker can import."""
+    pytest.importorskip("cloudpickle")  # the test extra installs it
+    code = _BY_VALUE_SCRIPT.format(prelude="", method=method)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=200)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "6",
+        "6",
+        "11",
+        "[0, -1, -2, -3]",
+        "[1, 2, 3, 4, 5, 6, 7]",
+        "[10, 11, 12]",
+        "view",
+    ], run.stderr
+
+
+@pytest.mark.timeout(120)
+def test_without_cloudpickle_a_lambda_fails_its_future_naming_the_extra() -> None:
+    code = _BY_VALUE_SCRIPT.format(prelude="sys.modules['cloudpickle'] = None", method="spawn")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("PicklingError: "), run.stdout
+    assert "pip install 'bossworker[cloudpickle]'" in run.stdout

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar, cast
 
+from . import byvalue
 from .backend import Backend
 from .errors import (
     BossDiedError,
@@ -235,6 +236,12 @@ class _Core:
         self.defer_at = max(32, 8 * workers)
         self.shutting_down = False
         self.killed = False
+        # Functions of a __main__ the workers cannot import (python -c, a
+        # notebook) travel by value; so do those pickle refuses (lambdas,
+        # closures), found when pickling fails.  One wrapper per function,
+        # so its code is pickled once however many tasks use it.
+        self.main_by_value = not byvalue.main_is_importable()
+        self.by_value: weakref.WeakKeyDictionary[Any, byvalue.TaskByValue] = weakref.WeakKeyDictionary()
         self.broken: BaseException | None = None  # set when the Boss died
         # One cancel round trip at a time.  Re-entrant: an abandoned map()
         # cancels its leftovers when collected, possibly inside a cancel.
@@ -254,6 +261,8 @@ class _Core:
     ) -> _TaskFuture:
         if not callable(fn):
             raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+        if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
+            fn = self.travelling(fn)
         try:
             pickled = dump((fn, args, kwargs))
         except Exception:  # noqa: BLE001 - submit_many makes the failed future
@@ -277,13 +286,27 @@ class _Core:
                 raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
             try:
                 pickled.append(dump((fn, args, kwargs)))
+                continue
             except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
-                error = PicklingError(
-                    f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
-                    f"cannot be pickled: {exc}"
-                )
-                error.__cause__ = exc
-                pickled.append(error)
+                first: Exception = exc
+            hint = ""
+            if not isinstance(fn, byvalue.ByValue) and byvalue.needs_by_value(fn):
+                # A lambda, a closure, a function of a __main__ the workers
+                # cannot import: by value, with cloudpickle, if it is there.
+                if byvalue.cloudpickle_available():
+                    try:
+                        pickled.append(dump((self.travelling(fn), args, kwargs)))
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - reported as the first failure
+                        first = exc
+                else:
+                    hint = f"; {byvalue.INSTALL_HINT}"
+            error = PicklingError(
+                f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
+                f"cannot be pickled: {first}{hint}"
+            )
+            error.__cause__ = first
+            pickled.append(error)
         with self.lock:
             if self.broken is not None:
                 raise BossDiedError(f"the executor is broken: {self.broken}; create a new one")
@@ -304,6 +327,21 @@ class _Core:
                     self.futures[job_id] = future
                 result.append(future)
             return result
+
+    def travelling(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` as it is sent: wrapped to travel by value (cloudpickle)
+        when it must and can; else itself (pickling then says why not)."""
+        if isinstance(fn, byvalue.ByValue) or not byvalue.cloudpickle_available():
+            return fn
+        try:
+            wrapped = self.by_value.get(fn)
+        except TypeError:  # not weakly referenceable (a partial of a builtin, ...)
+            return byvalue.TaskByValue(fn)
+        if wrapped is None:
+            wrapped = byvalue.TaskByValue(fn)
+            with contextlib.suppress(TypeError):
+                self.by_value[fn] = wrapped
+        return wrapped
 
     def _send(self, pickled: list[Pickled], limit: float) -> list[int]:
         """Queue these tasks and send them now, unless the Boss already
@@ -803,6 +841,8 @@ def _map(
         raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     end_time = None if timeout is None else time.monotonic() + timeout
     core = executor._core
+    if byvalue.needs_by_value(fn) or (core.main_by_value and getattr(fn, "__module__", None) == "__main__"):
+        fn = core.travelling(fn)  # once for the whole map (a chunk carries fn too)
     calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
     tasks: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
     if chunksize > 1:
