@@ -42,7 +42,7 @@ from concurrent import futures
 from typing import Any, TypeVar, cast
 
 from . import byvalue
-from .backend import Backend
+from .backend import Backend, LocalBackend
 from .errors import (
     BossDiedError,
     BossWorkerError,
@@ -218,7 +218,9 @@ class _Core:
     then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
     """
 
-    def __init__(self, pool: BossWorkerAsync[Any, Any], timeout: float, workers: int) -> None:
+    def __init__(
+        self, pool: BossWorkerAsync[Any, Any], timeout: float, workers: int, remote: str = ""
+    ) -> None:
         self.pool = pool
         self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
         self.client.keep_records = False  # futures carry no outcome details
@@ -240,7 +242,14 @@ class _Core:
         # notebook) travel by value; so do those pickle refuses (lambdas,
         # closures), found when pickling fails.  One wrapper per function,
         # so its code is pickled once however many tasks use it.
-        self.main_by_value = not byvalue.main_is_importable()
+        # (Non-empty: who cannot import it, for the message without cloudpickle.)
+        self.main_by_value = (
+            f"the {remote} workers"
+            if remote
+            else ""
+            if byvalue.main_is_importable()
+            else "a worker (python -c, a notebook: it has no file)"
+        )
         self.by_value: weakref.WeakKeyDictionary[Any, byvalue.TaskByValue] = weakref.WeakKeyDictionary()
         self.broken: BaseException | None = None  # set when the Boss died
         # One cancel round trip at a time.  Re-entrant: an abandoned map()
@@ -262,7 +271,7 @@ class _Core:
         if not callable(fn):
             raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
         if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
-            fn = self.travelling(fn)
+            return self.submit_many([(fn, args, kwargs)], limit)[0]  # by value, or why not
         try:
             pickled = dump((fn, args, kwargs))
         except Exception:  # noqa: BLE001 - submit_many makes the failed future
@@ -284,6 +293,16 @@ class _Core:
         for fn, args, kwargs in calls:
             if not callable(fn):
                 raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+            if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
+                if not byvalue.cloudpickle_available():
+                    error = PicklingError(
+                        f"the task {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which "
+                        f"{self.main_by_value} cannot import; {byvalue.INSTALL_HINT}, or define it "
+                        "in a module of its own"
+                    )
+                    pickled.append(error)
+                    continue
+                fn = self.travelling(fn)
             try:
                 pickled.append(dump((fn, args, kwargs)))
                 continue
@@ -687,7 +706,9 @@ class Executor(futures.Executor):
             max_worker_memory=max_worker_memory,
         )
         self._max_workers = workers
-        self._core = _Core(pool, limit, workers)
+        # Workers elsewhere (Dask) cannot import main's script by name.
+        remote = "" if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
+        self._core = _Core(pool, limit, workers, remote)
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)
