@@ -229,3 +229,14 @@ def sleep_marked(marker: str, seconds: float) -> float:
     Path(marker).touch()
     time.sleep(seconds)
     return seconds
+
+
+def die_once(marker: str, how: str = "exit") -> str:
+    """Fail the first attempt (its worker exits, or it overruns a time limit:
+    ``how="hang"``), succeed on the next: ``marker`` remembers."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        if how == "hang":
+            time.sleep(60)
+        os._exit(7)
+    return "second attempt"

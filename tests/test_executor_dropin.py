@@ -12,6 +12,7 @@ timeout) in every run.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import os
@@ -34,10 +35,12 @@ from bossworker import (
     BossWorkerAsync,
     BossWorkerError,
     Executor,
+    InvalidArgumentError,
     PicklingError,
     RemoteTraceback,
     SerializationError,
     UnpicklingError,
+    WorkerDiedError,
 )
 from waiting import wait_until
 
@@ -439,3 +442,111 @@ def test_without_cloudpickle_a_lambda_fails_its_future_naming_the_extra() -> Non
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("PicklingError: "), run.stdout
     assert "pip install 'bossworker[cloudpickle]'" in run.stdout
+
+
+# -- retries, progress, typing (issue 18) -------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_retries_run_a_task_again_when_its_worker_dies(start_method: str, tmp_path: Path) -> None:
+    with Executor(2, start_method=start_method, retries=1) as ex:
+        assert ex.submit(tasks.die_once, str(tmp_path / "a")).result(timeout=60) == "second attempt"
+        # A task's own exception is never retried.
+        with pytest.raises(ValueError, match="once"):
+            ex.submit(tasks.raise_value_error, "once").result(timeout=60)
+        # options(retries=0) turns it off for some calls.
+        with pytest.raises(WorkerDiedError):
+            ex.options(retries=0).submit(tasks.die_once, str(tmp_path / "b")).result(timeout=60)
+        assert (
+            list(ex.map(tasks.die_once, [str(tmp_path / f"m{i}") for i in range(4)]))
+            == ["second attempt"] * 4
+        )
+    with Executor(2, start_method=start_method) as ex:  # off by default
+        with pytest.raises(WorkerDiedError):
+            ex.submit(tasks.die_once, str(tmp_path / "c")).result(timeout=60)
+        assert ex.options(retries=2).retries == 2
+        view = ex.options(retries=2)
+        assert view.submit(tasks.die_once, str(tmp_path / "d")).result(timeout=60) == "second attempt"
+    with Executor(1, start_method=start_method, retries=1, retry_on=("timed_out",)) as ex:
+        f = ex.options(timeout=1).submit(tasks.die_once, str(tmp_path / "e"), "hang")
+        assert f.result(timeout=60) == "second attempt"
+
+
+def test_bad_retry_arguments_are_refused_before_anything_starts() -> None:
+    with pytest.raises(InvalidArgumentError, match="retries"):
+        Executor(1, retries=-1)
+    with pytest.raises(InvalidArgumentError, match="retry_on"):
+        Executor(1, retries=1, retry_on=("bogus",))
+    with Executor(1) as ex, pytest.raises(InvalidArgumentError, match="retries"):
+        ex.options(retries=-2)
+
+
+@pytest.mark.timeout(60)
+def test_map_shows_a_progress_bar() -> None:
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    with Executor(2) as ex:
+        results = ex.map(tasks.square, range(30), progress={"file": out, "mininterval": 0}, chunksize=4)
+        assert list(results) == [i * i for i in range(30)]
+    assert "30/30" in out.getvalue()
+    with Executor(1) as ex, pytest.raises(InvalidArgumentError, match="progress"):
+        ex.map(tasks.square, [1], progress="yes")  # type: ignore[arg-type]
+
+
+_TYPED = """
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+from bossworker import Executor
+
+
+def area(w: int, h: int, *, scale: int = 1) -> int:
+    return w * h * scale
+
+
+def main() -> None:
+    with Executor(2, start_method="spawn") as ex:
+        f: cf.Future[int] = ex.submit(area, 2, 3, scale=2)
+        g: cf.Future[int] = ex.options(timeout=1, retries=1).submit(area, 4, 5)
+        print(f.result() + g.result())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_mypy_checks_submits_arguments_and_the_start_method(tmp_path: Path) -> None:
+    api = pytest.importorskip("mypy.api")
+    variants = {
+        "good": _TYPED,
+        "bad_arg": _TYPED.replace("ex.submit(area, 2, 3, scale=2)", 'ex.submit(area, 2, "3", scale=2)'),
+        "bad_kw": _TYPED.replace("ex.submit(area, 2, 3, scale=2)", "ex.submit(area, 2, 3, size=2)"),
+        "bad_arity": _TYPED.replace(".submit(area, 4, 5)", ".submit(area, 4)"),
+        "bad_method": _TYPED.replace('start_method="spawn"', 'start_method="sapwn"'),
+    }
+    for name, text in variants.items():
+        assert name == "good" or text != _TYPED
+        (tmp_path / f"{name}.py").write_text(text)
+    env_path = os.environ.get("MYPYPATH")
+    os.environ["MYPYPATH"] = str(ROOT / "src")
+    try:
+        stdout, stderr, _ = api.run(
+            [
+                "--strict",
+                "--no-error-summary",
+                "--cache-dir",
+                str(tmp_path / ".mypy_cache"),
+                *(str(tmp_path / f"{name}.py") for name in variants),
+            ]
+        )
+    finally:
+        if env_path is None:
+            del os.environ["MYPYPATH"]
+        else:
+            os.environ["MYPYPATH"] = env_path
+    errors = [line for line in stdout.splitlines() if ": error:" in line]
+    for name in variants:
+        mine = [e for e in errors if e.startswith(str(tmp_path / f"{name}.py"))]
+        if name == "good":
+            assert mine == [], stdout + stderr
+        else:
+            assert mine, f"mypy did not catch {name}: {stdout}"

@@ -39,7 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 from . import byvalue
 from .backend import Backend, LocalBackend
@@ -54,12 +54,14 @@ from .errors import (
 )
 from .outcome import error_from_answer, rebuild_exception, unpickling_error
 from .payload import PICKLE_PROTOCOL, Pickled, dump
-from .pool import BossWorkerAsync, StartMethod, _check_timeout
+from .pool import BossWorkerAsync, StartMethod, _check_retries, _check_timeout
 from .protocol import Flag, Frame, Kind
+from .streams import Bar, Progress, check_progress, known_length
 
 __all__ = ["Executor", "ExecutorOptions"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger("bossworker")
 # The logger concurrent.futures reports a failing done-callback to: ours
@@ -140,6 +142,15 @@ def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list
 # -- main side: futures ----------------------------------------------------------
 
 
+class _TaskOptions(NamedTuple):
+    """What travels in each task's JOB header: its time limit (seconds, 0:
+    none) and how many times it is run again when its worker dies
+    (``retries``; which failures count is the executor's ``retry_on``)."""
+
+    limit: float
+    retries: int
+
+
 class _TaskFuture(futures.Future[Any]):
     """A standard Future whose :meth:`cancel` can also take a task back from
     the Boss's queue.
@@ -154,7 +165,7 @@ class _TaskFuture(futures.Future[Any]):
         super().__init__()
         self._core = core
         self._job_id = job_id
-        self._limit = limit
+        self._limit = limit  # for the message of a TaskTimeoutError
 
     def _invoke_callbacks(self) -> None:
         """Run the done-callbacks; one that raises is logged as the standard
@@ -219,12 +230,13 @@ class _Core:
     """
 
     def __init__(
-        self, pool: BossWorkerAsync[Any, Any], timeout: float, workers: int, remote: str = ""
+        self, pool: BossWorkerAsync[Any, Any], opts: _TaskOptions, workers: int, remote: str = ""
     ) -> None:
         self.pool = pool
         self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
         self.client.keep_records = False  # futures carry no outcome details
-        self.timeout = timeout
+        self.opts = opts  # the executor's own task options (ExecutorOptions has others)
+        self.retry_on = pool._retry_on  # the failures a retried task is run again for (bits)
         self.pid = os.getpid()
         # Guards the fields below.  Re-entrant: the finalizer of a dropped
         # Executor calls shutdown() from whatever thread the garbage collector
@@ -266,26 +278,28 @@ class _Core:
     # -- submitting ----------------------------------------------------------
 
     def submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: _TaskOptions
     ) -> _TaskFuture:
         if not callable(fn):
             raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
         if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
-            return self.submit_many([(fn, args, kwargs)], limit)[0]  # by value, or why not
+            return self.submit_many([(fn, args, kwargs)], opts)[0]  # by value, or why not
         try:
             pickled = dump((fn, args, kwargs))
         except Exception:  # noqa: BLE001 - submit_many makes the failed future
-            return self.submit_many([(fn, args, kwargs)], limit)[0]
+            return self.submit_many([(fn, args, kwargs)], opts)[0]
         with self.lock:  # submit_many for one call, without its lists (the hot path)
             if self.broken is not None or self.shutting_down:
-                return self.submit_many([(fn, args, kwargs)], limit)[0]  # raises
-            [job_id] = self._send([pickled], limit)
-            future = _TaskFuture(self, job_id, limit)
+                return self.submit_many([(fn, args, kwargs)], opts)[0]  # raises
+            [job_id] = self._send([pickled], opts)
+            future = _TaskFuture(self, job_id, opts.limit)
             self.futures[job_id] = future
             return future
 
     def submit_many(
-        self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], limit: float
+        self,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        opts: _TaskOptions,
     ) -> list[_TaskFuture]:
         """Submit several calls with one send (``map`` sends its first batch
         so: one system call and one Boss wake-up instead of one per task)."""
@@ -334,15 +348,15 @@ class _Core:
             # Registered under the lock that the collector takes to find a
             # future, so an answer cannot arrive before its future exists.
             sendable = [p for p in pickled if not isinstance(p, PicklingError)]
-            ids = iter(self._send(sendable, limit) if sendable else [])
+            ids = iter(self._send(sendable, opts) if sendable else [])
             result = []
             for p in pickled:
                 if isinstance(p, PicklingError):
-                    future = _TaskFuture(self, 0, limit)
+                    future = _TaskFuture(self, 0, opts.limit)
                     future.set_exception(p)
                 else:
                     job_id = next(ids)
-                    future = _TaskFuture(self, job_id, limit)
+                    future = _TaskFuture(self, job_id, opts.limit)
                     self.futures[job_id] = future
                 result.append(future)
             return result
@@ -362,7 +376,7 @@ class _Core:
                 self.by_value[fn] = wrapped
         return wrapped
 
-    def _send(self, pickled: list[Pickled], limit: float) -> list[int]:
+    def _send(self, pickled: list[Pickled], opts: _TaskOptions) -> list[int]:
         """Queue these tasks and send them now, unless the Boss already
         holds enough tasks to keep every worker busy (lock held).
 
@@ -378,7 +392,9 @@ class _Core:
         if not client.wants_to_send:
             self.deferred = 0  # whatever was deferred has gone out since
         defer = len(self.futures) - self.deferred >= self.defer_at
-        ids, target = client.queue_jobs(pickled, limit)
+        ids, target = client.queue_jobs(
+            pickled, opts.limit, opts.retries, self.retry_on if opts.retries else 0
+        )
         if defer:
             self.deferred += len(ids)
             return ids
@@ -629,6 +645,13 @@ class Executor(futures.Executor):
       see :meth:`options` for one call's limit.  A task past it fails with
       :class:`TaskTimeoutError`; its worker is stopped (killed if it is in C
       code) and replaced; the other tasks carry on.
+    * ``retries``: run a task again, at most this many more times, when its
+      worker died under it (``retry_on=("died",)``, the default; add
+      ``"timed_out"`` or ``"memory"`` to cover those), as
+      :class:`BossWorkerAsync` does; a task's own exception is never
+      retried.  Off by default: a task whose worker crashed may have had
+      side effects.  :meth:`options` sets it for some calls.  Local
+      backend only.
     * ``backend``: where the Boss runs (e.g. the Dask backend).
     * ``max_worker_memory``: a cap on each worker's resident memory (bytes,
       or ``"512MiB"``, ``"1.5GB"``, ...; see :class:`BossWorkerAsync`).  A
@@ -655,17 +678,19 @@ class Executor(futures.Executor):
         initargs: Iterable[Any] = (),
         *,
         max_tasks_per_child: int | None = None,
-        start_method: str | None = None,
+        start_method: StartMethod | None = None,
         timeout: float | None = None,
         backend: Backend | None = None,
         max_worker_memory: int | str | None = None,
+        retries: int = 0,
+        retry_on: Iterable[str] = ("died",),
     ) -> None:
         workers = (
             _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
         )
         if max_tasks_per_child is not None:
             _check_positive_int("max_tasks_per_child", max_tasks_per_child)
-        method = start_method
+        method: str | None = start_method
         if mp_context is not None:
             get = getattr(mp_context, "get_start_method", None)
             if not callable(get):
@@ -704,11 +729,13 @@ class Executor(futures.Executor):
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
             max_worker_memory=max_worker_memory,
+            retries=retries,  # checked there, with retry_on and the backend
+            retry_on=retry_on,
         )
         self._max_workers = workers
         # Workers elsewhere (Dask) cannot import main's script by name.
         remote = "" if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
-        self._core = _Core(pool, limit, workers, remote)
+        self._core = _Core(pool, _TaskOptions(limit, pool._retries), workers, remote)
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)
@@ -733,7 +760,7 @@ class Executor(futures.Executor):
 
     # -- work ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; return its Future.
 
         ``fn`` and the arguments are pickled now; if they cannot be, the
@@ -742,19 +769,25 @@ class Executor(futures.Executor):
         standard library.  Raises :class:`ShutDownError` (a
         ``RuntimeError``) after :meth:`shutdown`.
         """
-        return self._core.submit(fn, args, kwargs, self._core.timeout)
+        return self._core.submit(fn, args, kwargs, self._core.opts)
 
-    def options(self, *, timeout: float | None = None) -> ExecutorOptions:
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> ExecutorOptions:
         """This executor with other options for the tasks submitted through it.
 
         ``ex.options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2 s
         limit (0: no limit; None: the executor's ``timeout``) without taking
-        a ``timeout`` argument away from ``fn``.  The result is itself an
-        Executor (``submit``, ``map``, ``loop.run_in_executor``) sharing this
-        one's workers; its ``shutdown()`` does nothing.
+        a ``timeout`` argument away from ``fn``; ``retries=n`` likewise
+        overrides the executor's ``retries`` (``retry_on`` stays the
+        executor's).  The result is itself an Executor (``submit``, ``map``,
+        ``loop.run_in_executor``) sharing this one's workers; its
+        ``shutdown()`` does nothing.
         """
-        limit = self._core.timeout if timeout is None else _check_timeout("timeout", timeout)
-        return ExecutorOptions(self, limit)
+        own = self._core.opts
+        limit = own.limit if timeout is None else _check_timeout("timeout", timeout)
+        count = own.retries if retries is None else _check_retries(retries)
+        if count:
+            self._core.pool._check_retry_backend()
+        return ExecutorOptions(self, _TaskOptions(limit, count))
 
     def map(  # buffersize: keyword-only, as added in Python 3.14
         self,
@@ -763,6 +796,7 @@ class Executor(futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: Progress = False,
     ) -> Iterator[T]:
         """Like the built-in ``map(fn, *iterables)``, run in the workers.
 
@@ -775,9 +809,11 @@ class Executor(futures.Executor):
         3.14) keeps at most ``n`` tasks submitted and not yet yielded, reading
         the iterables lazily: an endless generator runs in flat memory.
         Without it, every task is submitted now.  Leaving the loop early
-        cancels what has not started.
+        cancels what has not started.  ``progress=True`` (or a dict of
+        ``tqdm`` arguments) shows a bar of the results yielded (the ``cli``
+        extra's tqdm; its total is the input's length where it has one).
         """
-        return _map(self, self._core.timeout, fn, iterables, timeout, chunksize, buffersize)
+        return _map(self, self._core.opts, fn, iterables, timeout, chunksize, buffersize, progress)
 
     # -- shutting down -------------------------------------------------------
 
@@ -816,18 +852,24 @@ class Executor(futures.Executor):
 class ExecutorOptions(futures.Executor):
     """An :class:`Executor` seen with other task options (see :meth:`Executor.options`)."""
 
-    def __init__(self, executor: Executor, timeout: float) -> None:
+    def __init__(self, executor: Executor, opts: _TaskOptions) -> None:
         self._executor = executor
-        self._timeout = timeout
+        self._opts = opts
 
     @property
     def timeout(self) -> float:
         """The time limit of tasks submitted through this view (0: none)."""
-        return self._timeout
+        return self._opts.limit
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+    @property
+    def retries(self) -> int:
+        """How many times a task submitted through this view is run again
+        when its worker dies (see ``Executor(retries=...)``)."""
+        return self._opts.retries
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
         """:meth:`Executor.submit` with this view's options."""
-        return self._executor._core.submit(fn, args, kwargs, self._timeout)
+        return self._executor._core.submit(fn, args, kwargs, self._opts)
 
     def map(
         self,
@@ -836,9 +878,10 @@ class ExecutorOptions(futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: Progress = False,
     ) -> Iterator[T]:
         """:meth:`Executor.map` with this view's options (the limit is per task)."""
-        return _map(self._executor, self._timeout, fn, iterables, timeout, chunksize, buffersize)
+        return _map(self._executor, self._opts, fn, iterables, timeout, chunksize, buffersize, progress)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Does nothing: the view does not own the workers; shut the Executor down."""
@@ -846,15 +889,19 @@ class ExecutorOptions(futures.Executor):
 
 def _map(
     executor: Executor,
-    limit: float,
+    opts: _TaskOptions,
     fn: Callable[..., T],
     iterables: tuple[Iterable[Any], ...],
     timeout: float | None,
     chunksize: int,
     buffersize: int | None,
+    progress: Progress = False,
 ) -> Iterator[T]:
     if not callable(fn):
         raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+    check_progress(progress)
+    lengths = [known_length(iterable) for iterable in iterables]
+    total = min(n for n in lengths if n is not None) if any(n is not None for n in lengths) else None
     _check_positive_int("chunksize", chunksize)
     if buffersize is not None:
         _check_positive_int("buffersize", buffersize)
@@ -873,7 +920,7 @@ def _map(
 
     def submit_next() -> _TaskFuture | None:
         task = next(tasks, None)
-        return None if task is None else core.submit(task[0], task[1], {}, limit)
+        return None if task is None else core.submit(task[0], task[1], {}, opts)
 
     # Submitted now, as the standard library does (errors show at the call),
     # in batches: one send each.
@@ -884,13 +931,14 @@ def _map(
         batch = [(task_fn, args, {}) for task_fn, args in itertools.islice(first, _BATCH)]
         if not batch:
             break
-        fs.extend(core.submit_many(batch, limit))
+        fs.extend(core.submit_many(batch, opts))
 
     def results() -> Iterator[T]:
         # Holds the executor: one dropped while its map is still being read
         # must not shut down under it.
         owner = executor  # noqa: F841
         refill = False
+        bar = Bar(progress, total)
         try:
             while True:
                 if refill and buffersize is not None:
@@ -919,7 +967,9 @@ def _map(
                     values.reverse()
                 while values:
                     yield values.pop()
+                    bar.step()
         finally:
+            bar.close()
             if fs:
                 _cancel_leftovers(core, fs)
 
