@@ -2,6 +2,8 @@
 
     python bench/run.py            # full run, writes docs/benchmarks.md and the charts
     python bench/run.py --quick    # small sizes (CI), writes to bench/results/
+    python bench/run.py --only tiny,rtt --systems bossworker,pool
+                                   # a partial run: also to bench/results/
 
 Every workload runs every system in the same process, one repetition after
 another, and the order of the systems rotates between repetitions so that
@@ -1304,7 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-docs",
         action="store_true",
-        help="write docs/ even in --quick mode (the full run always does)",
+        help="accepted for a full run, which always writes docs/; refused with --quick, --only, --systems",
     )
     parser.add_argument("--out", type=Path, help="write the report and charts here instead")
     parser.add_argument("--only", help=f"comma-separated workloads to run, of {','.join(WORKLOADS)}")
@@ -1322,12 +1324,18 @@ def main(argv: list[str] | None = None) -> int:
     VERBOSE = args.verbose
 
     sizes = QUICK if args.quick else FULL
+    # Only a full run (default sizes, every workload, every system) replaces
+    # the committed docs/benchmarks.md and its charts: a partial table there
+    # would read as the published figures.
+    full = not (args.quick or args.only or args.systems)
+    if args.write_docs and not full:
+        parser.error("--write-docs: only a full run (no --quick, --only or --systems) may replace docs/")
     if args.out:
         outdir = args.out
-    elif args.quick and not args.write_docs:
-        outdir = HERE / "results"
-    else:
+    elif full:
         outdir = ROOT / "docs"
+    else:
+        outdir = HERE / "results"
     outdir.mkdir(parents=True, exist_ok=True)
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
@@ -1406,7 +1414,12 @@ def main(argv: list[str] | None = None) -> int:
     report = render_markdown(results, sizes, info, command, date, took, charts, args.quick)
     report_path = outdir / "benchmarks.md"
     report_path.write_text(report)
-    dump_json(results, sizes, info, results_dir / ("quick.json" if args.quick else "full.json"))
+    dump_json(
+        results,
+        sizes,
+        info,
+        results_dir / ("full.json" if full else "quick.json" if args.quick else "partial.json"),
+    )
 
     print(summary_table(results, sizes))
     print()

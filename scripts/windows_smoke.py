@@ -8,13 +8,27 @@ has nothing else).  Handlers live at module level: Windows spawns.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import functools
 import os
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 
-from bossworker import TIMED_OUT_ERROR, BossWorkerAsync
+from bossworker import (
+    TIMED_OUT_ERROR,
+    BossWorkerAsync,
+    Executor,
+    NoPendingResultsError,
+    ShutDownError,
+    TaskTimeoutError,
+    WorkerDiedError,
+)
+
+# Set in each worker by remember_init (the init_handler of case_init_and_exit_handlers).
+_INIT_MARK: str | None = None
 
 
 def multiply(job: dict[str, int]) -> dict[str, int]:
@@ -46,6 +60,20 @@ def leave(job: int) -> int:
 
 def pid_of(job: object) -> int:
     return os.getpid()
+
+
+def remember_init(mark: str) -> None:
+    global _INIT_MARK
+    _INIT_MARK = mark
+
+
+def init_mark(job: object) -> str | None:
+    return _INIT_MARK
+
+
+def write_exit_file(folder: str) -> None:
+    with open(os.path.join(folder, f"exit-{os.getpid()}"), "w") as f:
+        f.write("bye")
 
 
 def case_synopsis() -> None:
@@ -114,6 +142,107 @@ def case_stats_and_force_stop() -> None:
     bw.add_work(30)
     bw.shut_down(force=True)
     assert bw.pending() == 0
+
+
+def case_init_and_exit_handlers() -> None:
+    # The seed: init_handler once in each worker before its jobs, exit_handler
+    # once in each worker that leaves normally.
+    with tempfile.TemporaryDirectory() as folder:
+        bw = BossWorkerAsync(
+            init_mark,
+            init_handler=functools.partial(remember_init, "ready"),
+            exit_handler=functools.partial(write_exit_file, folder),
+            worker_count=2,
+        )
+        bw.add_work(*range(6))
+        assert list(bw.results()) == ["ready"] * 6
+        bw.shut_down()
+        assert len([n for n in os.listdir(folder) if n.startswith("exit-")]) == 2
+
+
+def case_pending_and_blocking() -> None:
+    # The seed: pending() counts jobs whose results were not taken; a blocking
+    # get_result() waits for one (and raises, not hangs, when none is pending).
+    with BossWorkerAsync(nap, worker_count=2) as bw:
+        assert bw.pending() == 0
+        bw.add_work(0.2, 0.2, 0.2)
+        assert bw.pending() == 3
+        assert bw.get_result() == 0.2
+        assert bw.pending() == 2
+        assert [bw.get_result(), bw.get_result()] == [0.2, 0.2]
+        try:
+            bw.get_result()
+        except NoPendingResultsError:
+            pass
+        else:
+            raise AssertionError("get_result() with nothing pending returned")
+
+
+def case_global_timeout() -> None:
+    with BossWorkerAsync(nap, worker_count=1, global_timeout=0.5) as bw:
+        bw.add_work(30, 0)
+        assert sorted(map(str, bw.results())) == ["0", str({"ERROR": TIMED_OUT_ERROR})]
+
+
+def case_graceful_shutdown_keeps_results() -> None:
+    # The seed: shut_down() processes the queue; here every result stays
+    # retrievable afterwards.
+    bw = BossWorkerAsync(nap, worker_count=2)
+    bw.add_work(*[0.05] * 6)
+    bw.shut_down()
+    assert [bw.get_result() for _ in range(6)] == [0.05] * 6
+    assert bw.pending() == 0
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def case_executor_submit_and_map() -> None:
+    with Executor(max_workers=2) as ex:
+        assert list(ex.map(square, range(10))) == [x * x for x in range(10)]
+        futures = [ex.submit(square, n) for n in range(5)]
+        assert sorted(f.result(timeout=30) for f in cf.as_completed(futures, timeout=60)) == [0, 1, 4, 9, 16]
+
+
+def case_executor_dead_worker() -> None:
+    with Executor(max_workers=1) as ex:
+        try:
+            ex.submit(leave, 3).result(timeout=30)
+        except WorkerDiedError as e:
+            assert e.exitcode == 3, e
+        else:
+            raise AssertionError("a task whose worker died returned")
+        assert ex.submit(square, 9).result(timeout=30) == 81  # the executor carries on
+
+
+def case_executor_timeout() -> None:
+    with Executor(max_workers=1, timeout=0.5) as ex:
+        try:
+            ex.submit(nap, 30).result(timeout=30)
+        except TaskTimeoutError:
+            pass
+        else:
+            raise AssertionError("a task past its time limit returned")
+        assert ex.submit(square, 3).result(timeout=30) == 9
+
+
+def case_executor_shutdown() -> None:
+    ex = Executor(max_workers=2)
+    done = [ex.submit(nap, 0.05) for _ in range(4)]
+    ex.shutdown(wait=True)  # waits for the work in hand
+    assert [f.result(timeout=0) for f in done] == [0.05] * 4
+    ex = Executor(max_workers=1)
+    stuck = ex.submit(nap, 30)
+    start = time.monotonic()
+    ex.shutdown(kill=True)  # stops now, no Ctrl-C needed
+    assert time.monotonic() - start < 10
+    try:
+        stuck.result(timeout=10)
+    except ShutDownError:
+        pass
+    else:
+        raise AssertionError("a task stopped by shutdown(kill=True) returned")
 
 
 CASES: dict[str, Callable[[], None]] = {

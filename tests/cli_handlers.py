@@ -78,3 +78,37 @@ def unterminated(job: Any) -> Any:
     sys.stderr.write("partial output")
     sys.stderr.flush()
     return job
+
+
+def note_and_echo(job: dict[str, Any]) -> dict[str, Any]:
+    """Append the job's ``n`` to the side file ``job["side"]`` as it starts
+    (one ``O_APPEND`` write: whole lines, whoever writes), sleep
+    ``job["seconds"]`` if given, fail if ``job["fail"]`` names a file that
+    does not exist yet, and return ``n`` with ``job["pad"]`` bytes of padding
+    (long records: a kill lands inside a write more often)."""
+    fd = os.open(job["side"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"%d\n" % job["n"])
+    finally:
+        os.close(fd)
+    time.sleep(job.get("seconds", 0))
+    if "fail" in job and not os.path.exists(job["fail"]):
+        raise ValueError(f"line of job {job['n']} failed")
+    return {"n": job["n"], "pad": "x" * job.get("pad", 0)}
+
+
+def die_on_first_attempt(job: dict[str, Any]) -> dict[str, Any]:
+    """SIGKILL its own worker the first time it runs (a marker file per
+    job remembers), succeed the second time."""
+    marker = Path(job["marker"])
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), 9)
+    return {"ok": job["n"]}
+
+
+def allocate(job: dict[str, Any]) -> int:
+    """Hold ``job["mib"]`` MiB, every page written, for a moment."""
+    chunks = [b"x" * (1024 * 1024) for _ in range(job["mib"])]
+    time.sleep(job.get("seconds", 0))
+    return len(chunks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections import deque
 from collections.abc import Callable
 
@@ -13,6 +14,7 @@ import pytest
 from bossworker.boss.core import (
     PERSISTENT_FAILURES,
     PERSISTENT_KILLS,
+    RESPAWN_JITTER,
     BossCore,
     FleetNumbers,
     Phase,
@@ -122,8 +124,19 @@ def kinds(got: list[Frame]) -> list[Kind]:
     return [Kind(f.kind) for f in got]
 
 
-def new_core(worker_count: int = 2) -> tuple[BossCore, FakeFleet]:
-    core = BossCore(worker_count)
+class FixedJitter(random.Random):
+    """A random source whose every draw is ``value``: back-offs become exact."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def new_core(worker_count: int = 2, jitter: float = 0.0) -> tuple[BossCore, FakeFleet]:
+    core = BossCore(worker_count, FixedJitter(jitter))
     fleet = FakeFleet()
     core.attach(fleet)
     return core, fleet
@@ -223,6 +236,41 @@ def test_start_back_off_doubles_up_to_five_seconds_and_a_ready_worker_resets_it(
     assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])
     core.worker_ready()
     assert core.worker_start_failed("x", InitFailure.WORKERS, killed=True) == pytest.approx(0.1)
+
+
+def test_each_slot_backs_off_by_its_own_failures_with_jitter() -> None:
+    """Issue 16 item 5: the back-off was global, so every slot that failed
+    came due in the same turn.  Now a slot's first failure waits 0.1 s
+    whatever the others did, and a random part spreads slots apart."""
+    core, _ = new_core(worker_count=500)
+    for _ in range(50):  # other slots failing many times
+        core.worker_start_failed("x", InitFailure.WORKERS, killed=False, attempt=7)
+    assert core.worker_start_failed("x", InitFailure.WORKERS, killed=False, attempt=1) == pytest.approx(0.1)
+    assert core.worker_start_failed("x", InitFailure.WORKERS, killed=False, attempt=3) == pytest.approx(0.4)
+    core, _ = new_core(worker_count=500, jitter=1.0)  # the largest draw
+    assert core.worker_start_failed("x", InitFailure.WORKERS, killed=False, attempt=9) == pytest.approx(
+        5.0 * (1 - RESPAWN_JITTER)
+    )
+    # The real source: spread within [cap * (1 - jitter), cap].
+    real = BossCore(500)
+    real.attach(FakeFleet())
+    delays = {real.worker_start_failed("x", InitFailure.WORKERS, False, attempt=20) for _ in range(200)}
+    assert all(5.0 * (1 - RESPAWN_JITTER) <= d <= 5.0 for d in delays)
+    assert max(delays) - min(delays) > 1.0, "no spread"
+
+
+def test_a_slots_retries_do_not_count_as_other_slots_failing() -> None:
+    """Three of four slots cannot start and retry many times while the
+    fourth is still starting: the pool is not INIT_FAILED for that."""
+    core, _ = new_core(worker_count=4)
+    for attempt in range(1, 30):
+        for _ in range(3):
+            core.worker_start_failed("EAGAIN", InitFailure.WORKERS, killed=False, attempt=attempt)
+        core.step()
+    assert sent(core) == [] and core.phase is Phase.STARTING
+    core.worker_start_failed("EAGAIN", InitFailure.WORKERS, killed=False, attempt=1)
+    core.step()
+    assert kinds(sent(core)) == [Kind.INIT_FAILED]
 
 
 def test_persistent_start_failures_answer_the_queue_only_when_no_worker_can_serve() -> None:
@@ -424,6 +472,27 @@ def test_init_timeout_fires_once() -> None:
     assert link.start_overdue(1.0)
     assert not link.start_overdue(2.0)
     assert math.isinf(WorkerLink(pid=8, now=0.0).start_by)  # 0: no limit
+
+
+def test_a_starting_worker_told_to_leave_keeps_its_init_limit() -> None:
+    """Issue 16 item 6: a shutdown while a replacement is in init_handler
+    made it STOPPING and dropped its init limit (the shutdown then waited the
+    whole leave limit, 30 s)."""
+    link = WorkerLink(pid=7, now=0.0, init_timeout=0.5)
+    link.retire(now=0.1, limit=30.0)
+    assert link.state is LinkState.STOPPING and link.start_deadline() == 0.5
+    assert not link.start_overdue(0.4) and link.start_overdue(0.5)
+    assert not link.start_overdue(0.6)  # once
+    # Ready before the limit: only the leave limit is left.
+    ready = WorkerLink(pid=8, now=0.0, init_timeout=0.5)
+    ready.retire(now=0.1, limit=30.0)
+    ready.ready()
+    assert math.isinf(ready.start_deadline()) and not ready.start_overdue(1.0)
+    assert ready.leave_overdue(30.1)
+    # A dead one is not killed again for its start.
+    lost = WorkerLink(pid=9, now=0.0, init_timeout=0.5)
+    lost.lost(now=0.2)
+    assert math.isinf(lost.start_deadline())
 
 
 def test_init_failed_names_its_cause_at_exit() -> None:

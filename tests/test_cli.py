@@ -530,6 +530,22 @@ def test_handler_output_and_input_are_kept_apart() -> None:
     assert proc.stderr.count("must not end up in the JSON Lines output") == 20
 
 
+def test_what_the_target_module_prints_on_import_stays_out_of_the_records() -> None:
+    """Standard output is taken over before TARGET is imported: a module
+    printing as it loads writes to standard error, not into the JSON Lines."""
+    proc = run_cli("run", "tests/cli_loud_import.py:echo", "-w", "1", stdin=jsonl(1, 2))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(by_line(proc.stdout)) == [1, 2]  # every stdout line is a record
+    assert "a TARGET module printing as it is imported" in proc.stderr
+
+
+def test_timeout_past_the_pools_limit_is_a_usage_error() -> None:
+    proc = run_cli("run", f"{HANDLERS}:echo", "--timeout", "1e12", stdin="1\n")
+    assert proc.returncode == 2, proc.stderr
+    assert "--timeout: must be a number of seconds from 0 (no limit) to 1e+09" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- the progress bar -------------------------------------------------------------------
 
 
@@ -755,6 +771,44 @@ def test_run_on_a_dask_cluster(tmp_path: Path) -> None:
     )
     assert local.returncode == 0, local.stderr
     assert len(records(local.stdout)) == 3
+    # A TARGET the Dask workers cannot import: the real cause, not "--init failed".
+    # TARGET travels by value, but what it imports travels by name: a module
+    # only this machine has makes it unloadable on the Dask workers.
+    elsewhere = tmp_path / "elsewhere"  # not the cluster's directory
+    elsewhere.mkdir()
+    alien = elsewhere / "alien_module_here.py"
+    alien.write_text("import helper_only_here\n\ndef f(x):\n    return helper_only_here.g(x)\n")
+    (elsewhere / "helper_only_here.py").write_text("def g(x):\n    return x\n")
+    cluster = DaskCluster(tmp_path, n_workers=1).start()
+    try:
+        unknown = run_cli("run", f"{alien}:f", "--dask", cluster.address, stdin="1\n", timeout=120)
+        # --joblog and --resume on Dask: a second run has nothing left to do.
+        out, log = tmp_path / "out.jsonl", tmp_path / "jobs.log"
+        args = [
+            "run",
+            f"{HANDLERS}:worker_pid",
+            "--dask",
+            cluster.address,
+            "-o",
+            str(out),
+            "--joblog",
+            str(log),
+        ]
+        first = run_cli(*args, "--details", stdin="1\n2\n3\n", timeout=120)
+        again = run_cli(*args, "--resume", stdin="1\n2\n3\n4\n", timeout=120)
+    finally:
+        cluster.stop()
+    assert unknown.returncode == 2, unknown.stderr
+    assert "--init" not in unknown.stderr
+    assert "no Dask worker could load TARGET" in unknown.stderr
+    assert "importable on the Dask workers" in unknown.stderr
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["line"] for r in lines) == [1, 2, 3, 4]
+    rows = log.read_text().splitlines()
+    assert rows[0].startswith("line\tworker_pid") and len(rows) == 5
+    assert all(row.split("\t")[5] == "ok" for row in rows[1:])
+    assert "3 lines skipped" in again.stderr
     refused = run_cli("run", f"{HANDLERS}:echo", "--dask", "local", "--start-method", "spawn", stdin="1\n")
     assert refused.returncode == 2
     assert "--start-method has no effect with --dask" in refused.stderr

@@ -25,7 +25,7 @@ from bossworker.cli.options import RunOptions, build_parser, version
 from bossworker.cli.progress import same_terminal
 from bossworker.cli.records import Outcome, RunOutcome, error_record, parse_job, result_record, summary
 from bossworker.cli.state import RunState, Writer
-from bossworker.cli.streams import count_lines, read_line_batches
+from bossworker.cli.stdio import count_lines, read_line_batches
 from bossworker.cli.targets import load_callable
 from bossworker.errors import TIMED_OUT_ERROR
 
@@ -129,7 +129,7 @@ def test_unordered_writer_writes_in_finish_order_and_counts() -> None:
     writer.finish(2, None)  # a blank line: no record
     writer.finish(4, rec(4, failed=True))
     assert lines_of(out) == [3, 1, 4]
-    assert (writer.lines_done, writer.jobs, writer.errors, writer.timeouts) == (4, 3, 2, 1)
+    assert (writer.lines_done, writer.tally.jobs, writer.tally.errors, writer.tally.timeouts) == (4, 3, 2, 1)
     assert writer.take_slots(100, wait=False) == 10  # every slot is back
 
 
@@ -146,7 +146,7 @@ def test_ordered_writer_holds_lines_back_in_their_slots() -> None:
     assert writer.take_slots(5, wait=False) == 3  # lines 1 (blank), 2 and 3 gave theirs back
     writer.finish(4, rec(4))
     assert lines_of(out) == [2, 3, 4, 5]
-    assert writer.lines_done == 5 and writer.jobs == 4
+    assert writer.lines_done == 5 and writer.tally.jobs == 4
 
 
 def test_ordered_writer_random_completion_order() -> None:

@@ -19,6 +19,7 @@ Against real processes and the kernel's real limits:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -178,6 +179,47 @@ def test_init_timeout_kills_a_replacement_stuck_in_init(
             if result[1] == "back":
                 break
             assert "init_handler did not return" in result[1]["ERROR"], result
+
+
+@pytest.mark.timeout(120)
+def test_shut_down_does_not_wait_out_the_leave_limit_for_a_replacement_stuck_in_init(
+    start_method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 item 6: a replacement hangs in init_handler when shut_down()
+    comes.  It was told to leave, stopped counting as starting, and the
+    shutdown waited the whole leave limit (30 s) despite init_timeout=0.5."""
+    hold = tmp_path / "hold-init"
+    monkeypatch.setenv("BW_MARKER_DIR", str(tmp_path))
+    monkeypatch.setenv("BW_INIT_HOLD_FILE", str(hold))
+    try:
+        for _ in range(3):
+            for marker in tmp_path.glob("init-*"):
+                marker.unlink()
+            bw = BossWorkerAsync(
+                handlers.echo,
+                init_handler=handlers.init_marker_then_hold,
+                worker_count=1,
+                init_timeout=0.5,
+                start_method=start_method,
+            )
+            (first,) = [p.pid for p in psutil.Process(bw.boss_pid).children()]
+            hold.touch()
+            psutil.Process(first).kill()
+            wait_until(
+                lambda first=first: {int(p.name.split("-")[1]) for p in tmp_path.glob("init-*")} - {first},
+                30,
+                "a replacement in init_handler",
+            )
+            began = time.monotonic()
+            bw.shut_down()
+            took = time.monotonic() - began
+            # init_timeout and the clean-up, with room for a loaded machine;
+            # far below the leave limit the bug waited out.
+            assert took < 15, f"shut_down() took {took:.1f} s"
+            hold.unlink()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            hold.unlink()
 
 
 @pytest.mark.parametrize("value", [-1, "60", float("nan"), float("inf"), True])
@@ -357,6 +399,139 @@ def test_constructor_names_eagain_when_no_worker_can_be_forked(
         proc.wait()
     assert out.startswith("WorkerInitError no worker could start:\n"), out
     assert START_FAILED_ERROR.format(error=EAGAIN_TEXT) in out, out
+
+
+SCALE = """
+import gc, json, logging, os, sys, time
+sys.path.insert(0, {tests!r})
+# At import: a spawned Boss imports this file too, and logs to stderr then.
+logging.basicConfig(level=logging.WARNING, format="%(process)d %(levelname)s %(message)s")
+import psutil
+import handlers
+from bossworker import BossWorkerAsync, Executor
+
+def pool(method):
+    began = time.monotonic()
+    bw = BossWorkerAsync(handlers.echo, worker_count=500, start_method=method)
+    constructed = time.monotonic() - began
+    ids = bw.add_work(*range(200))
+    got = {{}}
+    for _ in range(200):
+        item = bw.get_result(timeout=120, with_id=True)
+        assert item is not None, f"{{len(got)}} results only"
+        got[item[0]] = item[1]
+    assert got == dict(zip(ids, range(200))), got
+    done = time.monotonic() - began
+    alive_when_done = bw.stats().workers_alive
+    first = {{"constructed": constructed, "done": done, "alive_when_done": alive_when_done}}
+    print(json.dumps(first), flush=True)
+    sys.stdin.readline()  # the test has seen forks refused
+    ids = bw.add_work(*range(200))
+    assert sorted(bw.get_result(timeout=120, with_id=True)[0] for _ in ids) == ids
+    alive = bw.stats().workers_alive
+    began = time.monotonic()
+    bw.shut_down()
+    return {{"alive": alive, "stopped": time.monotonic() - began}}
+
+def executor(method):
+    gc.disable()  # what the Executor started must stop without the garbage collector
+    try:
+        Executor(max_workers=4, mp_context=None, start_method=method)
+    except Exception as exc:
+        error = f"{{type(exc).__name__}}: {{exc}}"
+    else:
+        return {{"error": None}}
+    def ours():  # the resource tracker outlives every pool by design
+        return [p.pid for p in psutil.Process().children() if "resource_tracker" not in " ".join(p.cmdline())]
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {{"error": error, "left": ours()}}
+
+def main():
+    what, method = sys.argv[1:]
+    if method != "fork":  # started now, so the limit leaves it out of the room
+        from multiprocessing import resource_tracker
+        resource_tracker.ensure_running()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(json.dumps(pool(method) if what == "pool" else executor(method)), flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def run_under_pids_limit(
+    pids_limit: PidsLimit, script: Path, args: list[str], room: int, refused: bool = False
+) -> tuple[list[Any], str]:
+    """Run ``script`` with a pids limit of ``room`` tasks more than it uses
+    when it says "ready"; return what it printed (JSON lines) and its
+    stderr.  With ``refused``, its first line is read, then it is let go
+    on once the limit has refused a fork."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        pids_limit.add(proc.pid)
+        pids_limit.set_max(pids_limit.current() + room)
+        first = ""
+        if refused:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            first = proc.stdout.readline()
+            wait_until(lambda: pids_limit.refused_forks() > 0, 60, "a fork refused by the limit")
+        out, err = proc.communicate("go\n", timeout=200)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and out, err
+    return [json.loads(line) for line in (first + out).splitlines()], err
+
+
+@pytest.mark.timeout(240)
+def test_a_pool_far_bigger_than_the_process_limit_serves_and_says_so_once(
+    start_method: str, pids_limit: PidsLimit, tmp_path: Path
+) -> None:
+    """Issue 16 item 5: worker_count=500 where 60 more tasks may exist.
+    The slots that can start serve; the others retry, each with its own
+    back-off; the log says once how many could not start and why (it said
+    it twice per failed fork)."""
+    script = tmp_path / "scale.py"
+    script.write_text(SCALE.format(tests=str(TESTS)))
+    (first, info), err = run_under_pids_limit(
+        pids_limit, script, ["pool", start_method], room=60, refused=True
+    )
+    assert 1 <= info["alive"] <= 60, info
+    # Bounds for a loaded machine; the old Boss took minutes at 10,000.
+    assert first["constructed"] < 30 and first["done"] < 90 and info["stopped"] < 30, (first, info)
+    lines = err.splitlines()
+    summaries = [line for line in lines if "worker slot(s) could not start a worker" in line]
+    eagain = [line for line in lines if "Resource temporarily unavailable" in line]
+    # One line per minute at most: the test runs for well under two.
+    assert 1 <= len(summaries) <= 2, err[-3000:]
+    assert eagain == summaries, err[-3000:]
+    assert " of 500 worker slot(s)" in summaries[0], summaries
+
+
+@pytest.mark.timeout(120)
+def test_an_executor_whose_set_up_fails_stops_its_boss_and_workers(
+    start_method: str, pids_limit: PidsLimit, tmp_path: Path
+) -> None:
+    """Room for the Boss and one worker, none for the Executor's collector
+    thread: the constructor raises, and what it started is gone at once,
+    without waiting for the garbage collector."""
+    script = tmp_path / "scale.py"
+    script.write_text(SCALE.format(tests=str(TESTS)))
+    (info,), err = run_under_pids_limit(pids_limit, script, ["executor", start_method], room=2)
+    assert info["error"] is not None and "can't start new thread" in info["error"], (info, err[-2000:])
+    assert info["left"] == [], info
 
 
 EMFILE_PROBE = """

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from bossworker import BossWorkerAsync, InputClosedError, SerializationError, ShutDownError, streams
+from bossworker import (
+    BossWorkerAsync,
+    InputClosedError,
+    SerializationError,
+    ShutDownError,
+    progressbar,
+)
 from stream_handlers import double, fail_on_odd, jitter, nap
 from waiting import wait_until
 
@@ -253,7 +259,7 @@ def test_progress_without_tqdm_prints_one_hint_and_works(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
-    monkeypatch.setattr(streams, "_hint_shown", False)
+    monkeypatch.setattr(progressbar, "_hint_shown", False)
     with BossWorkerAsync(double, worker_count=2, start_method="fork") as bw:
         assert list(bw.map(range(5), progress=True)) == [0, 2, 4, 6, 8]
         bw.add_work(1, 2)
@@ -264,7 +270,7 @@ def test_progress_without_tqdm_prints_one_hint_and_works(
             return [v async for v in bw.aresults(progress=True)]
 
         assert asyncio.run(main()) == [6]
-    assert capsys.readouterr().err.splitlines().count(streams.NO_TQDM_HINT) == 1
+    assert capsys.readouterr().err.splitlines().count(progressbar.NO_TQDM_HINT) == 1
 
 
 # -- memory -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from .config import BossConfig, PickledAtSpawn
-from .process import Closable, preload_parent_death_signal
+from .process import Closable, descriptor_identities, preload_parent_death_signal
 
 __all__ = ["Backend", "BossHandle", "LocalBackend", "LocalBossHandle", "default_start_method"]
 
@@ -88,6 +88,9 @@ class LocalBackend:
         ctx: Any = multiprocessing.get_context(config.start_method)  # typeshed lacks .Process
         main_end, boss_end = socket.socketpair()
         inherited: list[Closable] = []
+        # Under fork: main's descriptors as the Boss is forked, filled in
+        # just before (the Boss finds its sentinel pipe by them).
+        main_fds: dict[int, tuple[int, int]] = {}
         if config.start_method == "fork":
             inherited = [main_end, *_LIVE_MAIN_SOCKETS]
             # Load it here, once per program, rather than in every new Boss.
@@ -99,11 +102,13 @@ class LocalBackend:
             payload = PickledAtSpawn(config)
         process = ctx.Process(
             target=run_boss,
-            args=(boss_end, payload, inherited),
+            args=(boss_end, payload, inherited, main_fds),
             name="bossworker-boss",
             daemon=False,  # it starts worker processes of its own
         )
         try:
+            if config.start_method == "fork":
+                main_fds.update(descriptor_identities())
             process.start()
         finally:
             # Main must not keep the Boss's end: the Boss's death has to show

@@ -735,7 +735,13 @@ class Executor(futures.Executor):
         self._max_workers = workers
         # Workers elsewhere (Dask) cannot import main's script by name.
         remote = "" if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
-        self._core = _Core(pool, _TaskOptions(limit, pool._retries), workers, remote)
+        try:
+            self._core = _Core(pool, _TaskOptions(limit, pool._retries), workers, remote)
+        except BaseException:
+            # Its collector thread could not start (a process limit): stop
+            # the Boss and workers now, not at some garbage collection.
+            pool.shut_down(force=True)
+            raise
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
         finalizer = weakref.finalize(self, self._core.shutdown, False, False, False)

@@ -92,7 +92,7 @@ class Outcome(Generic[R]):
     failed (``error`` says how; see the table in :mod:`bossworker.outcome`).
     :meth:`unwrap` returns the value or raises the error.
 
-    Times are ``time.time()`` in main: ``queued_at`` when :meth:`add_work`
+    Times are ``time.time()`` in main: ``queued_at`` when :meth:`BossWorkerAsync.add_work`
     was called, ``finished_at`` when main received the answer, and
     ``started_at`` is *derived*: ``finished_at - run_time``, so it is the
     start as seen from main, late by the answer's trip from the worker
@@ -102,17 +102,30 @@ class Outcome(Generic[R]):
     or was killed at its deadline.
     """
 
+    #: The id :meth:`BossWorkerAsync.add_work` returned for the job.
     job_id: int
+    #: True when the handler returned: ``value`` is what it returned.
     ok: bool
+    #: The handler's return value, untouched; None unless ``ok``.
     value: R | None = None
+    #: Why the job did not succeed (None when ``ok``): the handler's own
+    #: exception, or the engine's verdict (:class:`TaskTimeoutError`,
+    #: :class:`WorkerDiedError`, :class:`JobCancelledError`, ...).
     error: BaseException | None = None
+    #: True when :meth:`BossWorkerAsync.cancel` dropped the job before it started.
     cancelled: bool = False
     #: pid of the worker that ran the (last) attempt; None if none did
     #: (cancelled, or no worker could start).
     worker_pid: int | None = None
+    #: Seconds the (last) attempt ran, measured by the worker (by the Boss
+    #: for a worker that died or was killed at its deadline).
     run_time: float = 0.0
+    #: ``time.time()`` in main when the job was added.
     queued_at: float = 0.0
+    #: ``finished_at - run_time`` (never before ``queued_at``): the start as
+    #: seen from main; None for a cancelled job.
     started_at: float | None = None
+    #: ``time.time()`` in main when the answer arrived.
     finished_at: float = 0.0
     #: Every attempt, oldest first; more than one only when the job was
     #: retried (``retries=``).  Empty for a cancelled job.

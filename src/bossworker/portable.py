@@ -38,11 +38,51 @@ from .protocol import Buffer
 __all__ = [
     "HAS_ALARM",
     "PORTABLE",
+    "LateSocket",
     "PortableSelector",
     "make_selector",
     "send_chunks",
     "watch_forks",
 ]
+
+
+class LateSocket:
+    """A socket handed to a spawned child, opened by the child's own code.
+
+    Under ``spawn`` on Windows a socket travels through multiprocessing's
+    resource sharer: the child fetches it from a thread of its parent while
+    multiprocessing's bootstrap unpickles the Process arguments, before any
+    code of ours runs.  If the parent (the Boss) was stopped meanwhile, as a
+    forced stop does to a Boss that is starting a worker, that fetch fails
+    and the bootstrap prints a ``FileNotFoundError`` traceback.  So the
+    socket is pickled into bytes when the child is started (with the same
+    reducers, at the same moment) and unpickled by :meth:`open` in the
+    child's own code, which can leave quietly when its parent is gone.
+    Under ``fork`` nothing is pickled: :meth:`open` returns the socket as is.
+    """
+
+    def __init__(self, sock: socket.socket | None, pickled: bytes | None = None) -> None:
+        self._sock = sock
+        self._pickled = pickled
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing.reduction import ForkingPickler
+
+        assert self._sock is not None, "a LateSocket is pickled once, by its parent"
+        return (LateSocket, (None, bytes(ForkingPickler.dumps(self._sock))))
+
+    def open(self) -> socket.socket | None:
+        """The socket; None if it can no longer be fetched (the parent is gone)."""
+        if self._sock is None:
+            import pickle
+
+            assert self._pickled is not None
+            try:
+                self._sock = pickle.loads(self._pickled)
+            except (OSError, EOFError):
+                return None
+        return self._sock
+
 
 #: The portable path is in use in this process.
 PORTABLE: bool = sys.platform == "win32" or os.environ.get("BOSSWORKER_PORTABLE") == "1"

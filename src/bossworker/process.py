@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import weakref
@@ -35,7 +36,9 @@ __all__ = [
     "Closable",
     "ExitFlush",
     "OwnedFd",
+    "Watched",
     "close_inherited",
+    "descriptor_identities",
     "exit_now",
     "has_exited",
     "ignore_interrupts",
@@ -44,6 +47,7 @@ __all__ = [
     "open_pidfd",
     "pickle_as_if_spawning",
     "pickling_as_if_spawning",
+    "pipe_write_ends_since",
     "preload_parent_death_signal",
     "set_parent_death_signal",
     "signal_description",
@@ -207,6 +211,55 @@ class OwnedFd:
             os.close(fd)
 
 
+def descriptor_identities() -> dict[int, tuple[int, int]]:
+    """This process's open descriptors, each with the (device, inode) of
+    what it refers to; empty where there is no ``/proc/self/fd`` or
+    ``/dev/fd`` to list them."""
+    for where in ("/proc/self/fd", "/dev/fd"):
+        try:
+            listed = [int(name) for name in os.listdir(where)]
+        except (OSError, ValueError):
+            continue
+        found = {}
+        for fd in listed:
+            # The listing's own descriptor is closed by now (or reused: then
+            # it is described as what it is now).
+            with contextlib.suppress(OSError):
+                st = os.fstat(fd)
+                found[fd] = (st.st_dev, st.st_ino)
+        return found
+    return {}
+
+
+def pipe_write_ends_since(before: dict[int, tuple[int, int]]) -> list[OwnedFd]:
+    """The write ends of pipes this process holds that were not open (as
+    the same file) when ``before`` was taken by :func:`descriptor_identities`.
+
+    A Boss forked by multiprocessing holds the write end of its own
+    sentinel pipe, made just before the fork: main's ``join`` of the Boss
+    waits for every copy of it to close.  Each worker the Boss forks would
+    inherit it, and so would a helper a handler forks into its own session,
+    making main wait for that helper.  The Boss finds it with this (main
+    takes ``before`` just before starting it) and its workers close it.
+    The returned objects are for a forked child to close, never this process.
+    """
+    import fcntl  # POSIX only; only a forked Boss calls this
+
+    if not before:
+        return []
+    found = []
+    for fd, identity in descriptor_identities().items():
+        if before.get(fd) == identity:
+            continue
+        with contextlib.suppress(OSError):
+            if (
+                stat.S_ISFIFO(os.fstat(fd).st_mode)
+                and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+            ):
+                found.append(OwnedFd(fd))
+    return found
+
+
 def _start_time(pid: int | str) -> int | None:
     """When ``pid`` started, in clock ticks since boot (Linux), or None."""
     try:
@@ -254,6 +307,47 @@ def has_exited(pidfd: OwnedFd) -> bool:
     poller = select.poll()
     poller.register(pidfd.fd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+# The kernel's flag for a task that has begun to exit (include/linux/sched.h),
+# shown in field 9 of /proc/<pid>/stat.
+_PF_EXITING = 0x4
+
+
+class Watched:
+    """Another process (not our child), watched through its pidfd."""
+
+    __slots__ = ("pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: OwnedFd) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+    def leaving(self) -> bool:
+        """True if the process has exited or has begun to exit.
+
+        A pidfd becomes readable only at the very end of an exit, after the
+        process's descriptors were closed: a process killed a moment ago
+        may already look dead to others (end-of-file on its sockets) and
+        not yet to its pidfd.  Its ``PF_EXITING`` flag is set first of all,
+        so on Linux it is read too: from ``/proc``, then the pidfd is
+        checked, so that a flag read was the process's own (it cannot have
+        been reaped, and its pid reused, while its pidfd is not readable)."""
+        flags = _task_flags(self.pid)
+        if has_exited(self.pidfd):
+            return True
+        return flags is not None and bool(flags & _PF_EXITING)
+
+
+def _task_flags(pid: int) -> int | None:
+    """The kernel's flags word for ``pid`` (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+        # Field 9; the fields after the command name start at field 3.
+        return int(stat_line.rpartition(b")")[2].split()[6])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def lead_own_group() -> None:

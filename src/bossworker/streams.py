@@ -15,8 +15,6 @@ and reuses all of this unchanged.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
 from .client import Client, Lane
 from .errors import InvalidArgumentError, SerializationError
 from .payload import Pickled, dump
+from .progressbar import open_bar
 from .protocol import Flag, Frame
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "Bar", "amap", "aresults", "map_jobs", "results"]
@@ -41,11 +40,6 @@ T = TypeVar("T")
 #: tiny jobs (the Boss pipelines up to 32 jobs per worker), small enough to
 #: be nothing in memory.
 DEFAULT_MAX_IN_FLIGHT = 1024
-
-#: What ``progress=True`` prints once per process when tqdm is missing.
-NO_TQDM_HINT = "bossworker: progress=True shows no bar: tqdm is not installed (pip install 'bossworker[cli]')"
-
-_hint_shown = False
 
 #: ``progress=``: False, True, or keyword arguments for ``tqdm`` (``file=``, ``desc=``, ...).
 Progress = bool | Mapping[str, Any]
@@ -61,14 +55,9 @@ class Bar:
         self._bar: Any = None
         if progress is False:
             return
-        try:  # imported by name: tqdm is optional (the cli extra) and has no stubs
-            tqdm = importlib.import_module("tqdm").tqdm
-        except ImportError:
-            _hint()
-            return
         options = dict(progress) if isinstance(progress, Mapping) else {}
         options.setdefault("total", total)
-        self._bar = tqdm(**options)
+        self._bar = open_bar(**options)
 
     def step(self, total: int | None = None) -> None:
         """One more done; ``total`` the total as now known (it may grow)."""
@@ -82,13 +71,6 @@ class Bar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _hint() -> None:
-    global _hint_shown
-    if not _hint_shown:
-        _hint_shown = True
-        print(NO_TQDM_HINT, file=sys.stderr)
 
 
 def check_progress(progress: object) -> None:

@@ -43,14 +43,13 @@ from .config import WorkerSpec
 from .errors import _JobTimeout, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
 from .payload import PICKLE_PROTOCOL, dump
-from .portable import HAS_ALARM, send_chunks, watch_forks
+from .portable import HAS_ALARM, LateSocket, send_chunks, watch_forks
 from .process import (
     Closable,
     ExitFlush,
-    OwnedFd,
+    Watched,
     close_inherited,
     exit_now,
-    has_exited,
     ignore_interrupts,
     lead_own_group,
     open_pidfd,
@@ -110,7 +109,7 @@ def _error(job_id: int, started: float, text: str, exc: BaseException | None = N
 
 
 def _run_job(
-    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: OwnedFd | None = None
+    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: Watched | None = None
 ) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
@@ -118,8 +117,9 @@ def _run_job(
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
 
-    Raises :class:`_BossGone` instead of writing a result segment when the
-    pidfd ``boss`` says the Boss has exited (nobody would remove it).
+    Raises :class:`_BossGone` instead of leaving a result segment when
+    ``boss`` (watched where nothing kills us with it) says the Boss has
+    exited or is exiting: nobody would remove it.
     """
     job_id = frame.job_id
     timeout = frame.timeout
@@ -152,9 +152,19 @@ def _run_job(
         # The exception travels too: main raises it (or a PicklingError
         # caused by it), as ProcessPoolExecutor does.
         return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)), exc)]
-    if boss is not None and has_exited(boss):
+    if boss is not None and boss.leaving():
         raise _BossGone
-    return result_answer(job_id, pickled, spec.segments, started)
+    answer = result_answer(job_id, pickled, spec.segments, started)
+    if boss is not None:
+        # Looked at again once the segment exists: the Boss may have been
+        # killed while it was written, and main may already have freed the
+        # pool's segments (it does once it saw the Boss die, which is after
+        # the Boss began to exit).
+        segment = result_segment(answer)
+        if segment is not None and boss.leaving():
+            spec.segments.discard(segment)
+            raise _BossGone
+    return answer
 
 
 def _exit(flush: ExitFlush, code: int) -> NoReturn:
@@ -187,12 +197,16 @@ class SpecError(Exception):
 
 
 def run_worker(
-    sock: socket.socket,
+    sock_or_late: socket.socket | LateSocket,
     spec: WorkerSpec | bytes,
     boss_pid: int,
     inherited: Sequence[Closable] = (),
 ) -> None:
     """The body of a worker process. Never returns: it ends in ``os._exit``.
+
+    Its socket is opened here (see :class:`~bossworker.portable.LateSocket`):
+    a worker whose Boss was stopped before the socket could be fetched leaves
+    quietly, with no traceback.
 
     ``spec`` comes pickled (bytes) from a Boss that does not fork its
     workers: unpickling it here, not in multiprocessing's bootstrap, lets a
@@ -200,14 +214,22 @@ def run_worker(
     NOT_IMPORTABLE) instead of killing the process with a traceback only on
     stderr.
     """
-    lead_own_group()  # first: whatever runs from here on is in the group
+    if isinstance(sock_or_late, LateSocket):
+        opened = sock_or_late.open()
+        if opened is None:
+            os._exit(0)  # the Boss is gone: nobody is left to answer
+        sock = opened
+    else:
+        sock = sock_or_late
+    lead_own_group()  # whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
-    boss: OwnedFd | None = None
+    boss: Watched | None = None
     if not (os.getppid() == boss_pid and set_parent_death_signal(boss_pid)):
         # Under forkserver (or without prctl) nothing kills us with the
         # Boss: watch it, so as to leave no segment behind for it.
-        boss = open_pidfd(boss_pid, older_than_me=True)
+        pidfd = open_pidfd(boss_pid, older_than_me=True)
+        boss = Watched(boss_pid, pidfd) if pidfd is not None else None
     flush = ExitFlush()  # after this, what the handlers set up is flushed at exit
     gc.freeze()  # never walk the objects inherited from the Boss (and main)
     forked = watch_forks()

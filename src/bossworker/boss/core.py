@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -143,9 +144,13 @@ def main_gone(start_method: str, parent_pid: int, main_pid: int) -> bool:
     return start_method != "forkserver" and parent_pid != main_pid
 
 
-# Back-off for workers that die before they are ready: 0.1 s, 0.2 s, ... 5 s.
+# Back-off for workers that die before they are ready: 0.1 s, 0.2 s, ... 5 s,
+# each slot by its own failures in a row, less a random part of up to
+# RESPAWN_JITTER of it: slots that failed together (a process limit reached
+# by a big pool) then come due spread out, not all in one turn.
 RESPAWN_BACKOFF_FIRST = 0.1
 RESPAWN_BACKOFF_MAX = 5.0
+RESPAWN_JITTER = 0.5
 # Start-up failures in a row (no worker became ready in between) after which,
 # while no worker is alive, queued jobs are answered with an ERROR instead of
 # waiting.  A worker that reports an init_handler failure, or exits with a
@@ -161,32 +166,44 @@ PERSISTENT_KILLS = 10
 class StartFailures:
     """Start-up failures in a row, and what follows from them."""
 
-    __slots__ = ("errors", "failures", "last_failure", "last_text", "worker_count")
+    __slots__ = ("errors", "failures", "last_failure", "last_text", "random", "slots_failed", "worker_count")
 
-    def __init__(self, worker_count: int) -> None:
+    def __init__(self, worker_count: int, rng: random.Random | None = None) -> None:
         self.worker_count = worker_count
         self.failures = 0  # start-up deaths in a row, since a worker last became ready
         self.errors = 0  # of those, the ones that were not kills by a signal
+        self.slots_failed = 0  # of those, the first failure of a slot
         self.last_text = ""
         self.last_failure: int = InitFailure.WORKERS
+        self.random = rng if rng is not None else random.Random()
 
-    def failed(self, text: str, failure: int, killed: bool) -> float:
-        """Count one failure; return the back-off before the slot's next try."""
+    def failed(self, text: str, failure: int, killed: bool, attempt: int = 0) -> float:
+        """Count one failure; return the back-off before the slot's next try.
+
+        ``attempt``: the failing slot's failures in a row, this one included
+        (1: its first).  0 (a fleet that does not count per slot): every
+        failure is a slot's first, and the back-off follows the run of
+        failures of the whole fleet."""
         self.failures += 1
         self.errors += not killed
+        self.slots_failed += attempt <= 1
         self.last_text = text
         self.last_failure = failure
+        n = attempt if attempt > 0 else self.failures
         # The exponent is bounded: 2.0 ** 1024 overflows, and a pool whose
         # workers never start must keep trying at the cap, not die.
-        return min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2.0 ** min(self.failures - 1, 64))
+        delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_FIRST * 2.0 ** min(n - 1, 64))
+        return delay * (1.0 - RESPAWN_JITTER * self.random.random())
 
     def succeeded(self) -> None:
         """A worker became ready: the run of failures is over."""
-        self.failures = self.errors = 0
+        self.failures = self.errors = self.slots_failed = 0
 
     def every_slot_failed(self) -> bool:
-        """Whether as many starts failed in a row as there are slots."""
-        return self.failures >= self.worker_count
+        """Whether every slot failed (since a worker was last ready): a
+        slot's retries do not count, so a big pool whose first slots start
+        while the rest hit a process limit is not declared failed."""
+        return self.slots_failed >= self.worker_count
 
     def persistent(self) -> bool:
         """Whether the failures look like a broken pool, not bad luck."""
@@ -202,11 +219,11 @@ def boss_answer(job_id: int, kind: Kind, text: str, flags: int, pid: int, ran: f
 class BossCore:
     """What a Boss says to main. See the module docstring."""
 
-    def __init__(self, worker_count: int) -> None:
+    def __init__(self, worker_count: int, rng: random.Random | None = None) -> None:
         self.phase = Phase.STARTING
         self.out = SendQueue()  # for main, in order; the driver sends it
         self.fleet: Fleet | None = None
-        self.start = StartFailures(worker_count)
+        self.start = StartFailures(worker_count, rng)
         # Counters for STATS.
         self.completed = 0
         self.failed = 0
@@ -370,14 +387,17 @@ class BossCore:
             self.out.append(encode(Kind.READY))
             self._enter(Phase.SERVING)
 
-    def worker_start_failed(self, text: str, failure: int, killed: bool) -> float:
+    def worker_start_failed(self, text: str, failure: int, killed: bool, attempt: int = 0) -> float:
         """A slot failed to get a serving worker (``text`` says why;
-        ``killed``: only a signal's kill).  Returns the back-off before
-        the slot's next try.  Once every initial slot failed, :meth:`step`
+        ``killed``: only a signal's kill; ``attempt``: the slot's failures
+        in a row, see :meth:`StartFailures.failed`).  Returns the back-off
+        before the slot's next try.  Once every initial slot failed, :meth:`step`
         tells main INIT_FAILED; when failures persist and no worker is
         left, answers the queued jobs instead of letting them wait forever."""
-        delay = self.start.failed(text, failure, killed)
-        log.warning("retrying a worker start in %.1f s", delay)
+        delay = self.start.failed(text, failure, killed, attempt)
+        # The fleet says what failed, once (a pool far bigger than the system
+        # allows fails hundreds of starts a second).
+        log.debug("retrying a worker start in %.2f s", delay)
         fleet = self._fleet()
         if self.start.persistent() and not fleet.can_serve():
             reason = no_worker_could_start_error(self.start.last_text)

@@ -150,9 +150,19 @@ class WorkerLink:
         self.init_error = text
         self.init_failure = failure
 
+    def start_deadline(self) -> float:
+        """When it is killed if its start-up (init_handler) has not ended
+        (inf: no limit, or it is over).  Told to leave before it was ready
+        (a shutdown while a replacement starts), it is still starting: the
+        limit holds, or a stuck init_handler would hold the shutdown for the
+        whole leave limit."""
+        if self.ever_ready or self.state is LinkState.SERVING or self.state is LinkState.DEAD:
+            return math.inf
+        return self.start_by
+
     def start_overdue(self, now: float) -> bool:
         """True, once, when a worker still starting has overrun its limit."""
-        if self.state is LinkState.STARTING and self.start_by <= now:
+        if self.start_deadline() <= now:
             self.start_by = math.inf  # killed once is enough
             return True
         return False

@@ -32,6 +32,8 @@ its group before reaping it, so what its handlers started goes with it.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import multiprocessing
@@ -39,6 +41,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -54,11 +57,11 @@ from ..errors import (
 )
 from ..jobs import frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
-from ..portable import send_chunks
+from ..portable import LateSocket, send_chunks
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
 from ..protocol import Decoder, Flag, Frame, InitFailure, Kind, ProtocolError, RetryOn, SendQueue, encode
 from ..worker import run_worker
-from .core import BossCore, FleetNumbers
+from .core import RESPAWN_BACKOFF_MAX, BossCore, FleetNumbers
 from .link import ANSWERED, TIMED_OUT, HeadFate, LinkState, OutOfTurn, WorkerLink
 
 __all__ = ["EXIT_GRACE", "LocalFleet", "WorkerRecord"]
@@ -67,19 +70,34 @@ log = logging.getLogger("bossworker")
 
 # How long a worker may take to exit after its socket closed before it is killed.
 EXIT_GRACE = 1.0
+# Worker starts due are made for at most this long per turn of the loop:
+# the rest wait for the next turn, so READYs, answers and main's frames are
+# read while a big pool starts (a start costs a fork, or a fork and exec).
+START_BUDGET = 0.01
+# Slots that cannot get a worker (a process or file limit) are summed up in
+# one log line at most this often, not one line per failed start.
+START_REPORT_INTERVAL = 60.0
 
 
 class WorkerRecord(WorkerLink):
     """One worker process as the local Boss sees it: its link, and what
     talking to it takes (process, socket, buffers, exit watch)."""
 
-    __slots__ = ("decoder", "on_io", "out", "pidfd", "process", "rss_probe", "sock")
+    __slots__ = ("decoder", "on_io", "out", "pidfd", "process", "rss_probe", "slot_failures", "sock")
 
     def __init__(
-        self, process: BaseProcess, sock: socket.socket, read_size: int, now: float, init_timeout: float
+        self,
+        process: BaseProcess,
+        sock: socket.socket,
+        read_size: int,
+        now: float,
+        init_timeout: float,
+        slot_failures: int = 0,
     ) -> None:
         super().__init__(process.pid or 0, now, init_timeout)
         self.process = process
+        # How many starts of its slot failed in a row before it (its back-off).
+        self.slot_failures = slot_failures
         self.sock = sock
         self.decoder = Decoder(read_size)
         self.out = SendQueue()
@@ -125,7 +143,14 @@ class LocalFleet:
         # nothing more, so a million queued tiny jobs stay small.
         self.queue: deque[bytes | bytearray] = deque()
         self.workers: list[WorkerRecord] = []
-        self.respawn_at: list[float] = []  # one entry per slot waiting for a new worker
+        # The slots waiting for a new worker, a heap of (when, order, the
+        # slot's failures in a row): one entry per slot.
+        self.respawn_at: list[tuple[float, int, int]] = []
+        self.respawn_order = itertools.count()
+        # Starts that failed since the last summary line, and why the last one did.
+        self.start_failures_unreported = 0
+        self.start_failure_text = ""
+        self.start_report_due = 0.0
         self.workers_started = 0
         self.memory_kills = 0
         self.memory_recycles = 0
@@ -201,9 +226,12 @@ class LocalFleet:
     # -- once per turn ------------------------------------------------------------------
 
     def start_all(self) -> None:
-        """Start the initial workers, one per slot."""
+        """Make every slot due for a worker now.  They are started a few per
+        turn (see :data:`START_BUDGET`), so the first READY is read, and
+        the first jobs run, while the rest of a big pool starts."""
+        now = self.clock()
         for _ in range(self.config.worker_count):
-            self._start_worker()
+            self._slot_due(now, 0)
 
     def dispatch(self) -> None:
         """Hand queued jobs to workers: idle ones first, then some ahead."""
@@ -236,17 +264,15 @@ class LocalFleet:
         soonest = math.inf
         watch_memory = self.watch_memory
         for w in self.workers:
-            soonest = min(soonest, w.deadline())
+            soonest = min(soonest, w.deadline(), w.start_deadline())
             if watch_memory:
                 soonest = min(soonest, w.memory_check_due(CHECK_INTERVAL))
-            if w.state is LinkState.STARTING:
-                soonest = min(soonest, w.start_by)
-            elif w.state is LinkState.DEAD:
+            if w.state is LinkState.DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
             elif w.state is LinkState.STOPPING:
                 soonest = min(soonest, w.leave_by)
         if self.respawn_at:
-            soonest = min(soonest, min(self.respawn_at))
+            soonest = min(soonest, self.respawn_at[0][0])
         return soonest
 
     def tick(self, now: float) -> None:
@@ -257,17 +283,19 @@ class LocalFleet:
         self._kill_overdue(now)
         self._expire_starts(now)
         self._respawn_due(now)
+        self._report_start_failures(now)
 
     # -- workers: start -----------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        """Start a worker for one slot.  A failure to create it (a process or
-        file limit: EAGAIN, EMFILE) is an init failure, retried with the
+    def _start_worker(self, slot_failures: int = 0) -> None:
+        """Start a worker for one slot (whose starts failed ``slot_failures``
+        times in a row).  A failure to create it (a process or file limit:
+        EAGAIN, EMFILE) is an init failure, retried with the slot's
         back-off, never the Boss's death."""
         try:
             boss_end, worker_end = socket.socketpair()
         except OSError as exc:
-            self._start_failed(exc)
+            self._start_failed(exc, slot_failures)
             return
         inherited: list[Closable] = []
         fork = self.config.start_method == "fork"
@@ -280,25 +308,27 @@ class LocalFleet:
             inherited += [w.rss_probe for w in self.workers if w.rss_probe is not None]
         process = self.ctx.Process(
             target=run_worker,
-            args=(worker_end, self.worker_spec, os.getpid(), inherited),
+            args=(LateSocket(worker_end), self.worker_spec, os.getpid(), inherited),
             name="bossworker-worker",
             daemon=False,
         )
-        fds_before = _open_fds() if fork else None
+        pipe_fds: list[int] = []
         try:
+            if fork:
+                pipe_fds = _next_pipe_fds()
             process.start()
         except OSError as exc:
             boss_end.close()
             # multiprocessing's fork start leaks the two pipes it made when
             # os.fork() fails: close what the failed start left open.
-            _close_new_fds(fds_before)
-            self._start_failed(exc)
+            _close_pipes(pipe_fds)
+            self._start_failed(exc, slot_failures)
             return
         finally:
             worker_end.close()
         boss_end.setblocking(False)
         spec = self.config.worker
-        w = WorkerRecord(process, boss_end, spec.read_size, self.clock(), spec.init_timeout)
+        w = WorkerRecord(process, boss_end, spec.read_size, self.clock(), spec.init_timeout, slot_failures)
         w.on_io = lambda mask: self._on_worker(w, mask)
         if self.watch_memory:
             try:
@@ -313,15 +343,40 @@ class LocalFleet:
         self._watch_exit(w)
         log.info("worker %d started", w.pid)
 
-    def _start_failed(self, exc: OSError) -> None:
+    def _start_failed(self, exc: OSError, slot_failures: int) -> None:
+        """No process could be made for a slot: counted, and summed up in
+        the log by :meth:`_report_start_failures`."""
         text = START_FAILED_ERROR.format(error=f"{type(exc).__name__}: {exc}")
-        log.warning("%s", text)
-        self._slot_failed(text, InitFailure.WORKERS, killed=False)
+        self.start_failures_unreported += 1
+        self.start_failure_text = text
+        self._slot_failed(text, InitFailure.WORKERS, False, slot_failures + 1)
 
-    def _slot_failed(self, text: str, failure: int, killed: bool) -> None:
-        """A slot failed to get a serving worker: try again after the core's back-off."""
-        delay = self.core.worker_start_failed(text, failure, killed)
-        self.respawn_at.append(self.clock() + delay)
+    def _slot_failed(self, text: str, failure: int, killed: bool, attempt: int) -> None:
+        """A slot failed to get a serving worker (its ``attempt``-th failure
+        in a row): try again after the core's back-off for it."""
+        delay = self.core.worker_start_failed(text, failure, killed, attempt)
+        self._slot_due(self.clock() + delay, attempt)
+
+    def _slot_due(self, when: float, slot_failures: int) -> None:
+        heapq.heappush(self.respawn_at, (when, next(self.respawn_order), slot_failures))
+
+    def _report_start_failures(self, now: float) -> None:
+        """One WARNING for the starts that failed (how many slots wait for
+        a worker, and why), at most every START_REPORT_INTERVAL."""
+        if not self.start_failures_unreported or now < self.start_report_due:
+            return
+        waiting = sum(1 for _, _, failures in self.respawn_at if failures)
+        log.warning(
+            "%d of %d worker slot(s) could not start a worker (%d failed start(s)); "
+            "each is retried with a back-off of up to %.0f s: %s",
+            waiting,
+            self.config.worker_count,
+            self.start_failures_unreported,
+            RESPAWN_BACKOFF_MAX,
+            self.start_failure_text,
+        )
+        self.start_failures_unreported = 0
+        self.start_report_due = now + START_REPORT_INTERVAL
 
     def _watch_exit(self, w: WorkerRecord) -> None:
         """Have the selector tell when ``w``'s process exits.
@@ -350,14 +405,22 @@ class LocalFleet:
             self.selector.unregister(w.process.sentinel)
 
     def _respawn_due(self, now: float) -> None:
-        due = [t for t in self.respawn_at if t <= now]
-        if not due:
+        """Start workers for the slots due, for at most START_BUDGET: the
+        rest stay due, and the loop comes back at once after one look at
+        its sockets."""
+        due = self.respawn_at
+        if not due or due[0][0] > now:
             return
-        self.respawn_at = [t for t in self.respawn_at if t > now]
         if self.core.shutting_down and not self.queue:
-            return  # nothing left to do for them
-        for _ in due:
-            self._start_worker()
+            while due and due[0][0] <= now:  # nothing left to do for them
+                heapq.heappop(due)
+            return
+        stop_at = self.clock() + START_BUDGET
+        while due and due[0][0] <= now:
+            _, _, failures = heapq.heappop(due)
+            self._start_worker(failures)
+            if self.clock() >= stop_at:
+                return
 
     def _expire_starts(self, now: float) -> None:
         """Kill a worker whose start-up (its init_handler) overran
@@ -529,6 +592,10 @@ class LocalFleet:
         reason = signal_description(exitcode)
         if w.exited_cleanly(exitcode):
             log.info("worker %d exited", w.pid)
+        elif w.inflight:
+            # Its job's own warning says it (died while running it, or it
+            # was killed for a deadline or the memory cap): one death, one warning.
+            log.info("worker %d exited (%s)", w.pid, reason)
         else:
             log.warning("worker %d exited (%s)", w.pid, reason)
         self.workers.remove(w)
@@ -544,7 +611,7 @@ class LocalFleet:
             return  # no replacement needed to finish
         if not w.ever_ready:
             log.warning("worker %d failed to start (%s)", w.pid, reason)
-            self._slot_failed(*w.start_failure(reason, exitcode))
+            self._slot_failed(*w.start_failure(reason, exitcode), w.slot_failures + 1)
         else:
             self._start_worker()
 
@@ -646,28 +713,25 @@ class LocalFleet:
         return True
 
 
-def _open_fds() -> set[int] | None:
-    """This process's open descriptors (None where /proc cannot tell)."""
+def _next_pipe_fds() -> list[int]:
+    """The descriptors two ``os.pipe()`` calls get now: the lowest free ones
+    (the Boss is single-threaded, so they stay free until its next call)."""
+    fds: list[int] = []
     try:
-        listed = [int(name) for name in os.listdir("/proc/self/fd")]
-    except (OSError, ValueError):
-        return None
-    fds = set()
-    for fd in listed:
-        # Skip the descriptor the listing itself used (closed by now): a
-        # new one may get its number.
-        with contextlib.suppress(OSError):
-            os.fstat(fd)
-            fds.add(fd)
+        fds.extend(os.pipe())
+        fds.extend(os.pipe())
+    finally:
+        for fd in fds:
+            os.close(fd)
     return fds
 
 
-def _close_new_fds(before: set[int] | None) -> None:
-    """Close the descriptors opened since ``before`` was taken.  The Boss is
-    single-threaded, so they can only be those of the call in between."""
-    after = _open_fds()
-    if before is None or after is None:
-        return
-    for fd in after - before:
+def _close_pipes(fds: list[int]) -> None:
+    """Close those of ``fds`` that are pipes now: after a failed fork start,
+    the two pipes multiprocessing made just before ``os.fork()`` (no
+    scan of every descriptor: a pool far bigger than a process limit
+    fails thousands of starts)."""
+    for fd in fds:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)

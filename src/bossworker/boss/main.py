@@ -46,6 +46,7 @@ from ..process import (
     exit_now,
     ignore_interrupts,
     open_pidfd,
+    pipe_write_ends_since,
     preload_parent_death_signal,
 )
 from ..protocol import Decoder, InitFailure, Kind
@@ -65,8 +66,13 @@ class _ForcedStop(BaseException):
 class Boss:
     """The local Boss's event loop: main's socket, the core and the fleet."""
 
-    def __init__(self, main_sock: socket.socket, config: BossConfig) -> None:
+    def __init__(
+        self, main_sock: socket.socket, config: BossConfig, not_for_workers: Iterable[Closable] = ()
+    ) -> None:
         self.config = config
+        # Descriptors of ours a forked worker must not keep: the write end
+        # of our own sentinel pipe (see process.pipe_write_ends_since).
+        self.not_for_workers = list(not_for_workers)
         self.main = main_sock
         self.main.setblocking(False)
         self.main_in = Decoder(config.worker.read_size)
@@ -80,7 +86,7 @@ class Boss:
 
     def _own_descriptors(self) -> list[Closable]:
         """What a forked worker must close of the Boss's own."""
-        owned: list[Closable] = [self.main, self.selector]
+        owned: list[Closable] = [self.main, self.selector, *self.not_for_workers]
         if self.main_pidfd is not None:
             owned.append(self.main_pidfd)
         return owned
@@ -182,7 +188,10 @@ def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text
 
 
 def run_boss(
-    main_sock: socket.socket, config: BossConfig | bytes, inherited: Iterable[Closable] = ()
+    main_sock: socket.socket,
+    config: BossConfig | bytes,
+    inherited: Iterable[Closable] = (),
+    main_fds: dict[int, tuple[int, int]] | None = None,
 ) -> None:
     """The body of the Boss process. Never returns: it ends in ``os._exit``.
 
@@ -192,6 +201,8 @@ def run_boss(
     bootstrap.  Any failure before the Boss has told main READY is reported
     the same way (INIT_FAILED naming what failed)."""
     close_inherited(inherited)
+    # Forked: main's descriptors as it forked us tell our sentinel pipe.
+    sentinel = pipe_write_ends_since(main_fds) if main_fds else []
     ignore_interrupts()
     # Never walk the objects inherited from main: under fork they can be
     # many (a large program's), and walking them costs the Boss ~15 %.
@@ -204,7 +215,7 @@ def run_boss(
         if isinstance(config, bytes):
             config = unpickle_spec(config)
         assert isinstance(config, BossConfig)
-        boss = Boss(main_sock, config)
+        boss = Boss(main_sock, config, sentinel)
         boss.run()
     except _ForcedStop:
         pass

@@ -28,12 +28,21 @@ Guarantees:
 * **Clean streams**: standard input and output are for this process alone;
   the pool's processes get ``/dev/null`` as standard input and standard
   error as standard output, so a handler's ``print()`` cannot corrupt the
-  output nor its ``input()`` eat a job.
+  output nor its ``input()`` eat a job; standard output is taken over before
+  TARGET is imported, so a module printing as it loads cannot either.
+  Records are written as whole lines (one ``write`` of complete lines).
 * **Exit codes**: 0 when every job succeeded, 1 when any failed (or the run
   could not finish), 2 for bad options or a TARGET / ``--init`` that cannot
-  be imported or called (a one-line message, no traceback), 130 after
-  Ctrl-C.  Ctrl-C force-stops the pool, writes the summary and leaves no
-  process behind.
+  be imported or called (a one-line message, no traceback), 3 when
+  ``--halt`` stopped it, 130 after Ctrl-C.  Ctrl-C force-stops the pool,
+  writes the summary and leaves no process behind.  The status is this
+  run's: a ``--resume`` that ran nothing failing exits 0.
+* **Long runs**: ``--resume`` (the done-set is read back from the output
+  file, see :mod:`.resume`), ``--joblog`` (:mod:`.joblog`), ``--halt``
+  (:mod:`.halt`), ``--retries`` / ``--retry-on`` / ``--max-worker-memory``
+  (the pool's), ``--timeout P%``, ``--eta``, ``--details``.  The records of
+  jobs that finished are written however the run ends (killed by SIGKILL
+  excepted), so that ``--resume`` runs only what is left.
 * **Warnings name input lines**: the pool's warnings (a job timed out, a
   worker died while running one) say ``line 7``, not the pool's job id
   (see :mod:`.logs`; a local Boss started with ``fork``, the default on
@@ -55,18 +64,22 @@ Layout (one concern per module; imports go down this list only):
 * :mod:`.options` -- the argument parser and :class:`~.options.RunOptions`;
 * :mod:`.targets` -- importing TARGET and ``--init``;
 * :mod:`.runner` -- the run: the reader (main thread) and the collector thread;
-* :mod:`.progress` -- the progress bar;
+* :mod:`.progress` -- the progress bar and ``--eta``;
 * :mod:`.logs` -- the pool's log records on standard error, job ids turned into lines;
 * :mod:`.state` -- what the threads share, and the (ordered) writer;
-* :mod:`.streams` -- taking over standard input / output, reading lines, counting them;
-* :mod:`.records` -- pure functions: output records, outcomes, the summary text;
+* :mod:`.joblog` -- ``--joblog``: the job log's lines and file;
+* :mod:`.resume` -- ``--resume``: reading the output back, the done-set, repairs;
+* :mod:`.stdio` -- taking over standard input / output, writing whole lines,
+  reading lines, counting them;
+* :mod:`.halt` -- ``--halt``: its spec and when it trips (pure);
+* :mod:`.records` -- pure functions: output records (from outcomes), the summary text;
 * :mod:`.console` -- standard error, shared by the bar, the warnings and the summary;
 * :mod:`.errors` -- the CLI's own exceptions and exit codes.
 
 How: the main thread reads lines, parses them and adds them to the pool
 (one ``add_work`` call per batch of lines that arrived together); a
-collector thread takes results (``get_result(with_id=True)``), maps job
-ids back to line numbers and writes the records.  A Ctrl-C lands in the
+collector thread takes outcomes (``get_outcome()``), maps job ids back to
+line numbers and writes the records (and job log lines).  A Ctrl-C lands in the
 main thread, wherever it waits.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_HALTED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -16,6 +17,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_HALTED = 3  # --halt stopped the run
 EXIT_INTERRUPTED = 130
 
 

@@ -1,5 +1,6 @@
-"""The run's byte streams: taking over standard input and output, reading
-input lines as they arrive, and counting a file's lines."""
+"""The run's byte streams: taking over standard input and output, writing
+records whole, reading input lines as they arrive, and counting a file's
+lines."""
 
 from __future__ import annotations
 
@@ -12,12 +13,23 @@ from typing import IO, Any
 
 from .errors import UsageError
 
-__all__ = ["count_lines", "open_input", "open_output", "read_line_batches", "regular_file_fd"]
+__all__ = [
+    "LineSink",
+    "claim_stdout",
+    "count_lines",
+    "open_input",
+    "open_output",
+    "read_line_batches",
+    "regular_file_fd",
+]
 
 #: Input is read in chunks of this size (one chunk's lines make one batch).
 READ_SIZE = 64 * 1024
 #: Lines are counted in chunks of this size.
 _COUNT_SIZE = 1024 * 1024
+#: Records are written once this many bytes of them are waiting (and
+#: whenever the runner is about to wait).
+WRITE_SIZE = 64 * 1024
 
 
 @contextlib.contextmanager
@@ -44,29 +56,99 @@ def open_input(path: str | None) -> Iterator[IO[bytes]]:
 
 
 @contextlib.contextmanager
-def open_output(path: str | None) -> Iterator[IO[str]]:
-    """The output as text: ``path``, or standard output for None.
+def claim_stdout(wanted: bool) -> Iterator[int | None]:
+    """With ``wanted``, take standard output over (see :func:`_take_over`)
+    and yield a private descriptor for the records; else yield None.
 
-    Standard output is taken over (see :func:`_take_over`): the pool's
-    processes, and any print() in this one, write to standard error instead,
-    so a handler's print() cannot corrupt the JSON Lines.
+    From then on the descriptor 1 that child processes inherit, and any
+    ``print()`` in this one, write to standard error: a handler's print(),
+    or a TARGET module printing as it is imported (which is why this comes
+    before the import), cannot corrupt the JSON Lines.
     """
-    if path is None:
-        sys.stdout.flush()
-        with _take_over(sys.stdout, sys.stderr.fileno()) as fd:
-            out = open(fd, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 - closed below
-            try:
-                yield out
-            finally:
-                with contextlib.suppress(OSError):  # a closed pipe; already reported
-                    out.close()
+    if not wanted:
+        yield None
         return
+    sys.stdout.flush()
+    with _take_over(sys.stdout, sys.stderr.fileno()) as fd:
+        try:
+            yield fd
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def open_output(path: str | None, stdout_fd: int | None, append: bool = False) -> Iterator[LineSink]:
+    """Where the records go: ``path`` (created, or truncated unless
+    ``append``), or ``stdout_fd`` from :func:`claim_stdout` for None.
+    The sink is flushed on the way out (a closed pipe is ignored then:
+    it was already reported)."""
+    if path is None:
+        assert stdout_fd is not None
+        sink = LineSink(stdout_fd)
+        try:
+            yield sink
+        finally:
+            with contextlib.suppress(OSError):
+                sink.flush()
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
     try:
-        out = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 - closed below
+        fd = os.open(path, flags, 0o666)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-    with out:
-        yield out
+    sink = LineSink(fd)
+    try:
+        yield sink
+    finally:
+        try:
+            with contextlib.suppress(OSError):
+                sink.flush()
+        finally:
+            os.close(fd)
+
+
+class LineSink:
+    """Writes whole lines to a descriptor: lines are gathered and written
+    with one ``write`` of complete lines (looping only on a short write),
+    never split at a buffer's edge, so a process killed between two writes
+    leaves no partial line; only a kill *inside* a write can (see
+    :mod:`.resume`, which repairs it).  Not thread-safe: the writer's lock
+    guards it."""
+
+    def __init__(self, fd: int, limit: int | None = WRITE_SIZE) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._pending: list[bytes] = []
+        self._size = 0
+        #: Flushed right after this sink, never before: the job log follows
+        #: the output, so that it names no record the output lacks.
+        self.follower: LineSink | None = None
+
+    def pending_bytes(self) -> int:
+        return self._size
+
+    def write(self, text: str) -> None:
+        """Add ``text`` (whole lines); written at once past ``limit`` bytes
+        (None: only by :meth:`flush`)."""
+        data = text.encode("utf-8")
+        self._pending.append(data)
+        self._size += len(data)
+        if self._limit is not None and self._size >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending, then the follower's; OSError (EPIPE, a full
+        disk) propagates."""
+        if self._pending:
+            data = memoryview(b"".join(self._pending))
+            self._pending.clear()
+            self._size = 0
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        if self.follower is not None:
+            self.follower.flush()
 
 
 @contextlib.contextmanager
