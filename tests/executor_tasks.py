@@ -240,3 +240,59 @@ def die_once(marker: str, how: str = "exit") -> str:
             time.sleep(60)
         os._exit(7)
     return "second attempt"
+
+
+def log_and_return(message: str, value: Any) -> Any:
+    """Log at INFO and WARNING under this module's logger, then return."""
+    import logging
+
+    log = logging.getLogger("executor_tasks")
+    log.info("info: %s", message)
+    log.warning("warning: %s", message)
+    return value
+
+
+def log_then_exit(message: str) -> Any:
+    """Log a WARNING, then end the worker at once (no flush, no clean-up)."""
+    import logging
+
+    logging.getLogger("executor_tasks.dying").warning("last words: %s", message)
+    os._exit(3)
+
+
+def log_job(job: dict[str, Any]) -> int:
+    """A BossWorkerAsync work handler: log the job at INFO, return this pid."""
+    import logging
+
+    logging.getLogger("executor_tasks.pool").info("job %s", job["n"])
+    return os.getpid()
+
+
+def log_init() -> None:
+    import logging
+
+    logging.getLogger("executor_tasks.init").info("init in %d", os.getpid())
+
+
+def log_exit() -> None:
+    import logging
+
+    logging.getLogger("executor_tasks.exit").warning("exit of %d", os.getpid())
+
+
+def log_from_threads(n: int) -> int:
+    """Log 200 records from 4 threads at once; return how many."""
+    import logging
+
+    log = logging.getLogger("executor_tasks.threads")
+
+    def run(t: int) -> None:
+        for i in range(50):
+            log.info("task %d thread %d record %d %s", n, t, i, "x" * 100)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 200

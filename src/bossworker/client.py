@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import logfwd
 from .backend import BossHandle, forget_main_socket
 from .errors import (
     INPUT_CLOSED_ERROR,
@@ -132,6 +133,7 @@ class Client:
         self._init_error: str | None = None
         self._init_failure = 0  # an InitFailure
         self._bye = False
+        self._logs: deque[bytes] = deque()  # LOG payloads not yet handed to logging
         self._eof = False
         self._peer_gone = False  # the Boss is gone: what the socket holds is all that will come
         self._forced = False  # shut_down(force=True) has begun
@@ -476,6 +478,10 @@ class Client:
                 self._init_failure = frame.job_id
             elif kind == Kind.BYE:
                 self._bye = True
+            elif kind == Kind.LOG:
+                # Handed to logging by the reader once it lets go of the
+                # lock (see _read): main's handlers must not run under it.
+                self._logs.append(bytes(frame.payload))
 
     def _file_in_lane(self, lane: Lane, frame: Frame) -> None:
         lane.outstanding -= 1
@@ -513,8 +519,12 @@ class Client:
                     self._eof = True
                 if frames or self._eof:
                     self._wake_all()
-                if eof or final or not self._peer_gone:
-                    return
+                leave = eof or final or not self._peer_gone
+            logs = self._logs
+            while logs:  # the workers' and the Boss's logging records
+                logfwd.replay(logs.popleft())
+            if leave:
+                return
 
     def _recv_available(self) -> tuple[list[Frame], bool]:
         """Read and decode what the socket holds now; True if it said EOF."""

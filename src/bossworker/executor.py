@@ -652,6 +652,10 @@ class Executor(futures.Executor):
       retried.  Off by default: a task whose worker crashed may have had
       side effects.  :meth:`options` sets it for some calls.  Local
       backend only.
+    * ``forward_logs``: ``logging`` records made in the workers (tasks,
+      the initializer) and the Boss reach main's ``logging`` once each,
+      with ``worker_pid`` and ``job_id`` attributes (see
+      :class:`BossWorkerAsync`); True by default.
     * ``backend``: where the Boss runs (e.g. the Dask backend).
     * ``max_worker_memory``: a cap on each worker's resident memory (bytes,
       or ``"512MiB"``, ``"1.5GB"``, ...; see :class:`BossWorkerAsync`).  A
@@ -684,6 +688,7 @@ class Executor(futures.Executor):
         max_worker_memory: int | str | None = None,
         retries: int = 0,
         retry_on: Iterable[str] = ("died",),
+        forward_logs: bool = True,
     ) -> None:
         workers = (
             _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
@@ -731,6 +736,7 @@ class Executor(futures.Executor):
             max_worker_memory=max_worker_memory,
             retries=retries,  # checked there, with retry_on and the backend
             retry_on=retry_on,
+            forward_logs=forward_logs,
         )
         self._max_workers = workers
         # Workers elsewhere (Dask) cannot import main's script by name.

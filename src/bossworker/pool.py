@@ -178,6 +178,16 @@ class BossWorkerAsync(Generic[J, R]):
         worker is ready (over the cap then: an init failure).  Under ``fork``
         a worker's RSS includes the pages it shares with main: set the cap
         above main's size, or use ``spawn``.  Default ``None``: no cap.
+    forward_logs
+        ``logging`` records made in the workers (by the handlers) and in the
+        Boss (its warnings: a worker died, a job timed out) reach main's
+        ``logging``, each handled once, by the logger of the same name, with
+        ``worker_pid`` and ``job_id`` (None outside a job) as record
+        attributes; at the level main's root logger has when the pool is
+        made.  The children's own handlers (under ``fork``, copies of
+        main's) are dropped.  Records are handed to logging by whichever
+        thread reads the pool's answers.  Default True; False leaves the
+        children's logging as it is.  Local backend only.
     """
 
     def __init__(
@@ -197,6 +207,7 @@ class BossWorkerAsync(Generic[J, R]):
         retries: int = 0,
         retry_on: Iterable[str] = ("died",),
         max_worker_memory: int | str | None = None,
+        forward_logs: bool = True,
     ) -> None:
         _check_callable("work_handler", work_handler, required=True)
         _check_callable("result_handler", result_handler)
@@ -231,8 +242,20 @@ class BossWorkerAsync(Generic[J, R]):
             work_handler = _travelling("work_handler", work_handler, method)
             init_handler = _travelling("init_handler", init_handler, method)
             exit_handler = _travelling("exit_handler", exit_handler, method)
+        # The Boss's and the workers' logging records come to main's logging,
+        # at the level main's root logger has now (bossworker.logfwd).
+        # (Not yet on other backends: a Dask worker's slot takes no LOG frame.)
+        local = isinstance(backend, LocalBackend)
+        log_level = logging.getLogger().getEffectiveLevel() if forward_logs and local else None
         spec = WorkerSpec(
-            work_handler, init_handler, exit_handler, read_size, max_jobs_per_worker, segments, init_limit
+            work_handler,
+            init_handler,
+            exit_handler,
+            read_size,
+            max_jobs_per_worker,
+            segments,
+            init_limit,
+            log_level,
         )
         if method != "fork":
             _check_importable(method, work_handler, init_handler, exit_handler)

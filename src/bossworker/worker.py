@@ -32,6 +32,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -39,6 +40,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
+from . import logfwd
 from .config import WorkerSpec
 from .errors import _JobTimeout, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
@@ -246,6 +248,16 @@ def run_worker(
             finally:
                 exit_now(EXIT_INIT_FAILED)
     assert isinstance(spec, WorkerSpec)
+    # Every write to the Boss's socket holds this: a handler's threads may
+    # log (a LOG frame each) while the loop sends an answer.
+    send_lock = threading.RLock()
+    running = [0]  # the job under way, for the LOG frames' headers (0: none)
+    if spec.log_level is not None:
+
+        def send_log(job_id: int, payload: bytes) -> None:
+            sock.sendall(encode(Kind.LOG, job_id, payload))
+
+        logfwd.install(logfwd.ForwardHandler(send_log, lambda: running[0], send_lock), spec.log_level)
     if spec.init_handler is not None:
         try:
             spec.init_handler()
@@ -263,7 +275,8 @@ def run_worker(
     unsent_segment: int | None = None  # a result segment whose frame is not sent yet
     try:
         while True:
-            _send_all(sock, out)  # answer before starting the next job
+            with send_lock:
+                _send_all(sock, out)  # answer before starting the next job
             unsent_segment = None
             if not todo:
                 n = sock.recv_into(decoder.get_buffer())
@@ -275,7 +288,9 @@ def run_worker(
             frame = todo.popleft()
             if frame.kind == Kind.SHUTDOWN:
                 _leave(spec, flush)
+            running[0] = frame.job_id
             answer = _run_job(spec, alarm, frame, boss)
+            running[0] = 0
             if forked:
                 # The handler forked and its child returned into our loop:
                 # that child must not speak on the Boss's socket, nor flush
@@ -285,7 +300,8 @@ def run_worker(
             out.extend(answer)
             done += 1
             if spec.max_jobs is not None and done >= spec.max_jobs:
-                _send_all(sock, out)
+                with send_lock:
+                    _send_all(sock, out)
                 unsent_segment = None
                 _leave(spec, flush)
     except (BrokenPipeError, ConnectionResetError, _BossGone):

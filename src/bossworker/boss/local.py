@@ -509,6 +509,8 @@ class LocalFleet:
             self.core.worker_ready()
         elif kind == Kind.INIT_FAILED:
             w.init_failed(frame_text(frame), frame.job_id)
+        elif kind == Kind.LOG:
+            self.core.forward(frame)  # a logging record: to main, unread
         else:
             self._protocol_violation(w, f"a {Kind(kind).name} frame came from a worker")
 
