@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,25 @@ def test_readme_streams_section_is_the_example() -> None:
     example = (ROOT / "examples/streams_example.py").read_text()
     body = example.split("from __future__ import annotations\n\n", 1)[1]
     assert body in readme
+
+
+def test_log_forwarding_example() -> None:
+    out = run(sys.executable, "examples/log_forwarding_example.py")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == [
+        "shop.prices INFO pricing apple (job 1)",
+        "50",
+        "shop.prices INFO pricing crash (job 2)",
+    ]
+    assert re.fullmatch(
+        r"bossworker WARNING worker \d+ died \(exit code 1\) while running job 2 \(job None\)", lines[3]
+    )
+    assert lines[4:] == ["WorkerDiedError"]
+    assert out.stderr == ""
+
+
+def test_readme_log_forwarding_section_is_the_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples/log_forwarding_example.py").read_text()
+    assert example.split("from __future__ import annotations\n\n", 1)[1] in readme
