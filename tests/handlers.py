@@ -402,3 +402,8 @@ def echo_forking_helpers(job: int) -> int:
                 os._exit(0)
         os.waitpid(child, 0)
     return job
+
+
+def loaded_modules(prefix: str) -> list[str]:
+    """The modules this process has loaded whose names start with ``prefix``."""
+    return sorted(m for m in sys.modules if m.startswith(prefix))

@@ -55,6 +55,14 @@ def sleep_then_pid(seconds: float) -> int:
     return os.getpid()
 
 
+def timed_sleep(seconds: float) -> dict[str, float]:
+    """Sleep, and say when the handler started and ended (``time.time()``,
+    this worker's clock: the machine's, as main's) and in which worker."""
+    start = time.time()
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "start": start, "end": time.time()}
+
+
 def die(job: Any) -> Any:
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -1,4 +1,4 @@
-"""The asyncio front end, with real processes (issue 5, part 2)."""
+"""The asyncio front end, with real processes."""
 
 from __future__ import annotations
 
@@ -140,12 +140,12 @@ def test_big_payload_through_aadd_work() -> None:
     asyncio.run(main())
 
 
-# -- issue 9: lost wake-ups, stale readers, several loops ---------------------------
+# -- lost wake-ups, stale readers, several loops ---------------------------
 
 
 @pytest.mark.timeout(100)
 def test_gathered_waiters_are_all_woken(start_method: str) -> None:
-    """Item 1: a task that reads the socket itself must wake the others."""
+    """A task that reads the socket itself must wake the others."""
     runs = 30 if start_method == "fork" else 4
     with BossWorkerAsync(handlers.echo, worker_count=2, start_method=start_method) as bw:
         for run in range(runs):
@@ -177,7 +177,7 @@ async def _next_pool_wakes(value: int) -> None:
 @pytest.mark.timeout(100)
 @pytest.mark.parametrize("how", ["ashut_down", "shut_down_in_loop", "async_with", "force_from_thread"])
 def test_waiters_when_the_socket_closes(how: str) -> None:
-    """Item 2: no ValueError from a closed socket's reader, every waiter gets
+    """No ValueError from a closed socket's reader, every waiter gets
     its answer, and the loop keeps no registration that would starve the
     next pool to get the same descriptor number."""
 
@@ -222,7 +222,7 @@ async def _collect(bw: BossWorkerAsync) -> list[float]:
 
 @pytest.mark.timeout(60)
 def test_two_event_loops_in_two_threads() -> None:
-    """Item 6: each loop gets its own registration and is woken from its own
+    """Each loop gets its own registration and is woken from its own
     thread (debug mode raises on a future resolved from another thread)."""
     with BossWorkerAsync(handlers.sleep_for, worker_count=2) as bw:
         for round_ in range(16):
@@ -254,7 +254,7 @@ def test_two_event_loops_in_two_threads() -> None:
 
 @pytest.mark.timeout(60)
 def test_aget_result_timeout_zero_polls() -> None:
-    """Item 5, asyncio side: timeout=0 reads what is there."""
+    """Timeout=0 reads what is there."""
 
     async def main() -> None:
         async with BossWorkerAsync(handlers.echo, worker_count=2) as bw:

@@ -239,7 +239,7 @@ def test_start_back_off_doubles_up_to_five_seconds_and_a_ready_worker_resets_it(
 
 
 def test_each_slot_backs_off_by_its_own_failures_with_jitter() -> None:
-    """Issue 16 item 5: the back-off was global, so every slot that failed
+    """The back-off was global, so every slot that failed
     came due in the same turn.  Now a slot's first failure waits 0.1 s
     whatever the others did, and a random part spreads slots apart."""
     core, _ = new_core(worker_count=500)
@@ -475,7 +475,7 @@ def test_init_timeout_fires_once() -> None:
 
 
 def test_a_starting_worker_told_to_leave_keeps_its_init_limit() -> None:
-    """Issue 16 item 6: a shutdown while a replacement is in init_handler
+    """A shutdown while a replacement is in init_handler
     made it STOPPING and dropped its init limit (the shutdown then waited the
     whole leave limit, 30 s)."""
     link = WorkerLink(pid=7, now=0.0, init_timeout=0.5)

@@ -1,4 +1,4 @@
-"""Handlers that travel by value under spawn (issue 13): the cloudpickle path."""
+"""Handlers that travel by value under spawn: the cloudpickle path."""
 
 from __future__ import annotations
 

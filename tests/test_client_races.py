@@ -1,5 +1,6 @@
-"""Main-side races and lost signals (issue 9, items 4, 5, 8 and 14), with real
-processes.  The asyncio ones (items 1, 2, 6) are in test_asyncio.py.
+"""Main-side races and lost signals, with real processes: polling with
+timeout=0, a cancelled aadd_work(), results that outlive the Boss, a forced
+stop seen by waiters.  The asyncio ones are in test_asyncio.py.
 
 A few tests look at the client's private state, only to know when a thread is
 really blocked or when results really sit in main's socket: the scenarios are
@@ -53,7 +54,7 @@ def _frames_in_socket(bw: BossWorkerAsync) -> int:
     return count
 
 
-# -- item 5: get_result(timeout=0) polls -------------------------------------
+# -- get_result(timeout=0) polls -------------------------------------
 
 
 @pytest.mark.timeout(60)
@@ -76,7 +77,7 @@ def test_get_result_timeout_zero_reads_the_socket(start_method: str) -> None:
         assert bw.pending() == 0
 
 
-# -- item 4: a cancelled aadd_work() strands nothing ------------------------------
+# -- a cancelled aadd_work() strands nothing ------------------------------
 
 
 @pytest.mark.timeout(90)
@@ -108,7 +109,7 @@ def test_cancelled_aadd_work_is_sent_by_the_next_reader(start_method: str) -> No
             assert bw.pending() == 0
 
 
-# -- item 8: results in main's socket survive the Boss's death ----------------------
+# -- results in main's socket survive the Boss's death ----------------------
 
 
 @pytest.mark.timeout(90)
@@ -141,7 +142,7 @@ def test_results_in_the_socket_survive_the_boss_death(start_method: str, first_c
         bw.shut_down()
 
 
-# -- item 14: a forced stop is a ShutDownError to waiters -----------------------------
+# -- a forced stop is a ShutDownError to waiters -----------------------------
 
 
 @pytest.mark.timeout(100)

@@ -1,4 +1,4 @@
-"""bossworker.Executor (issue 11): the concurrent.futures contract on real processes.
+"""bossworker.Executor: the concurrent.futures contract on real processes.
 
 Written from the standard library's documented behaviour, plus where we
 differ on purpose (dead workers, time limits, kill, cancel in the Boss).
@@ -15,11 +15,13 @@ import glob
 import itertools
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -43,14 +45,14 @@ from bossworker import (
     WorkerDiedError,
     WorkerInitError,
 )
-from bossworker.errors import (
-    NO_WORKER_COULD_START_PREFIX,
-    RESULT_NOT_PICKLABLE_PREFIX,
-    WORKER_DIED_PREFIX,
-    no_worker_could_start_error,
-    result_not_picklable_error,
-    worker_died_error,
-)
+from bossworker.boss.core import PERSISTENT_FAILURES, boss_answer
+from bossworker.boss.link import WorkerLink
+from bossworker.errors import no_worker_could_start_error, worker_died_error
+from bossworker.jobs import error_text, result_value
+from bossworker.outcome import error_from_answer
+from bossworker.payload import Segments
+from bossworker.protocol import InitFailure
+from test_boss_core import frames, job, new_core, sent
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,22 +151,33 @@ def test_exceptions_keep_their_type_and_the_remote_traceback(start_method: str) 
         assert ex.submit(tasks.square, 9).result(timeout=20) == 81
 
 
-def test_engine_error_prefixes_match_the_engine_texts() -> None:
-    """The Executor sorts engine ERRORs by these prefixes: they must be the texts
-    the Boss and worker.py write, through errors.py's functions."""
-    src = ROOT / "src" / "bossworker"
-    link, core = (src / "boss" / "link.py").read_text(), (src / "boss" / "core.py").read_text()
-    worker = (src / "worker.py").read_text()
-    assert "worker_died_error(" in link
-    assert "no_worker_could_start_error(" in core
-    assert worker_died_error("SIGKILL") == WORKER_DIED_PREFIX + "SIGKILL) while running this job"
-    assert no_worker_could_start_error("boom") == NO_WORKER_COULD_START_PREFIX + ": boom"
-    assert "result_not_picklable_error(" in worker
-    assert (
-        result_not_picklable_error("PicklingError: x")
-        == "BossWorkerAsync: result could not be pickled: PicklingError: x"
-    )
-    assert result_not_picklable_error("x").startswith(RESULT_NOT_PICKLABLE_PREFIX + ": ")
+def test_the_answers_the_engine_writes_become_the_exceptions_a_future_raises() -> None:
+    """Each failure the Boss reports on a task's behalf, made by the code
+    that makes it (the worker link for a death, the Boss's core for "no
+    worker could start"), becomes the documented exception in main, with the
+    engine's text unchanged for ``get_result()``.  (Real-process tests cover
+    each end to end, and the worker's unpicklable result, above.)"""
+    link = WorkerLink(pid=7, now=0.0)
+    link.ready()
+    link.take_jobs(deque([job(1)]), 1, now=0.0)
+    head, fate, _ = link.take_jobs_back("SIGKILL", -signal.SIGKILL)
+    assert head is not None and fate is not None
+    (died,) = frames(boss_answer(head.job_id, fate.kind, fate.text, fate.flags, 7, 0.5, fate.facts))
+    error = error_from_answer(died, 0.0, "task")
+    assert isinstance(error, WorkerDiedError) and (error.reason, error.exitcode) == ("SIGKILL", -9)
+    assert result_value(died, Segments(None)) == {"ERROR": worker_died_error("SIGKILL")}
+
+    core, fleet = new_core(worker_count=1)
+    core.worker_ready()
+    sent(core)
+    core.receive(frames(job(2)))
+    fleet.alive = False
+    for _ in range(PERSISTENT_FAILURES):
+        core.worker_start_failed("init fails", InitFailure.WORKERS, killed=False)
+    (no_worker,) = sent(core)
+    error = error_from_answer(no_worker, 0.0, "task")
+    assert isinstance(error, WorkerInitError) and "init fails" in str(error)
+    assert error_text(no_worker) == no_worker_could_start_error("init fails")
 
 
 # -- wait() and as_completed() ----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fault injection (issue 3): real processes, real signals, real sockets.
+"""Fault injection: real processes, real signals, real sockets.
 
 Each section matches one point of the issue:
 

@@ -1,10 +1,18 @@
-"""The package's import graph, read from the source with ``ast``: no cycle
-among module-level imports, and the modules main loads never load the Boss's
-or the worker's code (``bossworker.boss``, ``bossworker.worker``)."""
+"""The package's import graph, read from the source with ``ast``, and its layers.
+
+* no cycle among module-level imports;
+* the modules main loads never load the Boss's or the worker's code
+  (``bossworker.boss``, ``bossworker.worker``), and the reverse: a Boss or
+  a worker never loads main's (checked in a real spawned worker too);
+* the sans-IO modules (the codec, the Boss's core and worker link) import
+  no socket, selector, thread, process or signal module, directly or not;
+* no module imports another module's private (``_``-prefixed) name.
+"""
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +21,8 @@ from pathlib import Path
 import pytest
 
 import bossworker
+import handlers
+from bossworker import BossWorkerAsync, Executor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +37,30 @@ MAIN_SIDE = (
     "bossworker.executor",
     "bossworker.streams",
     "bossworker.aio",
+)
+
+
+# What a Boss or a worker process loads: it must reach none of MAIN_SIDE.
+PROCESS_ROOTS = (
+    "bossworker.boss.main",
+    "bossworker.worker",
+    "bossworker.executor_worker",
+    "bossworker.dask.boss",
+    "bossworker.dask.plugin",
+    "bossworker.dask.child",
+)
+# Modules that do no I/O (the h11 style): frames, values and decisions in and
+# out, tested without a process.  Add a new sans-IO module here.
+SANS_IO = (
+    "bossworker.protocol",
+    "bossworker.jobs",
+    "bossworker.outcome",
+    "bossworker.boss.core",
+    "bossworker.boss.link",
+)
+# The standard-library modules that mean I/O, threads or processes.
+IO_STDLIB = frozenset(
+    {"socket", "selectors", "select", "threading", "asyncio", "subprocess", "multiprocessing", "signal"}
 )
 
 
@@ -77,9 +111,24 @@ def _with_parents(module: str, importer: str) -> list[str]:
     return [m for m in chain if not importer.startswith(m + ".")]
 
 
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _stdlib_imports(path: Path) -> set[str]:
+    """The top-level names of the outside modules ``path`` imports when imported."""
+    names: set[str] = set()
+    for node in _runtime_imports(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - {"__future__", "bossworker"}
+
+
 def import_graph() -> dict[str, set[str]]:
     """Each bossworker module -> the bossworker modules it imports when imported."""
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
@@ -185,3 +234,79 @@ def test_importing_and_using_the_package_in_main_leaves_boss_and_worker_unloaded
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_boss_and_worker_code_never_loads_main_side_code() -> None:
+    graph = import_graph()
+    paths = reachable(graph, PROCESS_ROOTS)
+    leaks = {m: " -> ".join(paths[m]) for m in MAIN_SIDE if m in paths}
+    assert not leaks, f"process-side imports reach main-side code: {leaks}"
+
+
+def test_sans_io_modules_import_no_io() -> None:
+    graph = import_graph()
+    modules = _modules()
+    for sans_io in SANS_IO:
+        paths = reachable(graph, (sans_io,))
+        for module, path in paths.items():
+            io = _stdlib_imports(modules[module]) & IO_STDLIB
+            assert not io, f"{sans_io} does I/O through {' -> '.join(path)}, which imports {sorted(io)}"
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    """A leading underscore says "this module's own": importing one from
+    elsewhere (even inside a function) couples two modules behind the
+    public surface.  Make the name public (and say so) or move the code."""
+    found = []
+    for name, path in sorted(_modules().items()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("bossworker")
+            ):
+                found += [
+                    f"{name}: from {'.' * node.level}{node.module or ''} import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not found, "private names imported across modules:\n" + "\n".join(found)
+
+
+def test_the_package_loads_its_facades_on_first_use() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        import bossworker
+        before = sorted(m for m in sys.modules if m.startswith("bossworker"))
+        bossworker.Executor
+        print(",".join(before), "bossworker.executor" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=50, check=True
+    )
+    assert out.stdout.split() == ["bossworker,bossworker.errors", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        bossworker.Nope  # noqa: B018 - the attribute access is the test
+
+
+MAIN_SIDE_NAMES = ("pool", "client", "executor", "streams", "aio")
+
+
+def _main_side_loaded(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.rpartition(".")[2] in MAIN_SIDE_NAMES and m.startswith("bossworker.")]
+
+
+@pytest.mark.timeout(120)
+def test_a_spawned_worker_loads_no_main_side_module() -> None:
+    """A real spawned Boss and worker (the pool's and the Executor's): the
+    worker's ``sys.modules`` holds none of main's modules."""
+    with BossWorkerAsync(handlers.loaded_modules, worker_count=1, start_method="spawn") as bw:
+        bw.add_work("bossworker")
+        loaded = bw.get_result(timeout=60)
+    assert isinstance(loaded, list) and "bossworker.worker" in loaded  # the probe looked at the right process
+    assert _main_side_loaded(loaded) == []
+    with Executor(max_workers=1, start_method="spawn") as ex:
+        loaded = ex.submit(handlers.loaded_modules, "bossworker").result(timeout=60)
+        assert ex.submit(os.getpid).result(timeout=60) != os.getpid()
+    assert "bossworker.executor_worker" in loaded
+    assert _main_side_loaded(loaded) == []

@@ -11,7 +11,11 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from bossworker import errors
+from bossworker.boss.core import boss_answer
+from bossworker.errors import MemoryLimitError, WorkerDiedError
 from bossworker.jobs import (
+    Facts,
+    answer_facts,
     answer_frame,
     decode_error,
     error_answer,
@@ -26,6 +30,8 @@ from bossworker.jobs import (
     retried_job_frames,
     text_frame,
 )
+from bossworker.memory import shown_over
+from bossworker.outcome import error_from_answer
 from bossworker.payload import THRESHOLD, Chunked, Segments, dump, new_prefix
 from bossworker.protocol import Buffer, Decoder, Flag, Frame, Kind, RetryOn, answer_pid, job_retry
 
@@ -63,7 +69,7 @@ def test_many_tiny_jobs_are_one_buffer_and_round_trip() -> None:
     frames = decode(buffers)
     assert [f.job_id for f in frames] == ids
     assert {f.kind for f in frames} == {Kind.JOB}
-    assert {f.timeout for f in frames} == {2.5}
+    assert {f.limit for f in frames} == {2.5}
     assert [load_job(f, NO_SHM) for f in frames] == jobs
     assert job_retry(frames[0].raw) == (0, 0)
 
@@ -133,7 +139,7 @@ def test_a_small_result_is_one_buffer_with_the_workers_pid_and_run_time() -> Non
     (frame,) = decode(answer)
     assert (frame.kind, frame.job_id) == (Kind.RESULT, 3)
     assert answer_pid(frame.raw) == os.getpid()
-    assert frame.timeout > 0
+    assert frame.ran > 0
     assert result_value(frame, NO_SHM) == {"product": 12}
 
 
@@ -160,7 +166,7 @@ def test_a_result_that_does_not_unpickle_is_that_jobs_error() -> None:
 def test_timed_out_and_error_answers_become_error_dicts() -> None:
     (timed_out,) = decode([answer_frame(Kind.TIMED_OUT, 1, ran=2.0, pid=42)])
     assert result_value(timed_out, NO_SHM) == {"ERROR": "BossWorkerAsync: timed out"}
-    assert answer_pid(timed_out.raw) == 42 and timed_out.timeout == 2.0
+    assert answer_pid(timed_out.raw) == 42 and timed_out.ran == 2.0
     (failed,) = decode([error_answer(2, "ValueError: rattle\ntraceback…")])
     assert result_value(failed, NO_SHM) == {"ERROR": "ValueError: rattle\ntraceback…"}
     assert failed.flags == 0 and answer_pid(failed.raw) == 0
@@ -192,6 +198,59 @@ def test_an_error_whose_exception_does_not_pickle_carries_the_text_alone() -> No
 def test_a_torn_exception_payload_is_a_struct_error() -> None:
     with pytest.raises(struct.error):
         decode_error(Flag.EXCEPTION, b"\x01\x00")
+
+
+# -- facts: what the Boss measured travels as data, the text stays as users read it --------
+
+
+def test_a_memory_kill_gives_main_the_exact_sizes_and_the_same_text() -> None:
+    rss, cap = 130 * 1024 * 1024 + 12_345, 120 * 1024 * 1024 + 1  # neither a round 0.1 MiB
+    text = errors.MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap))
+    (frame,) = decode([boss_answer(4, Kind.ERROR, text, Flag.MEMORY, 9, 0.5, Facts(rss=rss, limit=cap))])
+    assert frame.flags == Flag.MEMORY | Flag.FACTS and answer_pid(frame.raw) == 9
+    assert error_text(frame) == text
+    assert text == "BossWorkerAsync: worker exceeded its memory limit (130.1 MiB > 120.0 MiB)"
+    assert result_value(frame, NO_SHM) == {"ERROR": text}
+    error = error_from_answer(frame, 0.0)
+    assert isinstance(error, MemoryLimitError)
+    assert (error.rss, error.limit, str(error)) == (rss, cap, text)  # exact, not read back from "130.1"
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "reason"), [(-9, "SIGKILL"), (3, "exit code 3"), (None, "its Dask worker died: gone")]
+)
+def test_a_death_gives_main_its_exit_code_and_reason(exitcode: int | None, reason: str) -> None:
+    text = errors.worker_died_error(reason)
+    facts = Facts(exitcode=exitcode, reason=reason)
+    (frame,) = decode([boss_answer(4, Kind.ERROR, text, Flag.DIED, 9, 0.5, facts)])
+    assert answer_facts(frame) == facts
+    assert result_value(frame, NO_SHM) == {"ERROR": text}
+    error = error_from_answer(frame, 0.0, "task")
+    assert isinstance(error, WorkerDiedError)
+    assert (error.exitcode, error.reason) == (exitcode, reason)
+    assert str(error).startswith(f"the worker running this task died ({reason});")
+
+
+def test_facts_ride_after_an_exception_and_leave_it_intact() -> None:
+    facts = Facts(exitcode=-11, reason="SIGSEGV")
+    (frame,) = decode([error_answer(5, "KeyError: 'k'", KeyError("k"), flags=Flag.DIED, facts=facts)])
+    assert frame.flags == Flag.EXCEPTION | Flag.DIED | Flag.FACTS
+    text, exc = decode_error(frame.flags, frame.payload)
+    assert text == "KeyError: 'k'" and exc is not None and pickle.loads(exc).args == ("k",)
+    assert answer_facts(frame) == facts
+
+
+def test_no_facts_or_broken_facts_read_as_unknown() -> None:
+    died = errors.worker_died_error("SIGKILL").encode()
+    (plain,) = decode([answer_frame(Kind.ERROR, 1, died, flags=Flag.DIED)])
+    assert answer_facts(plain) == Facts()
+    for tail in (b"", b"\x07", b"not json" + struct.pack("<I", 8), b"[1]" + struct.pack("<I", 3)):
+        (torn,) = decode([answer_frame(Kind.ERROR, 1, b"text" + tail, flags=Flag.FACTS | Flag.DIED)])
+        assert answer_facts(torn) == Facts()
+    odd = b'{"exitcode":"9","rss":1.5,"reason":7}'
+    payload = b"t" + odd + struct.pack("<I", len(odd))
+    (typed,) = decode([answer_frame(Kind.ERROR, 1, payload, flags=Flag.FACTS)])
+    assert answer_facts(typed) == Facts() and error_text(typed) == "t"
 
 
 def test_text_frames_round_trip_and_never_raise_on_bad_utf8() -> None:

@@ -21,8 +21,9 @@ from bossworker import (
     MemoryLimitError,
     WorkerInitError,
 )
-from bossworker.errors import MEMORY_LIMIT_ERROR, MEMORY_LIMIT_PREFIX, BossWorkerError
-from bossworker.memory import MIN_MEMORY, parse_memory
+from bossworker.checks import MIN_MEMORY, memory_size
+from bossworker.errors import MEMORY_LIMIT_PREFIX, BossWorkerError
+from bossworker.jobs import answer_facts, error_text
 from bossworker.protocol import Flag, Kind
 from waiting import wait_until
 
@@ -153,8 +154,10 @@ def test_answer_frame_carries_flag_memory(tmp_path: Path) -> None:
         frame = bw._client.next_result(blocking=True, timeout=30)
         assert frame is not None and frame.job_id == job_id
         assert frame.kind == Kind.ERROR and frame.flags & Flag.MEMORY
-        text = bytes(frame.payload).decode()
+        text = error_text(frame)
         assert text.startswith(MEMORY_LIMIT_PREFIX) and KILLED.fullmatch(text)
+        facts = answer_facts(frame)  # the sizes, as numbers (the text rounds them)
+        assert facts.limit == cap * MiB and facts.rss > cap * MiB
 
 
 @pytest.mark.timeout(60)
@@ -263,7 +266,7 @@ def test_executor_raises_memory_limit_error() -> None:
     ],
 )
 def test_sizes_accepted(value: object, expected: int) -> None:
-    assert parse_memory(value) == expected
+    assert memory_size(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -272,13 +275,13 @@ def test_sizes_accepted(value: object, expected: int) -> None:
 )
 def test_sizes_refused_name_the_forms(value: object) -> None:
     with pytest.raises(InvalidArgumentError, match=r'"512MiB", "1.5GB", "800M"'):
-        parse_memory(value)
+        memory_size(value)
 
 
 @pytest.mark.parametrize("value", [0, MIN_MEMORY - 1, "15MiB", "1K"])
 def test_sizes_below_16_mib_refused(value: object) -> None:
     with pytest.raises(InvalidArgumentError, match="at least 16 MiB"):
-        parse_memory(value)
+        memory_size(value)
 
 
 def test_constructors_refuse_bad_sizes_before_starting_anything() -> None:
@@ -294,13 +297,6 @@ def test_dask_backend_refuses_the_cap() -> None:
 
     with pytest.raises(InvalidArgumentError, match="memory_limit"):
         BossWorkerAsync(h.where, backend=DaskBackend(), max_worker_memory="1GiB")
-
-
-def test_memory_limit_error_reads_its_numbers_back() -> None:
-    text = MEMORY_LIMIT_ERROR.format(rss_mib=130.5, limit_mib=120.0)
-    error = MemoryLimitError.from_text(text)
-    assert str(error) == text
-    assert error.limit == 120 * MiB and error.rss == round(130.5 * MiB)
 
 
 @pytest.mark.timeout(90)

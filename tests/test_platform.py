@@ -1,4 +1,4 @@
-"""Platform defaults (issue 13): the start method ``start_method=None`` picks."""
+"""Platform defaults: the start method ``start_method=None`` picks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The portable engine path (issue 13): what Windows runs, tested on Linux.
+"""The portable engine path: what Windows runs, tested on Linux.
 
 CI also runs the whole suite with ``BOSSWORKER_PORTABLE=1``; these tests
 cover the pieces directly, in every run.

@@ -1,12 +1,25 @@
-"""The sans-IO frame codec, alone: no sockets, no processes."""
+"""The sans-IO frame codec, alone: no processes (and no socket but the
+socketpair that :func:`recv_frames`, the one reader of a socket, is tested on)."""
 
 from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bossworker.protocol import HEADER_SIZE, Decoder, Kind, ProtocolError, SendQueue, encode
+from bossworker.protocol import (
+    HEADER_SIZE,
+    Decoder,
+    Frame,
+    Kind,
+    ProtocolError,
+    SendQueue,
+    encode,
+    recv_frames,
+)
 
 frames_strategy = st.lists(
     st.tuples(
@@ -26,7 +39,7 @@ def decoded(stream: bytes, chunk_size: int, cuts: list[int]) -> list[tuple[int, 
         decoder.feed(stream[start:cut])
         start = max(start, cut)
     assert decoder.at_frame_boundary
-    return [(f.kind, f.job_id, bytes(f.payload), f.timeout) for f in decoder.take()]
+    return [(f.kind, f.job_id, bytes(f.payload), f.seconds) for f in decoder.take()]
 
 
 @given(frames=frames_strategy, chunk_size=st.integers(min_value=HEADER_SIZE, max_value=200), data=st.data())
@@ -46,7 +59,7 @@ def test_every_single_byte_boundary(chunk_size: int) -> None:
         (Kind.RESULT, 2, b"", 0.0),
         (Kind.ERROR, 3, bytes(range(256)), 0.0),
     ]
-    stream = b"".join(encode(*f[:3], timeout=f[3]) for f in frames)
+    stream = b"".join(encode(*f[:3], seconds=f[3]) for f in frames)
     expected = [(int(k), i, p, t) for k, i, p, t in frames]
     for cut in range(len(stream) + 1):
         assert decoded(stream, chunk_size, [cut]) == expected
@@ -106,3 +119,83 @@ def test_send_queue_keeps_order_across_partial_sends(parts: list[bytes], sends: 
     assert not queue
     with pytest.raises(ValueError):
         queue.consume(1)
+
+
+def test_the_seconds_field_is_read_by_what_it_means() -> None:
+    (job,) = _decode(encode(Kind.JOB, 1, b"x", seconds=2.5))
+    (answer,) = _decode(encode(Kind.RESULT, 1, b"x", seconds=0.125))
+    assert (job.limit, answer.ran) == (2.5, 0.125)
+
+
+def _decode(stream: bytes) -> list[Frame]:
+    decoder = Decoder()
+    decoder.feed(stream)
+    return decoder.take()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_recv_frames_reads_once_or_until_drained(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    stream = b"".join(encode(Kind.RESULT, i, bytes([i]) * 100) for i in range(50))  # 6,600 bytes
+    theirs.sendall(stream)
+    one = Decoder(HEADER_SIZE + 200)  # one read holds at most one or two frames
+    frames, ended = recv_frames(ours, one)
+    assert not ended and 1 <= len(frames) <= 2
+    rest, ended = recv_frames(ours, one, drain=True)
+    assert not ended
+    assert [f.job_id for f in frames + rest] == list(range(50))
+    assert [bytes(f.payload) for f in frames + rest] == [bytes([i]) * 100 for i in range(50)]
+    assert recv_frames(ours, one, drain=True) == ([], False)  # nothing there: would block
+
+
+def test_recv_frames_keeps_a_torn_frame_for_the_next_read(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    frame = encode(Kind.ERROR, 3, b"abc" * 50)
+    decoder = Decoder()
+    for cut in (1, HEADER_SIZE, HEADER_SIZE + 10):
+        theirs.sendall(frame[:cut])
+        assert recv_frames(ours, decoder, drain=True) == ([], False)
+        theirs.sendall(frame[cut:])
+        (got,), ended = recv_frames(ours, decoder, drain=True)
+        assert got.raw == frame and not ended
+
+
+def test_recv_frames_says_the_stream_ended_after_the_last_frames(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(encode(Kind.RESULT, 1, b"last") + encode(Kind.BYE))
+    theirs.close()
+    decoder = Decoder()
+    frames, ended = recv_frames(ours, decoder, drain=True)
+    # One read takes both frames (a short read), the next one the end.
+    assert [f.kind for f in frames] == [Kind.RESULT, Kind.BYE] and not ended
+    assert recv_frames(ours, decoder, drain=True) == ([], True)
+    assert decoder.at_frame_boundary
+
+
+def test_recv_frames_reads_a_broken_socket_as_its_end() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.close()
+    ours.close()  # recv_into on a closed socket: OSError (EBADF)
+    assert recv_frames(ours, Decoder()) == ([], True)
+
+
+def test_recv_frames_leaves_the_frames_before_garbage_in_the_decoder(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(encode(Kind.RESULT, 1, b"ok") + b"\xff" * HEADER_SIZE)
+    decoder = Decoder()
+    with pytest.raises(ProtocolError):
+        recv_frames(ours, decoder, drain=True)
+    assert [f.job_id for f in decoder.take()] == [1]

@@ -1,5 +1,5 @@
-"""What a pool keeps and what it accepts (issue 9, items 13 and 15, and the
-dropped-pool warning): nothing after shut_down, no limit it cannot keep,
+"""What a pool keeps and what it accepts (descriptors after shut_down, time
+limits it cannot keep, and the dropped-pool warning): nothing after shut_down, no limit it cannot keep,
 no work dropped without a word."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import handlers
 from bossworker import BossWorkerAsync, InvalidArgumentError
-from bossworker.pool import MAX_TIMEOUT
+from bossworker.checks import MAX_TIMEOUT
 
 
 def _open_fds() -> int:
@@ -21,7 +21,7 @@ def _open_fds() -> int:
 
 @pytest.mark.timeout(120)
 def test_shut_down_pools_keep_no_descriptors(start_method: str) -> None:
-    """Item 13: each shut-down pool used to keep its Boss's two sentinel fds
+    """Each shut-down pool used to keep its Boss's two sentinel fds
     until garbage collection; 500 kept pools exhausted a 1024-fd limit."""
     kept = []
     count = 30 if start_method == "fork" else 6
@@ -59,7 +59,7 @@ def test_forced_stop_keeps_no_descriptors() -> None:
 
 @pytest.mark.parametrize("seconds", [9.3e9, 1e10, 1e300, float("inf")])
 def test_timeouts_beyond_the_platform_are_rejected(seconds: float) -> None:
-    """Item 15: such limits used to be accepted, then every job failed with
+    """Such limits used to be accepted, then every job failed with
     OverflowError; get_result(timeout=1e10) raised a raw OverflowError."""
     with pytest.raises(InvalidArgumentError, match=r"at most 1e\+09 seconds.*None or 0 for no limit"):
         BossWorkerAsync(handlers.echo, worker_count=1, global_timeout=seconds)

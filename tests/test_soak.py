@@ -1,4 +1,4 @@
-"""Soak test (issue 3): a million tiny jobs while workers are SIGKILLed at random.
+"""Soak test: a million tiny jobs while workers are SIGKILLed at random.
 
 Not in the default run; select it with ``pytest -m slow tests/test_soak.py``.
 Environment:

@@ -185,7 +185,7 @@ def test_init_timeout_kills_a_replacement_stuck_in_init(
 def test_shut_down_does_not_wait_out_the_leave_limit_for_a_replacement_stuck_in_init(
     start_method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 16 item 6: a replacement hangs in init_handler when shut_down()
+    """A replacement hangs in init_handler when shut_down()
     comes.  It was told to leave, stopped counting as starting, and the
     shutdown waited the whole leave limit (30 s) despite init_timeout=0.5."""
     hold = tmp_path / "hold-init"
@@ -499,7 +499,7 @@ def run_under_pids_limit(
 def test_a_pool_far_bigger_than_the_process_limit_serves_and_says_so_once(
     start_method: str, pids_limit: PidsLimit, tmp_path: Path
 ) -> None:
-    """Issue 16 item 5: worker_count=500 where 60 more tasks may exist.
+    """Worker_count=500 where 60 more tasks may exist.
     The slots that can start serve; the others retry, each with its own
     back-off; the log says once how many could not start and why (it said
     it twice per failed fork)."""

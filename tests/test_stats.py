@@ -1,4 +1,4 @@
-"""stats() snapshots and the bossworker logger (issue 5, part 3)."""
+"""stats() snapshots and the bossworker logger."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""How the Boss and the workers watch processes, and how workers leave
-(issue 9, items 3, 11, 12 and 17).
+"""How the Boss and the workers watch processes, and how workers leave.
 
 * A helper a handler forks without exec holds copies of its worker's
   descriptors; the worker's death must show all the same (pidfds).
@@ -117,7 +116,7 @@ def segments_of(main_pid: int | None = None) -> list[str]:
     return glob.glob(f"/dev/shm/bossworker-{main_pid or os.getpid()}-*")
 
 
-# == item 3: a helper holding the worker's descriptors hides nothing ====================
+# == a helper holding the worker's descriptors hides nothing ====================
 
 
 @needs_pidfd
@@ -197,7 +196,7 @@ def test_graceful_shut_down_is_prompt_although_helpers_hold_the_workers_pipes(
 def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
     start_method: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 16 item 11: a helper a handler forked into its own session
+    """A helper a handler forked into its own session
     held the write end of the Boss's multiprocessing sentinel pipe (every
     forked worker inherited it), so main's join of the Boss waited 5 s and
     logged "the Boss did not exit after its BYE".  Workers now drop it."""
@@ -233,7 +232,7 @@ def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
         kill_quietly(helpers)
 
 
-# == item 11: a handler's children go with its worker ====================================
+# == a handler's children go with its worker ====================================
 
 
 @pytest.mark.timeout(60)
@@ -317,7 +316,7 @@ def test_workers_lead_their_own_process_groups(start_method: str) -> None:
         assert os.getpgid(bw.boss_pid) == os.getpgrp()  # the Boss stays in main's
 
 
-# == item 12: main's death under forkserver; no segment after the Boss's death ===========
+# == main's death under forkserver; no segment after the Boss's death ===========
 
 
 @needs_pidfd
@@ -369,7 +368,7 @@ def test_worker_outliving_its_boss_leaves_no_segment(method: str, tmp_path: Path
     forkserver nothing kills the worker with its Boss: it finishes the
     handler call, sees the Boss gone, and writes no segment.
 
-    Issue 16 item 14: main sees the Boss's death (end-of-file) before the
+    Main sees the Boss's death (end-of-file) before the
     Boss's pidfd says so; a worker that looked once, before writing, wrote
     a segment now and then (2 runs in 25 under load).  Repeated here."""
     rounds = 12 if method == "forkserver" else 2
@@ -395,7 +394,7 @@ def test_worker_outliving_its_boss_leaves_no_segment(method: str, tmp_path: Path
                     os.unlink(path)
 
 
-# == item 17: workers flush what their handlers hold before they leave =====================
+# == workers flush what their handlers hold before they leave =====================
 
 
 class _Collect(logging.Handler):

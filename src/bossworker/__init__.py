@@ -12,9 +12,16 @@ A Python take on Perl's Parallel::Fork::BossWorkerAsync::
         bw.add_work({"a": 3, "b": 4})
         while bw.pending():
             print(bw.get_result()["product"])
+
+The public names are those in ``__all__``.  Only the exceptions (and
+logging's silence) are loaded with the package: the facades load on first
+use (``__getattr__``, as ``concurrent.futures`` does), so a Boss or worker
+process, which imports this package to reach its own modules, loads none of
+main's code (the pool, its client, the streams, asyncio, the Executor).
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     TIMED_OUT_ERROR,
@@ -35,10 +42,13 @@ from .errors import (
     WorkerDiedError,
     WorkerInitError,
 )
-from .executor import Executor, ExecutorOptions
-from .outcome import Attempt, Outcome
-from .pool import BossWorkerAsync, StartMethod
-from .stats import Stats
+
+if TYPE_CHECKING:
+    from .checks import StartMethod
+    from .executor import Executor, ExecutorOptions
+    from .outcome import Attempt, Outcome
+    from .pool import BossWorkerAsync
+    from .stats import Stats
 
 __all__ = [
     "TIMED_OUT_ERROR",
@@ -71,3 +81,29 @@ __version__ = "0.1.0"
 
 # A library's logger stays silent unless the program configures logging.
 logging.getLogger("bossworker").addHandler(logging.NullHandler())
+
+# Each public name loaded on first use -> the module that defines it.
+_LAZY = {
+    "Attempt": "outcome",
+    "BossWorkerAsync": "pool",
+    "Executor": "executor",
+    "ExecutorOptions": "executor",
+    "Outcome": "outcome",
+    "StartMethod": "checks",
+    "Stats": "stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -69,6 +69,7 @@ from .protocol import (
     Kind,
     SendQueue,
     encode,
+    recv_frames,
 )
 
 __all__ = ["Client", "JobRecord", "Lane"]
@@ -152,9 +153,9 @@ class Client:
         self.keep_records = True
         self._received: dict[int, float] = {}
         self._retried: dict[int, list[tuple[float, Frame]]] = {}
-        # Jobs dropped by BossWorkerAsync.cancel(), as (job_id, when), for
-        # get_outcome() (get_result() never sees them).
-        self._cancelled: deque[tuple[int, float]] = deque()
+        # Jobs dropped by BossWorkerAsync.cancel(), for get_outcome()
+        # (get_result() never sees them); when, in _received.
+        self._cancelled: deque[int] = deque()
         self._routes: dict[int, Lane] = {}  # job id -> the Lane its answer goes to
         self._input_closed = False  # close_input() was called
         # Who waits for work to be added or input to be closed (see
@@ -467,7 +468,8 @@ class Client:
                         # Filed by whoever reads, in the same step as the
                         # pending count, so a reader waiting for outcomes
                         # sees it before it waits again.
-                        self._cancelled.append((frame.job_id, now))
+                        self._received[frame.job_id] = now
+                        self._cancelled.append(frame.job_id)
                         self._input_changed()
                     else:
                         self._queued.pop(frame.job_id, None)
@@ -528,25 +530,7 @@ class Client:
 
     def _recv_available(self) -> tuple[list[Frame], bool]:
         """Read and decode what the socket holds now; True if it said EOF."""
-        frames: list[Frame] = []
-        decoder = self._decoder
-        while True:
-            buffer = decoder.get_buffer()
-            room = len(buffer)
-            try:
-                n = self._sock.recv_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                return frames, False
-            except OSError:
-                n = 0
-            finally:
-                buffer.release()
-            if not n:
-                return frames, True
-            decoder.buffer_updated(n)
-            frames += decoder.take()
-            if n < room:
-                return frames, False  # drained for now: spare the system call that says so
+        return recv_frames(self._sock, self._decoder, drain=True)
 
     def wait_for(self, done: Callable[[], bool], deadline: float | None) -> bool:
         """Block until ``done()`` (evaluated with the lock held) is true, the
@@ -632,8 +616,7 @@ class Client:
 
     def _take_result(self, cancelled: bool = False) -> Frame:
         if cancelled and self._cancelled:
-            job_id, when = self._cancelled.popleft()
-            return Frame(Kind.CANCEL_REPLY, 0, job_id, when, b"")
+            return Frame(Kind.CANCEL_REPLY, 0, self._cancelled.popleft(), 0.0, b"")
         self._pending -= 1
         if self._pending == 0:
             self._wake_all()  # waiters with nothing left to wait for must say so

@@ -60,7 +60,7 @@ class BossConfig:
     # The memory cap in bytes (max_worker_memory=), or None: no watching at
     # all.  A worker whose resident size passes it mid-job is killed and
     # its job answered with MEMORY_LIMIT_ERROR; one past it after an answer
-    # is retired (see LocalFleet.check_memory, LocalFleet.recycle_if_over_memory).
+    # is retired (see LocalFleet._check_memory, LocalFleet._recycle_if_over_memory).
     max_worker_memory: int | None = None
     # Seconds a worker told to leave gets before it is killed.  Not a
     # constructor argument of the public class: 30 s is the documented

@@ -86,6 +86,7 @@ __all__ = [
     "dask_start_error",
     "dask_task_failed_error",
     "dask_worker_died_error",
+    "dask_worker_died_reason",
     "exited_before_ready_text",
     "handlers_not_unpicklable_error",
     "job_not_sent_error",
@@ -155,9 +156,11 @@ NOT_IMPORTABLE_HINT = (
     "(move it to a module, or use start_method='fork')"
 )
 # How the engine's ERROR texts begin, for the answers the Boss or a worker
-# writes on a job's behalf.  The Executor tells them apart by these prefixes
-# (tests/test_executor.py pins each one), so keep them in step with the
-# texts below (and the Boss's).
+# writes on a job's behalf.  outcome.error_from_answer sorts an engine ERROR
+# that carries no flag by RESULT_NOT_PICKLABLE_PREFIX and
+# NO_WORKER_COULD_START_PREFIX (a death or a memory kill by its Flag and
+# Facts, never by its text); the others are for users matching on texts.
+# Each is how the function below that writes the text begins.
 #: A job whose worker died under it: ``... (SIGKILL) while running this job``.
 WORKER_DIED_PREFIX = "BossWorkerAsync: worker died ("
 #: A job whose return value the worker could not pickle.
@@ -167,11 +170,11 @@ NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
 
 # ---------------------------------------------------------------------------
-# Texts main and workers write
+# The texts with details to fill in
 #
 # Users match on these texts (and tests pin them): change one here and it
-# changes everywhere it is written.  Each is a constant or a small function
-# that fills in the details; the prefixes above say how some of them begin.
+# changes everywhere it is written.  Each is a small function; its docstring
+# says when it is written (by the Boss, a worker, main or the Dask side).
 # ---------------------------------------------------------------------------
 
 
@@ -252,10 +255,16 @@ def job_not_sent_error(exc: BaseException) -> str:
     return f"BossWorkerAsync: the job could not be sent to a Dask worker: {exc!r}"
 
 
+def dask_worker_died_reason(exc: BaseException) -> str:
+    """How a job's Dask worker ended (Dask's ``KilledWorker``), in words: the
+    ``reason`` of its :class:`WorkerDiedError`."""
+    return f"its Dask worker died: {exc}"
+
+
 def dask_worker_died_error(exc: BaseException) -> str:
     """The ERROR of a job whose Dask worker died (Dask's ``KilledWorker``):
     a :func:`worker_died_error`, so it reads as any worker death."""
-    return worker_died_error(f"its Dask worker died: {exc}")
+    return worker_died_error(dask_worker_died_reason(exc))
 
 
 def dask_task_failed_error(detail: str) -> str:
@@ -263,14 +272,10 @@ def dask_task_failed_error(detail: str) -> str:
     return f"BossWorkerAsync: the Dask task failed: {detail}"
 
 
-# Texts the Boss writes ---------------------------------------------------------
-# (besides worker_died_error and no_worker_could_start_error above, which it
-# shares with the Dask side).
-
-
 def exited_before_ready_text(reason: str) -> str:
     """The start-up failure of a worker that exited without a word (no
-    INIT_FAILED) before it was ready; ``reason`` is how it ended."""
+    INIT_FAILED) before it was ready; ``reason`` is how it ended.  Written by
+    the worker's supervisor (the Boss, or a Dask worker's plugin)."""
     return f"worker exited ({reason}) before it was ready"
 
 
@@ -389,19 +394,6 @@ class MemoryLimitError(BossWorkerError, MemoryError):
         self.rss = rss
         self.limit = limit
 
-    @classmethod
-    def from_text(cls, text: str) -> MemoryLimitError:
-        """The exception for an engine ERROR text that starts with
-        :data:`MEMORY_LIMIT_PREFIX` (the numbers are read back from it)."""
-        rss = limit = 0
-        numbers = text[len(MEMORY_LIMIT_PREFIX) :].split(")", 1)[0].replace("MiB", "").split(">")
-        if len(numbers) == 2:
-            try:
-                rss, limit = (round(float(n) * 1024 * 1024) for n in numbers)
-            except ValueError:
-                rss = limit = 0
-        return cls(text, rss, limit)
-
 
 class TaskError(BossWorkerError):
     """A task failed and its own exception cannot be raised in main: it could
@@ -435,9 +427,10 @@ class JobCancelledError(BossWorkerError, CancelledError):
     that outcome's ``unwrap()``).  Also a ``concurrent.futures.CancelledError``."""
 
 
-class _JobTimeout(BaseException):
-    """Raised in a worker by its SIGALRM while a job runs (see
-    ``worker._Alarm``).  A BaseException, so that a handler's ``except
-    Exception`` does not swallow it; the Executor's work handler lets it
-    through.  Here, not in worker.py, so that main-side modules need not
-    import the worker's module to name it."""
+class JobAlarm(BaseException):
+    """Internal, never raised to users: raised in a worker by its SIGALRM
+    while a job runs (see ``worker._Alarm``).  A BaseException, so that a
+    handler's ``except Exception`` does not swallow it; the Executor's work
+    handler (``executor_worker.call``) lets it through.  Here, not in
+    worker.py, so that the Executor's worker side need not import the
+    worker's module to name it.  Not in the package's public names."""

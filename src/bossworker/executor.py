@@ -3,13 +3,13 @@
 Who does what::
 
     caller threads                main process                          Boss and workers
-    submit(fn, *a, **kw) --> pickle (fn, a, kw); add a job -----------> queue --> worker: _call()
+    submit(fn, *a, **kw) --> pickle (fn, a, kw); add a job -----------> queue --> worker: call()
     future.cancel()      --> CANCEL round trip ------------------------> dropped if still queued
     future.result()      <-- collector thread: next answer, completes <-- RESULT | ERROR | TIMED_OUT
                              that job's future
 
 The pool underneath is an ordinary :class:`~bossworker.BossWorkerAsync` whose
-work handler is :func:`_call`: every task is the job ``(fn, args, kwargs)``.
+work handler is :func:`bossworker.executor_worker.call`: every task is the job ``(fn, args, kwargs)``.
 So dead workers, time limits, recycling and shared-memory payloads are the
 engine's, unchanged; this module only turns jobs into futures and answers
 into results or exceptions.
@@ -28,21 +28,20 @@ import contextlib
 import functools
 import itertools
 import logging
-import multiprocessing
 import os
 import pickle
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from . import byvalue
+from . import byvalue, checks
 from .backend import Backend, LocalBackend
+from .checks import StartMethod
 from .errors import (
     BossDiedError,
     BossWorkerError,
@@ -50,13 +49,13 @@ from .errors import (
     PicklingError,
     ShutDownError,
     TaskError,
-    _JobTimeout,
 )
+from .executor_worker import Raised, call, run_chunk
 from .outcome import error_from_answer, rebuild_exception, unpickling_error
-from .payload import PICKLE_PROTOCOL, Pickled, dump
-from .pool import BossWorkerAsync, StartMethod, _check_retries, _check_timeout
+from .payload import Pickled, dump
+from .pool import BossWorkerAsync
 from .protocol import Flag, Frame, Kind
-from .streams import Bar, Progress, check_progress, known_length
+from .streams import Bar, Progress, known_length
 
 __all__ = ["Executor", "ExecutorOptions"]
 
@@ -75,68 +74,6 @@ _callbacks_log = logging.getLogger("concurrent.futures")
 _IDLE_WAIT = 3600.0
 # map() sends the tasks it submits up front this many to a send.
 _BATCH = 512
-
-
-# -- worker side -----------------------------------------------------------------
-
-
-class _Raised:
-    """What :func:`_call` returns instead of a value when the task raised.
-
-    The exception travels pickled (inside the answer's pickle), so that one
-    that pickles but cannot be unpickled in main still arrives as text.
-    """
-
-    __slots__ = ("exc_pickle", "tb", "text", "type_name")
-
-    def __init__(self, exc_pickle: bytes | None, type_name: str, text: str, tb: str) -> None:
-        self.exc_pickle = exc_pickle
-        self.type_name = type_name
-        self.text = text
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Raised, (self.exc_pickle, self.type_name, self.text, self.tb))
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> _Raised:
-        tb = "".join(traceback.format_exception(exc))
-        text = "".join(traceback.format_exception_only(exc)).strip()
-        kind = type(exc)
-        type_name = f"{kind.__module__}.{kind.__qualname__}"
-        exc_pickle: bytes | None
-        try:
-            exc_pickle = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
-            pickle.loads(exc_pickle)  # some exceptions pickle but cannot be rebuilt
-        except Exception:  # noqa: BLE001 - any failure means: send the text instead
-            exc_pickle = None
-        return cls(exc_pickle, type_name, text, tb)
-
-    def exception(self) -> BaseException:
-        """The task's exception, rebuilt in main, remote traceback as ``__cause__``."""
-        return rebuild_exception(self.exc_pickle, self.text, self.type_name, self.tb)
-
-
-def _call(job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
-    """The one work handler of every Executor: run ``fn(*args, **kwargs)``.
-
-    An exception (any ``BaseException``, as ``ProcessPoolExecutor`` does) is
-    caught here and returned as a :class:`_Raised`, so it reaches main as an
-    object, not as the engine's ERROR text.  The engine's own time-limit
-    signal is let through: the engine answers that job TIMED_OUT.
-    """
-    fn, args, kwargs = job
-    try:
-        return fn(*args, **kwargs)
-    except _JobTimeout:
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
-        return _Raised.from_exception(exc)
-
-
-def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
-    """``map(..., chunksize=n)``: one task runs ``n`` calls, in order."""
-    return [fn(*args) for args in chunk]
 
 
 # -- main side: futures ----------------------------------------------------------
@@ -280,8 +217,7 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: _TaskOptions
     ) -> _TaskFuture:
-        if not callable(fn):
-            raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+        checks.callable_arg("fn", fn, required=True)
         if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
             return self.submit_many([(fn, args, kwargs)], opts)[0]  # by value, or why not
         try:
@@ -305,8 +241,7 @@ class _Core:
         so: one system call and one Boss wake-up instead of one per task)."""
         pickled: list[Any] = []
         for fn, args, kwargs in calls:
-            if not callable(fn):
-                raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
+            checks.callable_arg("fn", fn, required=True)
             if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
                 if not byvalue.cloudpickle_available():
                     error = PicklingError(
@@ -519,8 +454,8 @@ class _Core:
                         exc,
                     )
                 return False, unpickling_error(exc, "task")
-            if type(value) is _Raised:
-                return False, value.exception()
+            if type(value) is Raised:
+                return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
             return True, value
         return False, error_from_answer(frame, limit, "task")
 
@@ -604,14 +539,6 @@ else:  # pragma: no cover - every CPython since 3.9 has it
 # -- the public class ------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise InvalidArgumentError(f"{name} must be greater than 0, not {value}")
-    return value
-
-
 def _default_workers() -> int:
     count = getattr(os, "process_cpu_count", os.cpu_count)()  # 3.13+: the CPUs we may use
     return count or 1
@@ -691,10 +618,10 @@ class Executor(futures.Executor):
         forward_logs: bool = True,
     ) -> None:
         workers = (
-            _default_workers() if max_workers is None else _check_positive_int("max_workers", max_workers)
+            _default_workers() if max_workers is None else checks.whole_number("max_workers", max_workers)
         )
         if max_tasks_per_child is not None:
-            _check_positive_int("max_tasks_per_child", max_tasks_per_child)
+            checks.whole_number("max_tasks_per_child", max_tasks_per_child)
         method: str | None = start_method
         if mp_context is not None:
             get = getattr(mp_context, "get_start_method", None)
@@ -710,12 +637,8 @@ class Executor(futures.Executor):
                     f"{context_method!r}; pass one of them"
                 )
             method = context_method
-        if method is not None and method not in multiprocessing.get_all_start_methods():
-            raise InvalidArgumentError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {method!r}"
-            )
-        if initializer is not None and not callable(initializer):
-            raise InvalidArgumentError(f"initializer must be callable, not {type(initializer).__name__}")
+        method = checks.start_method(method)
+        checks.callable_arg("initializer", initializer)
         if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Iterable):
             raise InvalidArgumentError(
                 f"initargs must be a tuple of arguments for initializer, not {type(initargs).__name__}"
@@ -723,14 +646,14 @@ class Executor(futures.Executor):
         initargs = tuple(initargs)
         if initargs and initializer is None:
             raise InvalidArgumentError("initargs were given without an initializer to pass them to")
-        limit = _check_timeout("timeout", timeout)
+        limit = checks.seconds("timeout", timeout)
         init = functools.partial(initializer, *initargs) if initializer is not None else None
         pool = BossWorkerAsync(
-            _call,
+            call,
             init_handler=init,
             global_timeout=limit,
             worker_count=workers,
-            start_method=cast("StartMethod | None", method),  # checked by BossWorkerAsync
+            start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
             max_worker_memory=max_worker_memory,
@@ -795,8 +718,8 @@ class Executor(futures.Executor):
         ``shutdown()`` does nothing.
         """
         own = self._core.opts
-        limit = own.limit if timeout is None else _check_timeout("timeout", timeout)
-        count = own.retries if retries is None else _check_retries(retries)
+        limit = own.limit if timeout is None else checks.seconds("timeout", timeout)
+        count = own.retries if retries is None else checks.retries(retries)
         if count:
             self._core.pool._check_retry_backend()
         return ExecutorOptions(self, _TaskOptions(limit, count))
@@ -909,14 +832,13 @@ def _map(
     buffersize: int | None,
     progress: Progress = False,
 ) -> Iterator[T]:
-    if not callable(fn):
-        raise InvalidArgumentError(f"fn must be callable, not {type(fn).__name__}")
-    check_progress(progress)
+    checks.callable_arg("fn", fn, required=True)
+    checks.progress(progress)
     lengths = [known_length(iterable) for iterable in iterables]
     total = min(n for n in lengths if n is not None) if any(n is not None for n in lengths) else None
-    _check_positive_int("chunksize", chunksize)
+    checks.whole_number("chunksize", chunksize)
     if buffersize is not None:
-        _check_positive_int("buffersize", buffersize)
+        checks.whole_number("buffersize", buffersize)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
         raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     end_time = None if timeout is None else time.monotonic() + timeout
@@ -926,7 +848,7 @@ def _map(
     calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
     tasks: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
     if chunksize > 1:
-        tasks = ((_run_chunk, (fn, chunk)) for chunk in _batched(calls, chunksize))
+        tasks = ((run_chunk, (fn, chunk)) for chunk in _batched(calls, chunksize))
     else:
         tasks = ((fn, args) for args in calls)
 

@@ -11,7 +11,8 @@
 :mod:`bossworker.protocol` says how any frame is laid out (the header, the
 decoder); this module says what a JOB's and an answer's payload mean: a
 pickle inline or in a ``/dev/shm`` segment (``Flag.SEGMENT``), an ERROR's
-UTF-8 text with or without the pickled exception (``Flag.EXCEPTION``), and
+UTF-8 text with or without the pickled exception (``Flag.EXCEPTION``) and
+with or without the :class:`Facts` the Boss measured (``Flag.FACTS``), and
 the INIT_FAILED / text frames.  Both ends, main and the worker, and the
 Dask Boss in between, pack and read these frames only through here.
 
@@ -23,11 +24,13 @@ buffer.  Neither makes an object per job beyond the header bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import TIMED_OUT_ERROR, result_not_unpicklable_error, result_too_big_error
@@ -45,6 +48,8 @@ from .protocol import (
 )
 
 __all__ = [
+    "Facts",
+    "answer_facts",
     "answer_frame",
     "decode_error",
     "encode_error",
@@ -64,6 +69,10 @@ __all__ = [
 # An ERROR payload that carries the exception (Flag.EXCEPTION): u32 length
 # of the text, the UTF-8 text, then the pickled exception.
 _ERROR_TEXT_LENGTH = struct.Struct("<I")
+# An ERROR payload that carries Facts (Flag.FACTS) ends with them: their
+# JSON, then its length as a u32 (so the text and exception before it are
+# laid out as without them).
+_FACTS_LENGTH = struct.Struct("<I")
 
 # Payloads smaller than this are joined into one buffer before sending
 # (one copy of a few bytes each beats one more system-call buffer each).
@@ -88,26 +97,103 @@ def frame_text(frame: Frame) -> str:
     return bytes(frame.payload).decode("utf-8", "replace")
 
 
-def encode_error(text: bytes, exception: bytes | None) -> tuple[int, bytes]:
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the Boss measured about the end of the worker that ran a job.
+
+    An ERROR the Boss makes for a worker that died (``Flag.DIED``) or went
+    past its memory cap (``Flag.MEMORY``) carries these as data
+    (``Flag.FACTS``), beside the text users read: main takes the numbers
+    from here (:func:`answer_facts`), never back from the text.
+    """
+
+    #: How the worker ended, as multiprocessing says it (negative: killed by
+    #: that signal); None if unknown (a Dask worker's death, a memory kill
+    #: answered before the process was reaped).
+    exitcode: int | None = None
+    #: The same in words, as the ERROR text shows it: ``"SIGKILL"``,
+    #: ``"exit code 3"``, ``"its Dask worker died: ..."``; "" if none.
+    reason: str = ""
+    #: For a worker killed past ``max_worker_memory``: its resident size as
+    #: measured, and the cap, in bytes (0 otherwise).
+    rss: int = 0
+    limit: int = 0
+
+    def to_json(self) -> bytes:
+        """These facts as the JSON an ERROR payload ends with."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: Buffer) -> Facts:
+        """The facts in ``data`` (see :meth:`to_json`); any field missing or
+        of the wrong type keeps its default (a payload is never trusted)."""
+        try:
+            got = json.loads(bytes(data))
+        except ValueError:
+            return cls()
+        if not isinstance(got, dict):
+            return cls()
+        exitcode = got.get("exitcode")
+        reason, rss, limit = got.get("reason"), got.get("rss"), got.get("limit")
+        return cls(
+            exitcode if type(exitcode) is int else None,
+            reason if isinstance(reason, str) else "",
+            rss if type(rss) is int else 0,
+            limit if type(limit) is int else 0,
+        )
+
+
+def encode_error(text: bytes, exception: bytes | None, facts: Facts | None = None) -> tuple[int, bytes]:
     """An ERROR payload and the flags saying how to read it: the text
-    alone, or (Flag.EXCEPTION) the text and the pickled exception."""
+    alone, or (Flag.EXCEPTION) the text and the pickled exception; then,
+    with ``facts`` (Flag.FACTS), those."""
     if exception is None:
-        return 0, text
-    return Flag.EXCEPTION, _ERROR_TEXT_LENGTH.pack(len(text)) + text + exception
+        flags, payload = 0, text
+    else:
+        flags, payload = Flag.EXCEPTION, _ERROR_TEXT_LENGTH.pack(len(text)) + text + exception
+    if facts is not None:
+        data = facts.to_json()
+        flags |= Flag.FACTS
+        payload += data + _FACTS_LENGTH.pack(len(data))
+    return flags, payload
+
+
+def _split_facts(flags: int, payload: Buffer) -> tuple[memoryview, memoryview | None]:
+    """An ERROR payload without its facts, and the facts' bytes (None if it
+    has none, or if its length field does not fit)."""
+    view = memoryview(payload).cast("B")
+    size = _FACTS_LENGTH.size
+    if not flags & Flag.FACTS or len(view) < size:
+        return view, None
+    (n,) = _FACTS_LENGTH.unpack_from(view, len(view) - size)
+    if n > len(view) - size:
+        return view, None
+    end = len(view) - size - n
+    return view[:end], view[end : end + n]
 
 
 def decode_error(flags: int, payload: Buffer) -> tuple[str, memoryview | None]:
-    """An ERROR payload's text and, if it carries one, the pickled exception.
+    """An ERROR payload's text and, if it carries one, the pickled exception
+    (without its facts: see :func:`answer_facts`).
 
     Raises :class:`struct.error` if ``Flag.EXCEPTION`` is set and the payload
     is shorter than its length field; a text length past the end gives the
     text that is there and an empty exception."""
-    view = memoryview(payload).cast("B")
+    view, _facts = _split_facts(flags, payload)
     if not flags & Flag.EXCEPTION:
         return bytes(view).decode("utf-8", "replace"), None
     (n,) = _ERROR_TEXT_LENGTH.unpack_from(view)
     start = _ERROR_TEXT_LENGTH.size
     return bytes(view[start : start + n]).decode("utf-8", "replace"), view[start + n :]
+
+
+def answer_facts(frame: Frame) -> Facts:
+    """The :class:`Facts` an ERROR answer carries; empty ones (every field
+    unknown) if it carries none."""
+    if frame.kind != Kind.ERROR:
+        return Facts()
+    _view, data = _split_facts(frame.flags, frame.payload)
+    return Facts() if data is None else Facts.from_json(data)
 
 
 def error_text(frame: Frame) -> str:
@@ -208,10 +294,11 @@ def error_answer(
     flags: int = 0,
     ran: float = 0.0,
     pid: int = 0,
+    facts: Facts | None = None,
 ) -> bytes:
     """An ERROR answer: ``text`` (what ``get_result()`` shows) and, when it
     pickles and fits in a frame, the exception itself, so that main can
-    raise it as it is."""
+    raise it as it is; then ``facts``, if given."""
     pickled: bytes | None = None
     if exc is not None:
         try:
@@ -221,7 +308,7 @@ def error_answer(
     data = text.encode("utf-8", "replace")
     if pickled is not None and len(pickled) + len(data) + _ERROR_TEXT_LENGTH.size > MAX_PAYLOAD:
         pickled = None
-    extra, payload = encode_error(data, pickled)
+    extra, payload = encode_error(data, pickled, facts)
     return answer_frame(Kind.ERROR, job_id, payload, flags | extra, ran, pid)
 
 

@@ -1,4 +1,7 @@
-"""Memory caps: parse ``max_worker_memory=`` and read a worker's resident size.
+"""Memory caps: how the Boss reads a worker's resident size.
+
+(``max_worker_memory=`` itself is checked and parsed in
+:mod:`bossworker.checks`, with the other arguments.)
 
 The Boss watches a worker's resident set size (RSS) from
 ``/proc/<pid>/statm``: its second field is the number of resident pages.
@@ -14,100 +17,21 @@ handler starts are not counted: summing a process tree would mean walking
 
 Only the standard library is used, so the cap needs ``/proc`` (Linux, the
 portable path on Linux included); elsewhere the constructor refuses
-``max_worker_memory=`` (see :func:`check_supported`).
+``max_worker_memory=`` (see :func:`bossworker.checks.memory_supported`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-from fractions import Fraction
 
-from .errors import InvalidArgumentError
-
-__all__ = [
-    "CHECK_INTERVAL",
-    "MIN_MEMORY",
-    "RssProbe",
-    "check_supported",
-    "mib",
-    "parse_memory",
-    "shown_over",
-]
+__all__ = ["CHECK_INTERVAL", "RssProbe", "mib", "shown_over"]
 
 #: How often the Boss reads a busy worker's RSS (seconds).  A job is first
 #: looked at this long after it started; then this often until it answers.
 #: With the kill itself, a worker past its cap is stopped ~20-40 ms after
 #: it crosses it on a quiet machine.
 CHECK_INTERVAL = 0.02
-
-#: The smallest cap accepted: an idle Python worker alone is ~10-20 MiB.
-MIN_MEMORY = 16 * 1024 * 1024
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-    "tb": 1000**4,
-}
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([A-Za-z]*)")
-
-_FORMS = (
-    "an int of bytes (at least 16 MiB) or a string: a number (decimals allowed) and a unit, "
-    "B, K/KiB, M/MiB, G/GiB, T/TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000), "
-    'e.g. "512MiB", "1.5GB", "800M"'
-)
-
-
-def parse_memory(value: object, name: str = "max_worker_memory") -> int:
-    """``value`` as a number of bytes: an int, or a string such as
-    ``"512MiB"``, ``"1.5GB"``, ``"800M"`` (units are case-insensitive; a
-    bare K, M, G, T is a power of 1024, as in ``ulimit`` and Docker).
-
-    Raises :class:`InvalidArgumentError` naming the accepted forms for
-    anything else (floats, negative numbers, unknown units, ``True``), and
-    for less than :data:`MIN_MEMORY`.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InvalidArgumentError(f"{name} must be {_FORMS}; not {type(value).__name__} {value!r}")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE.fullmatch(value.strip())
-        factor = _UNITS.get(match.group(2).lower()) if match else None
-        if match is None or factor is None:
-            raise InvalidArgumentError(f"{name} must be {_FORMS}; not {value!r}")
-        size = int(Fraction(match.group(1)) * factor)  # exact: no float rounding
-    if size < MIN_MEMORY:
-        raise InvalidArgumentError(
-            f"{name} must be at least 16 MiB ({MIN_MEMORY} bytes: an idle worker alone uses "
-            f"10-20 MiB), not {value!r}"
-        )
-    return size
-
-
-def check_supported() -> None:
-    """Refuse a cap where this process cannot read ``/proc/<pid>/statm``."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm", "rb") as f:
-            int(f.read().split()[1])
-    except (OSError, ValueError, IndexError) as exc:
-        raise InvalidArgumentError(
-            "max_worker_memory= needs /proc/<pid>/statm to watch the workers' memory (Linux); "
-            f"this platform has none ({type(exc).__name__}: {exc}). Leave max_worker_memory=None "
-            "here, and use an operating-system limit (a container's memory limit, ulimit -v) instead"
-        ) from exc
 
 
 def mib(size: int) -> float:

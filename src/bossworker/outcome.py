@@ -15,7 +15,7 @@ the handler raised, exception pickles  that exception, its own type and message;
 the handler raised, it does not        :class:`TaskError` (``type_name``, text)
 the job ran out of time                :class:`TaskTimeoutError`
 its worker died (Flag.DIED)            :class:`WorkerDiedError` (``reason``, ``exitcode``)
-its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY)
+its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY; ``rss``, ``limit``)
 the result could not be pickled        :class:`PicklingError` (also ``pickle.PicklingError``;
                                        ``__cause__``: what pickling raised), or that
                                        exception itself if not an ``Exception``
@@ -25,23 +25,25 @@ the result could not be unpickled      :class:`UnpicklingError` (also
 no worker could start                  :class:`WorkerInitError`
 anything else the engine reports       :class:`TaskError`
 =====================================  =========================================
+
+The figures in the last two (an exit code, the memory sizes) are the
+:class:`~bossworker.jobs.Facts` the Boss measured and sent as data
+(``Flag.FACTS``); the ERROR texts only show them to people.
 """
 
 from __future__ import annotations
 
 import contextlib
 import pickle
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
-from . import errors
 from .errors import (
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
-    WORKER_DIED_PREFIX,
     JobCancelledError,
+    MemoryLimitError,
     PicklingError,
     RemoteTraceback,
     TaskError,
@@ -50,7 +52,7 @@ from .errors import (
     WorkerDiedError,
     WorkerInitError,
 )
-from .jobs import decode_error
+from .jobs import Facts, answer_facts, decode_error
 from .protocol import Buffer, Flag, Frame, Kind, answer_pid
 
 __all__ = ["Attempt", "Outcome", "error_from_answer", "rebuild_exception", "unpickling_error"]
@@ -230,10 +232,10 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
         return rebuild_exception(exc_pickle, head, type_name, tb)
     error: BaseException
     if frame.flags & Flag.MEMORY:  # the memory cap (max_worker_memory) killed its worker
-        error = errors.MemoryLimitError.from_text(text)
-    elif frame.flags & Flag.DIED or text.startswith(WORKER_DIED_PREFIX):
-        # The flag from our Boss; the text from backends that do not set it.
-        error = _died(text, what)
+        facts = answer_facts(frame)
+        error = MemoryLimitError(text, facts.rss, facts.limit)
+    elif frame.flags & Flag.DIED:
+        error = _died(text, answer_facts(frame), what)
     elif text.startswith(NO_WORKER_COULD_START_PREFIX):
         error = WorkerInitError(f"no worker could run the initializer, so this {what} never ran: {text}")
     else:
@@ -242,35 +244,18 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
     return error
 
 
-def _died(text: str, what: str) -> WorkerDiedError:
-    reason = text[len(WORKER_DIED_PREFIX) :].split(")", 1)[0] if text.startswith(WORKER_DIED_PREFIX) else ""
+def _died(text: str, facts: Facts, what: str) -> WorkerDiedError:
     return WorkerDiedError(
-        f"the worker running this {what} died ({reason or text}); it was replaced and the pool "
+        f"the worker running this {what} died ({facts.reason or text}); it was replaced and the pool "
         "carries on (unlike ProcessPoolExecutor, whose whole pool would now be broken)",
-        reason,
-        exitcode_of(reason),
+        facts.reason,
+        facts.exitcode,
     )
 
 
-def exitcode_of(reason: str) -> int | None:
-    """``"SIGKILL"`` -> -9, ``"exit code 3"`` -> 3 (multiprocessing's convention)."""
-    if reason.startswith("exit code "):
-        with contextlib.suppress(ValueError):
-            return int(reason[len("exit code ") :])
-        return None
-    if reason.startswith("signal "):
-        with contextlib.suppress(ValueError):
-            return -int(reason[len("signal ") :])
-        return None
-    try:
-        return -int(signal.Signals[reason])
-    except KeyError:
-        return None
-
-
-def _attempt(frame: Frame, received: float, limit: float, error: BaseException | None) -> Attempt:
+def _attempt(frame: Frame, received: float, error: BaseException | None) -> Attempt:
     pid = answer_pid(frame.raw)
-    return Attempt(pid or None, max(0.0, frame.timeout), error, received)
+    return Attempt(pid or None, max(0.0, frame.ran), error, received)
 
 
 def cancelled_outcome(job_id: int, queued_at: float, when: float) -> Outcome[R]:
@@ -293,8 +278,8 @@ def make_outcome(
     (see :meth:`Client.take_record`)."""
     error = None if ok else value
     assert error is None or isinstance(error, BaseException)
-    attempts = [_attempt(f, t, limit, error_from_answer(f, limit)) for t, f in retried]
-    last = _attempt(frame, received, limit, error)
+    attempts = [_attempt(f, t, error_from_answer(f, limit)) for t, f in retried]
+    last = _attempt(frame, received, error)
     attempts.append(last)
     run_time = last.run_time
     started_at = max(queued_at, received - run_time)

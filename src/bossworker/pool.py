@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import multiprocessing
 import os
 import pickle
 import sys
@@ -20,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVa
 if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from . import aio
 
-from . import byvalue, memory, streams
+from . import byvalue, checks, streams
 from .backend import Backend, BossHandle, LocalBackend, default_start_method
+from .checks import StartMethod
 from .client import Client, JobRecord, Lane
 from .config import BossConfig, WorkerSpec
 from .errors import (
@@ -35,7 +34,7 @@ from .jobs import result_value
 from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome, unpickling_error
 from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
 from .process import pickle_as_if_spawning
-from .protocol import Flag, Frame, Kind, RetryOn
+from .protocol import Flag, Frame, Kind
 from .stats import Stats
 
 __all__ = ["BossWorkerAsync", "StartMethod"]
@@ -46,23 +45,9 @@ P = ParamSpec("P")
 J = TypeVar("J")  # a job: what the work handler takes
 R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
 
-#: The ``start_method`` values (``None``: the platform's default).
-StartMethod = Literal["fork", "spawn", "forkserver"]
-
-
-#: The largest time limit accepted anywhere (seconds, about 31 years): far
-#: below what ``select``, ``setitimer`` and ``threading`` can represent.
-MAX_TIMEOUT = 1e9
-
 # How long a worker may take to start (its init_handler included) unless
 # the constructor's init_timeout= says otherwise.
 DEFAULT_INIT_TIMEOUT = 60.0
-
-#: The most ``retries=`` a job may have (it travels in one byte of its header).
-MAX_RETRIES = 255
-
-#: The failures ``retry_on=`` may name, and their bits in a JOB's header.
-RETRY_CAUSES = {"died": RetryOn.DIED, "timed_out": RetryOn.TIMED_OUT, "memory": RetryOn.MEMORY}
 
 # How long a graceful stop waits for the Boss to exit after its BYE, and a
 # forced stop waits after SIGTERM, before killing it.
@@ -209,27 +194,23 @@ class BossWorkerAsync(Generic[J, R]):
         max_worker_memory: int | str | None = None,
         forward_logs: bool = True,
     ) -> None:
-        _check_callable("work_handler", work_handler, required=True)
-        _check_callable("result_handler", result_handler)
-        _check_callable("init_handler", init_handler)
-        _check_callable("exit_handler", exit_handler)
-        self._global_timeout = _check_timeout("global_timeout", global_timeout)
-        init_limit = _check_timeout("init_timeout", init_timeout)
-        _check_int("worker_count", worker_count, minimum=1)
-        _check_int("read_size", read_size, minimum=4096)
+        checks.callable_arg("work_handler", work_handler, required=True)
+        checks.callable_arg("result_handler", result_handler)
+        checks.callable_arg("init_handler", init_handler)
+        checks.callable_arg("exit_handler", exit_handler)
+        self._global_timeout = checks.seconds("global_timeout", global_timeout)
+        init_limit = checks.seconds("init_timeout", init_timeout)
+        checks.whole_number("worker_count", worker_count, 1)
+        checks.whole_number("read_size", read_size, 4096)
         if max_jobs_per_worker is not None:
-            _check_int("max_jobs_per_worker", max_jobs_per_worker, minimum=1)
-        self._retries = _check_retries(retries)
-        self._retry_on = _check_retry_on(retry_on)
+            checks.whole_number("max_jobs_per_worker", max_jobs_per_worker, 1)
+        self._retries = checks.retries(retries)
+        self._retry_on = checks.retry_on(retry_on)
         memory_cap = None
         if max_worker_memory is not None:
-            memory_cap = memory.parse_memory(max_worker_memory)
-            memory.check_supported()
-        method = default_start_method() if start_method is None else start_method
-        if method not in multiprocessing.get_all_start_methods():
-            raise InvalidArgumentError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, not {start_method!r}"
-            )
+            memory_cap = checks.memory_size(max_worker_memory)
+            checks.memory_supported()
+        method = checks.start_method(start_method) or default_start_method()
         backend = LocalBackend() if backend is None else backend
         # Retrying is the local Boss's: another backend would ignore it.
         self._retry_backend = None if isinstance(backend, LocalBackend) else type(backend).__name__
@@ -335,7 +316,7 @@ class BossWorkerAsync(Generic[J, R]):
         and :class:`BossDiedError` if the Boss is gone.
         """
         payloads, limit = self._pickle_jobs(jobs, timeout)
-        count = self._retries if retries is None else _check_retries(retries)
+        count = self._retries if retries is None else checks.retries(retries)
         if count:
             self._check_retry_backend()
             ids, target = self._client.queue_jobs(payloads, limit, count, self._retry_on)
@@ -453,9 +434,9 @@ class BossWorkerAsync(Generic[J, R]):
         """The checked options of one map; with ``outcomes``, it yields
         Outcome objects (its lane keeps each job's details), else what
         get_result() would return."""
-        limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
-        streams.check_progress(progress)
-        count = self._retries if retries is None else _check_retries(retries)
+        limit = self._global_timeout if timeout is None else checks.seconds("timeout", timeout)
+        checks.progress(progress)
+        count = self._retries if retries is None else checks.retries(retries)
         if count:
             self._check_retry_backend()
         lane = Lane(records=outcomes)
@@ -468,7 +449,9 @@ class BossWorkerAsync(Generic[J, R]):
             deliver,
             lane,
             bool(ordered),
-            streams.check_max_in_flight(max_in_flight),
+            streams.DEFAULT_MAX_IN_FLIGHT
+            if max_in_flight is None
+            else checks.whole_number("max_in_flight", max_in_flight),
             limit,
             (count, self._retry_on if count else 0),
             lambda: streams.Bar(progress, streams.known_length(iterable)),
@@ -484,7 +467,7 @@ class BossWorkerAsync(Generic[J, R]):
     def _pickle_jobs(self, jobs: tuple[Any, ...], timeout: float | None) -> tuple[list[Pickled], float]:
         if not jobs:
             raise InvalidArgumentError("add_work() needs at least one job")
-        limit = self._global_timeout if timeout is None else _check_timeout("timeout", timeout)
+        limit = self._global_timeout if timeout is None else checks.seconds("timeout", timeout)
         payloads = []
         for index, job in enumerate(jobs):
             try:
@@ -535,7 +518,7 @@ class BossWorkerAsync(Generic[J, R]):
         as retrieved.
         """
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout)
         if frame is None:
             return None
@@ -571,7 +554,7 @@ class BossWorkerAsync(Generic[J, R]):
         total is the results taken plus those pending (it grows as work is
         added); without tqdm, one hint line on stderr, never an error.
         """
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.results(
             self._client,
             lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
@@ -600,7 +583,7 @@ class BossWorkerAsync(Generic[J, R]):
         anything for it.
         """
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         frame = self._client.next_result(blocking=bool(blocking), timeout=timeout, cancelled=True)
         return None if frame is None else self._outcome(frame)
 
@@ -610,7 +593,7 @@ class BossWorkerAsync(Generic[J, R]):
         """Yield :meth:`get_outcome` until no job is pending (cancelled jobs
         included: each yields its ``cancelled`` outcome).  ``until_closed``
         and ``progress`` are as in :meth:`results`."""
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.results(
             self._client,
             self._outcome,
@@ -648,8 +631,8 @@ class BossWorkerAsync(Generic[J, R]):
         ``record`` is what main knows of the job (default: the client's)."""
         client = self._client
         queued_at, limit, received, retried = client.take_record(frame.job_id) if record is None else record
-        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped; ``timeout`` holds when
-            return cancelled_outcome(frame.job_id, queued_at, frame.timeout)
+        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped, at ``received``
+            return cancelled_outcome(frame.job_id, queued_at, received)
         ok = frame.kind == Kind.RESULT
         value: Any
         if ok:
@@ -775,7 +758,7 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> Any:
         """:meth:`get_result` for async code: same options, same results."""
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         from . import aio
 
         frame = await aio.anext_result(self._client, self._socket_waiter(), bool(blocking), timeout)
@@ -787,7 +770,7 @@ class BossWorkerAsync(Generic[J, R]):
     async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
         """:meth:`get_outcome` for async code: same options, same outcomes."""
         if timeout is not None:
-            timeout = _check_timeout("timeout", timeout)
+            timeout = checks.seconds("timeout", timeout)
         from . import aio
 
         waiter = self._socket_waiter()
@@ -798,7 +781,7 @@ class BossWorkerAsync(Generic[J, R]):
         self, *, until_closed: bool = False, progress: streams.Progress = False
     ) -> AsyncIterator[Outcome[R]]:
         """``async for`` over outcomes: :meth:`outcomes` for async code, same options."""
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.aresults(
             self._client,
             self._socket_waiter(),
@@ -825,7 +808,7 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> AsyncIterator[Any]:
         """``async for`` over results: :meth:`results` for async code, same
         options (``until_closed`` waits for a producer task or thread)."""
-        streams.check_progress(progress)
+        checks.progress(progress)
         return streams.aresults(
             self._client,
             self._socket_waiter(),
@@ -939,11 +922,12 @@ def _travelling(name: str, fn: Callable[P, R], method: str) -> Callable[P, R]: .
 def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callable[..., Any] | None:
     """``fn`` ready to be pickled for a ``method`` child: itself, or wrapped
     to travel by value when it cannot be imported there by name."""
-    if fn is None or not byvalue.needs_by_value(fn):
-        return fn
-    if byvalue.cloudpickle_available():
-        return byvalue.ByValue(fn)
-    _check_importable(method, fn)  # the message for a __main__ without a file
+    if fn is None:
+        return None
+    try:
+        return byvalue.by_value(fn)
+    except ImportError:  # it must travel by value, and cloudpickle is missing
+        _check_importable(method, fn)  # the message for a __main__ without a file
     raise SerializationError(
         f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be pickled by name (a lambda or a closure?)\n"
         + NOT_IMPORTABLE_HINT.format(method=method)
@@ -967,61 +951,3 @@ def _check_importable(method: str, *handlers: Callable[..., Any] | None) -> None
                 + NOT_IMPORTABLE_HINT.format(method=method)
                 + f"; or {byvalue.INSTALL_HINT}"
             )
-
-
-def _check_callable(name: str, value: object, required: bool = False) -> None:
-    if value is None and not required:
-        return
-    if not callable(value):
-        raise InvalidArgumentError(f"{name} must be callable, not {type(value).__name__}")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be at least {minimum}, not {value}")
-
-
-def _check_retries(value: object) -> int:
-    _check_int("retries", value, minimum=0)
-    assert isinstance(value, int)
-    if value > MAX_RETRIES:
-        raise InvalidArgumentError(f"retries must be at most {MAX_RETRIES}, not {value}")
-    return value
-
-
-def _check_retry_on(value: object) -> int:
-    """``retry_on=`` names as protocol.RetryOn bits."""
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise InvalidArgumentError(
-            f"retry_on must be a tuple of names out of {sorted(RETRY_CAUSES)}, not {value!r}"
-        )
-    bits = 0
-    for name in value:
-        if name not in RETRY_CAUSES:
-            raise InvalidArgumentError(f"retry_on names {name!r}; it takes {sorted(RETRY_CAUSES)}")
-        bits |= RETRY_CAUSES[name]
-    return bits
-
-
-def _check_timeout(name: str, value: object) -> float:
-    """Seconds as a float; None and 0 mean no limit (0.0).
-
-    Values above :data:`MAX_TIMEOUT` are rejected rather than taken as "no
-    limit": a limit the platform cannot represent (``select``, ``setitimer``
-    and ``threading`` overflow near 9.2e9 s) is almost always a unit mistake.
-    """
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    seconds = float(value)
-    if math.isnan(seconds) or seconds < 0:
-        raise InvalidArgumentError(f"{name} must be a number of seconds >= 0, not {value!r}")
-    if seconds > MAX_TIMEOUT:
-        raise InvalidArgumentError(
-            f"{name} must be at most {MAX_TIMEOUT:.0e} seconds (about 31 years), not {value!r}; "
-            "use None or 0 for no limit"
-        )
-    return seconds

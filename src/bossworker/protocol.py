@@ -12,8 +12,10 @@ Every message between main, the Boss and a worker is one *frame*::
     8       8     length    of the payload, in bytes
     16      8     job_id    (0 when the frame is not about a job; in INIT_FAILED,
                             an InitFailure saying what failed)
-    24      8     timeout   seconds, float: in a JOB, its time limit (0.0 = none);
-                            in a worker's answer, how long the job took
+    24      8     seconds   float, one meaning per kind: in a JOB, its time
+                            limit (Frame.limit; 0.0 = none); in an answer
+                            (RESULT, ERROR, TIMED_OUT), how long the job ran
+                            (Frame.ran); 0.0 in every other frame
     32      ...   payload   opaque bytes (a pickle, UTF-8 text or JSON)
 
 The header is fixed-size and little-endian, so a reader knows how many bytes
@@ -21,10 +23,12 @@ to wait for before it looks at a payload, and any byte string is a valid
 payload (the Perl original split on a delimiter, which payloads had to avoid
 and which cost a quadratic re-scan of the buffer at every read).
 
-Nothing here touches a socket (the h11/wsproto style): the Boss's event
+Nothing here owns a socket (the h11/wsproto style): the Boss's event
 loop, the worker's blocking loop, main's blocking client and the asyncio
 front end all share the same :class:`Decoder` and :class:`SendQueue`, and the
-codec is tested alone.  The Boss only ever reads headers: it forwards the
+codec is tested alone.  :func:`recv_frames` is the one place a non-blocking
+socket someone else owns is read into a :class:`Decoder` (main, both Bosses
+and the Dask plugin use it).  The Boss only ever reads headers: it forwards the
 ``raw`` bytes of a frame untouched and never unpickles a job or a result, so
 a hostile or broken payload cannot crash it.
 
@@ -40,7 +44,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from enum import IntEnum
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, Protocol, TypeAlias
 
 __all__ = [
     "HEADER",
@@ -60,6 +64,7 @@ __all__ = [
     "encode",
     "job_header",
     "job_retry",
+    "recv_frames",
 ]
 
 HEADER = struct.Struct("<BB6xQQd")
@@ -123,13 +128,17 @@ class Flag(IntEnum):
     """Bits of a frame's ``flags`` byte."""
 
     # The payload is not in the frame: it waits in a shared-memory segment
-    # named after the job (see bossworker.payload.Segments).  Only the
-    # Boss's clean-up ever needs to know.
+    # named after the job (see bossworker.payload.Segments).  The reader
+    # loads it from there (the worker a JOB's, main a RESULT's); the Boss
+    # only needs to know to clean up after a worker that died holding one.
     SEGMENT = 1
-    # Reserved for outcomes (issue 12), on answer frames:
+    # On answer frames (ERROR), saying how to read the payload and why:
     EXCEPTION = 2  # an ERROR whose payload also carries the pickled exception
     DIED = 4  # an ERROR the Boss made because the job's worker died under it
     MEMORY = 8  # an ERROR the Boss made because the worker exceeded its memory cap
+    # An ERROR whose payload ends with what the Boss measured (the exit code,
+    # the memory figures): see bossworker.jobs.Facts.
+    FACTS = 16
 
 
 class RetryOn(IntEnum):
@@ -145,19 +154,35 @@ _KINDS = frozenset(int(k) for k in Kind)
 
 
 class Frame(NamedTuple):
-    """One decoded frame. ``raw`` is the whole frame, header included."""
+    """One decoded frame. ``raw`` is the whole frame, header included.
+
+    ``seconds`` is the header's float field as it is; read it through the
+    name that says what it means for the frame's kind: :attr:`limit` for a
+    JOB, :attr:`ran` for an answer."""
 
     kind: int
     flags: int
     job_id: int
-    timeout: float
+    seconds: float
     raw: bytes | bytearray
 
     @classmethod
     def parse(cls, raw: bytes | bytearray) -> Frame:
         """The frame whose complete bytes (header included) are ``raw``."""
-        kind, flags, _length, job_id, timeout = HEADER.unpack_from(raw)
-        return cls(kind, flags, job_id, timeout, raw)
+        kind, flags, _length, job_id, seconds = HEADER.unpack_from(raw)
+        return cls(kind, flags, job_id, seconds, raw)
+
+    @property
+    def limit(self) -> float:
+        """A JOB's time limit in seconds (0.0: none)."""
+        return self.seconds
+
+    @property
+    def ran(self) -> float:
+        """How long the job of an answer (RESULT, ERROR, TIMED_OUT) ran, in
+        seconds, as its worker (or, for a job it answered itself, the Boss)
+        measured it; 0.0 if not known."""
+        return self.seconds
 
     @property
     def payload(self) -> memoryview:
@@ -165,16 +190,16 @@ class Frame(NamedTuple):
         return memoryview(self.raw)[HEADER_SIZE:]
 
 
-def encode(kind: Kind, job_id: int = 0, payload: Buffer = b"", timeout: float = 0.0, flags: int = 0) -> bytes:
-    """Return one complete frame as bytes."""
-    return HEADER.pack(kind, flags, len(payload), job_id, timeout) + payload
+def encode(kind: Kind, job_id: int = 0, payload: Buffer = b"", seconds: float = 0.0, flags: int = 0) -> bytes:
+    """Return one complete frame as bytes (``seconds``: see :class:`Frame`)."""
+    return HEADER.pack(kind, flags, len(payload), job_id, seconds) + payload
 
 
 def job_header(
-    kind: int, flags: int, length: int, job_id: int, timeout: float, retries: int, retry_on: int
+    kind: int, flags: int, length: int, job_id: int, limit: float, retries: int, retry_on: int
 ) -> bytes:
     """A JOB frame's header with its retry settings (``retries`` <= 255)."""
-    return _JOB_HEADER.pack(kind, flags, retries, retry_on, length, job_id, timeout)
+    return _JOB_HEADER.pack(kind, flags, retries, retry_on, length, job_id, limit)
 
 
 def job_retry(raw: Buffer) -> tuple[int, int]:
@@ -286,7 +311,7 @@ class Decoder:
         new = tuple.__new__  # Frame(...) without its Python-level __new__
         with memoryview(buf) as view:
             while end - start >= HEADER_SIZE:
-                kind, flags, length, job_id, timeout = unpack_from(buf, start)
+                kind, flags, length, job_id, seconds = unpack_from(buf, start)
                 if kind not in _KINDS:
                     raise ProtocolError(f"unknown frame kind {kind} at offset {start}")
                 if length > self._max_payload:
@@ -304,11 +329,53 @@ class Decoder:
                         self._big, self._big_filled = big, have
                         start = end = 0
                     break
-                append(new(Frame, (kind, flags, job_id, timeout, view[start : start + total].tobytes())))
+                append(new(Frame, (kind, flags, job_id, seconds, view[start : start + total].tobytes())))
                 start += total
         if start == end:
             start = end = 0
         self._start, self._end = start, end
+
+
+class _Receiver(Protocol):
+    """What :func:`recv_frames` needs of a socket."""
+
+    def recv_into(self, buffer: memoryview, /) -> int: ...
+
+
+def recv_frames(sock: _Receiver, decoder: Decoder, drain: bool = False) -> tuple[list[Frame], bool]:
+    """Read what the non-blocking ``sock`` holds now into ``decoder``.
+
+    Returns ``(frames, ended)``: the frames completed, oldest first (empty
+    when nothing came, or only part of a frame), and whether the stream has
+    ended: end-of-file, or an ``OSError`` other than "would block" (a broken
+    socket is read as its end, as every reader treats it).  When ``ended``
+    is True, ``frames`` are the last ones.
+
+    One ``recv_into`` unless ``drain``: then it reads on while each read
+    fills the room offered, and returns once a read comes back short (the
+    socket is empty for now: that spares the system call that would say so),
+    would block, or ends.  One read per call suits a loop that serves many
+    sockets in turn; ``drain`` suits a reader that must not leave bytes
+    behind (main's reader; a Boss reading a worker that has exited).
+
+    Raises :class:`ProtocolError` (or ``MemoryError``) from the decoder on
+    bytes that are not a frame; the frames completed before them are still
+    in the decoder, for :meth:`Decoder.take`.
+    """
+    while True:
+        with decoder.get_buffer() as buffer:
+            room = len(buffer)
+            try:
+                n = sock.recv_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                return decoder.take(), False
+            except OSError:
+                n = 0
+        if not n:
+            return decoder.take(), True
+        decoder.buffer_updated(n)
+        if not drain or n < room:
+            return decoder.take(), False
 
 
 class SendQueue:

@@ -8,9 +8,7 @@ the input.  Its jobs go through a :class:`~bossworker.client.Lane`: their
 answers never reach ``get_result()``, and ``pending()`` does not count them.
 
 What is yielded is decided by a ``deliver(frame)`` function the pool passes
-in (today: the value ``get_result()`` would return).  That is the seam for
-``Outcome`` objects: an outcomes flavour passes a frame-to-Outcome function
-and reuses all of this unchanged.
+in: the value ``get_result()`` would return, or the job's ``Outcome``.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
     from .aio import SocketWaiter
 
 from .client import Client, Lane
-from .errors import InvalidArgumentError, SerializationError
+from .errors import SerializationError
 from .payload import Pickled, dump
 from .progressbar import open_bar
 from .protocol import Flag, Frame
@@ -73,27 +71,12 @@ class Bar:
             self._bar.close()
 
 
-def check_progress(progress: object) -> None:
-    if not isinstance(progress, (bool, Mapping)):
-        raise InvalidArgumentError(
-            f"progress must be True, False or a dict of tqdm arguments, not {type(progress).__name__}"
-        )
-
-
 def known_length(iterable: object) -> int | None:
     """``len(iterable)`` if it has one (a list, a range), else None."""
     try:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-def check_max_in_flight(value: object) -> int:
-    if value is None:
-        return DEFAULT_MAX_IN_FLIGHT
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"max_in_flight must be an int >= 1 (or None), not {value!r}")
-    return value
 
 
 def _pickle(items: list[Any], first_index: int) -> tuple[list[Pickled], SerializationError | None]:

@@ -42,7 +42,7 @@ from typing import Any, NoReturn
 
 from . import logfwd
 from .config import WorkerSpec
-from .errors import _JobTimeout, result_not_picklable_error
+from .errors import JobAlarm, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
 from .payload import PICKLE_PROTOCOL, dump
 from .portable import HAS_ALARM, LateSocket, send_chunks, watch_forks
@@ -85,7 +85,7 @@ class _Alarm:
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self.armed:
             self.fired = True
-            raise _JobTimeout
+            raise JobAlarm
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -124,7 +124,7 @@ def _run_job(
     exited or is exiting: nobody would remove it.
     """
     job_id = frame.job_id
-    timeout = frame.timeout
+    timeout = frame.limit
     started = time.perf_counter()
     alarm.fired = False
     try:
@@ -135,18 +135,18 @@ def _run_job(
                 signal.setitimer(signal.ITIMER_REAL, timeout)
             value = spec.work_handler(job)
         finally:
-            # An alarm that fires in here still raises _JobTimeout: fine, the
+            # An alarm that fires in here still raises JobAlarm: fine, the
             # job did run out of time.
             if timeout > 0 and HAS_ALARM:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             alarm.armed = False
-    except _JobTimeout:
+    except JobAlarm:
         return [_answer(Kind.TIMED_OUT, job_id, started)]
     except BaseException as exc:  # noqa: BLE001 - one bad job must not kill the worker
-        if alarm.fired:  # the handler swallowed our _JobTimeout, then failed
+        if alarm.fired:  # the handler swallowed our JobAlarm, then failed
             return [_answer(Kind.TIMED_OUT, job_id, started)]
         return [_error(job_id, started, describe_exception(exc), exc)]
-    if alarm.fired:  # the handler caught _JobTimeout itself and went on
+    if alarm.fired:  # the handler caught JobAlarm itself and went on
         return [_answer(Kind.TIMED_OUT, job_id, started)]
     try:
         pickled = dump(value)

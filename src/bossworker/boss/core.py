@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..errors import no_worker_could_start_error
-from ..jobs import answer_frame, text_frame
+from ..jobs import Facts, answer_frame, encode_error, text_frame
 from ..protocol import Flag, Frame, InitFailure, Kind, RetryOn, SendQueue, encode, job_retry
 
 __all__ = [
@@ -210,10 +210,15 @@ class StartFailures:
         return self.errors >= max(PERSISTENT_FAILURES, self.worker_count) or self.failures >= PERSISTENT_KILLS
 
 
-def boss_answer(job_id: int, kind: Kind, text: str, flags: int, pid: int, ran: float) -> bytes:
-    """An answer the Boss writes on a job's behalf (TIMED_OUT has no text)."""
-    payload = b"" if kind is Kind.TIMED_OUT else text.encode("utf-8", "replace")
-    return answer_frame(kind, job_id, payload, flags, ran, pid)
+def boss_answer(
+    job_id: int, kind: Kind, text: str, flags: int, pid: int, ran: float, facts: Facts | None = None
+) -> bytes:
+    """An answer the Boss writes on a job's behalf (TIMED_OUT has no text);
+    an ERROR carries ``facts`` (what the Boss measured), if given."""
+    if kind is Kind.TIMED_OUT:
+        return answer_frame(kind, job_id, b"", flags, ran, pid)
+    extra, payload = encode_error(text.encode("utf-8", "replace"), None, facts)
+    return answer_frame(kind, job_id, payload, flags | extra, ran, pid)
 
 
 class BossCore:
@@ -435,30 +440,45 @@ class BossCore:
         return False
 
     def answer(
-        self, job_id: int, kind: Kind, text: str = "", flags: int = 0, pid: int = 0, ran: float = 0.0
+        self,
+        job_id: int,
+        kind: Kind,
+        text: str = "",
+        flags: int = 0,
+        pid: int = 0,
+        ran: float = 0.0,
+        facts: Facts | None = None,
     ) -> None:
         """Answer a job on the Boss's own account (timeout, death, memory,
         protocol violation, no worker): ``pid`` is the worker that ran it
         (0: none), ``ran`` how long it ran, ``flags`` why (Flag.DIED: its
-        worker died)."""
+        worker died), ``facts`` what was measured (an exit code, memory)."""
         self.completed += 1
         self.failed += 1
         if self.attempts:
             self.attempts.pop(job_id, None)
         if kind is Kind.TIMED_OUT:
             self.timed_out += 1
-        self.out.append(boss_answer(job_id, kind, text, flags, pid, ran))
+        self.out.append(boss_answer(job_id, kind, text, flags, pid, ran, facts))
 
     def fail(
-        self, job: Frame, cause: RetryOn, kind: Kind, text: str, flags: int, pid: int, ran: float
+        self,
+        job: Frame,
+        cause: RetryOn,
+        kind: Kind,
+        text: str,
+        flags: int,
+        pid: int,
+        ran: float,
+        facts: Facts | None = None,
     ) -> bool:
         """``job`` failed for ``cause`` with its worker gone: retry it if its
         settings allow (True: the fleet queues it again, first), else
         answer it."""
         if self.may_retry(job, cause):
-            self._retry(job, boss_answer(job.job_id, kind, text, flags, pid, ran))
+            self._retry(job, boss_answer(job.job_id, kind, text, flags, pid, ran, facts))
             return True
-        self.answer(job.job_id, kind, text, flags, pid, ran)
+        self.answer(job.job_id, kind, text, flags, pid, ran, facts)
         return False
 
     def may_retry(self, job: Frame, cause: RetryOn) -> bool:

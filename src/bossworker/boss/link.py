@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..errors import exited_before_ready_text, worker_died_error
+from ..jobs import Facts
 from ..protocol import Flag, Frame, InitFailure, Kind, RetryOn
 
 __all__ = [
@@ -74,6 +75,7 @@ class HeadFate:
     kind: Kind = Kind.ERROR
     text: str = ""
     flags: int = 0
+    facts: Facts | None = None  # what the supervisor measured (exit code, memory)
 
 
 #: The fate of a head the supervisor answered itself (a deadline without a
@@ -203,7 +205,7 @@ class WorkerLink:
         job = inflight.popleft()
         # The worker says how long the job took; the time since the last
         # answer would also count time the worker spent waiting for work.
-        ran = frame.timeout if frame.timeout > 0 else now - self.started_at
+        ran = frame.ran if frame.ran > 0 else now - self.started_at
         self.service_time = ran if self.jobs_done == 0 else 0.8 * self.service_time + 0.2 * ran
         self.started_at = now  # the next job in flight starts now
         self.jobs_done += 1
@@ -213,7 +215,7 @@ class WorkerLink:
         """When the running job's time is up, grace included (inf if none)."""
         if self.state is not LinkState.SERVING or not self.inflight:
             return math.inf
-        timeout = self.inflight[0].timeout
+        timeout = self.inflight[0].limit
         if timeout <= 0:
             return math.inf
         return self.started_at + timeout + TIMEOUT_GRACE
@@ -270,23 +272,28 @@ class WorkerLink:
         """Whether an exit with ``exitcode`` was the one it was asked for."""
         return self.told_to_leave and exitcode == 0
 
-    def exit_failure(self, reason: str) -> HeadFate | None:
-        """How its head ends now that it exited for ``reason`` (None: it had
-        no head, or the head was answered)."""
+    def exit_failure(self, reason: str, exitcode: int | None = None) -> HeadFate | None:
+        """How its head ends now that it exited for ``reason`` (its
+        ``exitcode`` in words; None: unknown).  None: it had no head, or the
+        head was answered."""
         if not self.inflight or self.fate is ANSWERED:
             return None
         if self.fate is not None:
             return self.fate
-        return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_error(reason), Flag.DIED)
+        facts = Facts(exitcode=exitcode, reason=reason)
+        return HeadFate(RetryOn.DIED, Kind.ERROR, worker_died_error(reason), Flag.DIED, facts)
 
-    def take_jobs_back(self, reason: str) -> tuple[Frame | None, HeadFate | None, list[bytes | bytearray]]:
-        """It exited for ``reason``: empty its jobs in flight.  Returns its
-        head (None if it had none), how the head ends (see exit_failure), and
-        the raw frames of the jobs sent ahead that it never started, in
-        order: they go back to the front of the queue, and cost nothing."""
+    def take_jobs_back(
+        self, reason: str, exitcode: int | None = None
+    ) -> tuple[Frame | None, HeadFate | None, list[bytes | bytearray]]:
+        """It exited for ``reason`` (``exitcode``, see exit_failure): empty
+        its jobs in flight.  Returns its head (None if it had none), how the
+        head ends (see exit_failure), and the raw frames of the jobs sent
+        ahead that it never started, in order: they go back to the front of
+        the queue, and cost nothing."""
         if not self.inflight:
             return None, None, []
-        fate = self.exit_failure(reason)
+        fate = self.exit_failure(reason, exitcode)
         head = self.inflight.popleft()
         unstarted = [frame.raw for frame in self.inflight]
         self.inflight.clear()

@@ -55,11 +55,22 @@ from ..errors import (
     PROTOCOL_VIOLATION_ERROR,
     START_FAILED_ERROR,
 )
-from ..jobs import frame_text
+from ..jobs import Facts, frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
 from ..portable import LateSocket, send_chunks
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
-from ..protocol import Decoder, Flag, Frame, InitFailure, Kind, ProtocolError, RetryOn, SendQueue, encode
+from ..protocol import (
+    Decoder,
+    Flag,
+    Frame,
+    InitFailure,
+    Kind,
+    ProtocolError,
+    RetryOn,
+    SendQueue,
+    encode,
+    recv_frames,
+)
 from ..worker import run_worker
 from .core import RESPAWN_BACKOFF_MAX, BossCore, FleetNumbers
 from .link import ANSWERED, TIMED_OUT, HeadFate, LinkState, OutOfTurn, WorkerLink
@@ -458,30 +469,23 @@ class LocalFleet:
         if mask & selectors.EVENT_READ:
             self._read_worker(w)
 
-    def _read_worker(self, w: WorkerRecord) -> bool:
-        """Read what ``w`` sent. True if bytes came (there may be more)."""
+    def _read_worker(self, w: WorkerRecord, drain: bool = False) -> None:
+        """Read what ``w`` sent (all of it with ``drain``; else one read, so
+        that one busy worker does not hold up the others) and handle it."""
         if w.state is LinkState.DEAD:
-            return False
-        try:
-            n = w.sock.recv_into(w.decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            n = 0
-        if not n:
-            self._lose_socket(w)
-            return False
+            return
         violation: Exception | None = None
         try:
-            w.decoder.buffer_updated(n)
+            frames, ended = recv_frames(w.sock, w.decoder, drain)
         except (ProtocolError, MemoryError) as exc:
             violation = exc  # the frames before it are good: handle them first
-        for frame in w.decoder.take():
+            frames, ended = w.decoder.take(), False
+        for frame in frames:
             self._on_worker_frame(w, frame)
         if violation is not None:
             self._protocol_violation(w, f"{type(violation).__name__}: {violation}")
-            return False
-        return True
+        elif ended:
+            self._lose_socket(w)
 
     def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
         if w.state is LinkState.DEAD:
@@ -580,8 +584,7 @@ class LocalFleet:
         """``w``'s process has exited: collect its last words, answer, replace."""
         # Its last answers may still sit in the socket, read them first: the
         # sentinel and the socket become ready together, in no set order.
-        while self._read_worker(w):
-            pass
+        self._read_worker(w, drain=True)
         # A grandchild may still hold the socket open; the worker is gone anyway.
         self._lose_socket(w)
         self._forget_exit_watch(w)
@@ -608,7 +611,7 @@ class LocalFleet:
         w.process.close()
         if w.rss_probe is not None:
             w.rss_probe.close()
-        self._settle_jobs(w, reason)
+        self._settle_jobs(w, reason, exitcode)
         if self.core.shutting_down and not self.queue:
             return  # no replacement needed to finish
         if not w.ever_ready:
@@ -617,14 +620,14 @@ class LocalFleet:
         else:
             self._start_worker()
 
-    def _settle_jobs(self, w: WorkerRecord, reason: str) -> None:
+    def _settle_jobs(self, w: WorkerRecord, reason: str, exitcode: int | None) -> None:
         """After ``w``'s exit: its running job is answered or retried (see
         link.exit_failure); the jobs sent ahead to it that never started go
         back to the front of the queue, in order, behind a retried head."""
         if w.inflight:
             # Now that the process is gone, nothing can still write its segments.
             self.config.worker.segments.discard(w.inflight[0].job_id)
-        head, fate, unstarted = w.take_jobs_back(reason)
+        head, fate, unstarted = w.take_jobs_back(reason, exitcode)
         self.queue.extendleft(reversed(unstarted))
         if head is None or fate is None:
             return
@@ -632,7 +635,7 @@ class LocalFleet:
         if fate.cause is RetryOn.DIED:
             log.warning("worker %d died (%s) while running job %d", w.pid, reason, head.job_id)
         ran = max(0.0, self.clock() - w.started_at)
-        if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran):
+        if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran, fate.facts):
             self.queue.appendleft(head.raw)
 
     # -- workers: the memory cap ------------------------------------------------------------
@@ -663,12 +666,19 @@ class LocalFleet:
             )
             self.memory_kills += 1
             text = MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap))
+            facts = Facts(rss=rss, limit=cap)
             if self.core.may_retry(head, RetryOn.MEMORY):
                 # Decided at its exit, as for a deadline (see _expire_deadlines).
-                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY))
+                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY, facts))
             else:
                 self.core.answer(
-                    head.job_id, Kind.ERROR, text, flags=Flag.MEMORY, pid=w.pid, ran=now - w.started_at
+                    head.job_id,
+                    Kind.ERROR,
+                    text,
+                    flags=Flag.MEMORY,
+                    pid=w.pid,
+                    ran=now - w.started_at,
+                    facts=facts,
                 )
                 w.head_killed(ANSWERED)
             self._kill(w)

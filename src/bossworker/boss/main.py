@@ -51,7 +51,7 @@ from ..process import (
     pipe_write_ends_since,
     preload_parent_death_signal,
 )
-from ..protocol import Decoder, InitFailure, Kind
+from ..protocol import Decoder, InitFailure, Kind, recv_frames
 from ..worker import SpecError, describe_exception, unpickle_spec
 from .core import PARENT_CHECK_INTERVAL, BossCore, main_gone
 from .local import LocalFleet
@@ -124,19 +124,12 @@ class Boss:
             self._flush_main()
 
     def _read_main(self) -> None:
-        decoder = self.main_in
-        try:
-            n = self.main.recv_into(decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            n = 0
-        if not n:
+        frames, ended = recv_frames(self.main, self.main_in)
+        if frames:
+            self.core.receive(frames)
+        if ended:
             log.debug("main closed its socket; stopping")
             self.core.main_lost()
-            return
-        decoder.buffer_updated(n)
-        self.core.receive(decoder.take())
 
     def _flush_main(self) -> None:
         out = self.core.out

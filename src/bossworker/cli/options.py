@@ -10,17 +10,19 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from .. import checks
+from ..checks import MAX_RETRIES, MAX_TIMEOUT, RETRY_CAUSES
 from ..errors import InvalidArgumentError
-from ..memory import parse_memory
-from ..pool import MAX_RETRIES, MAX_TIMEOUT, RETRY_CAUSES
 from .errors import UsageError
 from .halt import HaltSpec, parse_halt
 from .progress import bar_wanted
 from .targets import load_callable
 
 __all__ = ["Handlers", "RunOptions", "TimeLimit", "build_parser", "version"]
+
+T = TypeVar("T")
 
 _RUN_DESCRIPTION = (
     "Run TARGET over JSON Lines jobs (one JSON value per line), writing one JSON line per job: "
@@ -194,9 +196,7 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+    return _checked(checks.whole_number, value)
 
 
 #: The least time limit ``--timeout P%`` gives a job, in seconds: a
@@ -253,6 +253,16 @@ def _retries(text: str) -> int:
     if not 0 <= value <= MAX_RETRIES:
         raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_RETRIES}, not {value}")
     return value
+
+
+def _checked(check: Callable[[str, object], T], value: object) -> T:
+    """``value`` through the API's own rule (:mod:`bossworker.checks`), its
+    refusal as argparse's (a usage error: exit status 2), which names the
+    option before it."""
+    try:
+        return check("the value", value)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _retry_on(text: str) -> tuple[str, ...]:
@@ -343,7 +353,7 @@ class RunOptions:
         memory_cap = None
         if args.max_worker_memory is not None:
             try:
-                memory_cap = parse_memory(args.max_worker_memory, "--max-worker-memory")
+                memory_cap = checks.memory_size(args.max_worker_memory, "--max-worker-memory")
             except InvalidArgumentError as exc:
                 raise UsageError(str(exc)) from None
         return cls(

@@ -72,6 +72,12 @@ What differs from the local backend:
   failures persist by the local rule (3 init errors in a row, or 10 starts
   killed by a signal); then that job's result is an ERROR (the local Boss
   would keep trying while other workers serve the queue).
+* **Not supported, and refused at once** with an ``InvalidArgumentError``:
+  ``retries=`` (the pool's or ``add_work``'s: Dask reruns a dead Dask
+  worker's task by its own rules) and ``max_worker_memory=`` (use Dask's
+  per-worker ``memory_limit``).
+* **``cancel()`` never drops a job** (it returns False): a job goes to the
+  scheduler as soon as the Dask Boss reads it, so none waits to be dropped.
 * ``stats()`` takes a round trip to every Dask worker.
 * If the Dask Boss itself is SIGKILLed, its workers on the cluster notice
   within about 5 seconds (its lease task disappears from the scheduler),

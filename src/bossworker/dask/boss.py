@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ..boss.core import PARENT_CHECK_INTERVAL, BossCore, main_gone
 from ..payload import Segments
 from ..process import exit_now, ignore_interrupts
-from ..protocol import Decoder
+from ..protocol import Decoder, recv_frames
 from .launch import DaskBossOptions, read_boot
 
 if TYPE_CHECKING:
@@ -119,22 +119,15 @@ class DaskBoss:
     # -- main's side -------------------------------------------------------------
 
     def _read_main(self) -> None:
-        decoder = self.main_in
-        while True:
-            try:
-                n = self.main.recv_into(decoder.get_buffer())
-            except (BlockingIOError, InterruptedError):
-                self.fleet.flush()  # every JOB of this wake-up in one graph
-                self._turn()
-                return
-            except OSError:
-                n = 0
-            if not n:
-                self.loop.remove_reader(self.main.fileno())
-                self._main_lost("main closed its socket")
-                return
-            decoder.buffer_updated(n)
-            self.core.receive(decoder.take())
+        frames, ended = recv_frames(self.main, self.main_in, drain=True)
+        if frames:
+            self.core.receive(frames)
+        if ended:
+            self.loop.remove_reader(self.main.fileno())
+            self._main_lost("main closed its socket")
+            return
+        self.fleet.flush()  # every JOB of this wake-up in one graph
+        self._turn()
 
     def _flush_main(self) -> None:
         out = self.core.out

@@ -41,10 +41,11 @@ from ..errors import (
     dask_start_error,
     dask_task_failed_error,
     dask_worker_died_error,
+    dask_worker_died_reason,
     job_not_sent_error,
     job_payload_lost_error,
 )
-from ..jobs import job_frame
+from ..jobs import Facts, job_frame
 from ..protocol import HEADER_SIZE, Flag, Frame, InitFailure, Kind
 from ..worker import describe_exception
 from .launch import DaskBossOptions
@@ -210,7 +211,7 @@ class DaskFleet:
             except OSError as exc:
                 self.core.answer(frame.job_id, Kind.ERROR, job_payload_lost_error(exc))
                 return
-            raw = job_frame(frame.job_id, payload, frame.timeout)
+            raw = job_frame(frame.job_id, payload, frame.limit)
         else:
             raw = bytes(frame.raw)
         if len(raw) > SCATTER_ABOVE:
@@ -263,7 +264,7 @@ class DaskFleet:
 
     async def _forward(self, future: Any, head: Frame) -> None:
         answer: bytes | None = None
-        error = ""
+        error, flags, facts = "", 0, None
         try:
             answer = await future
         except asyncio.CancelledError:
@@ -271,14 +272,14 @@ class DaskFleet:
                 return
             error = DASK_TASK_CANCELLED_ERROR
         except Exception as exc:  # noqa: BLE001 - the job's ERROR
-            error = self._task_error(exc)
+            error, flags, facts = self._task_error(exc)
         finally:
             self.inflight.pop(str(future.key), None)
             self._release_later(future)
         if self.closed:
             return
         if answer is None:
-            self.core.answer(head.job_id, Kind.ERROR, error)
+            self.core.answer(head.job_id, Kind.ERROR, error, flags, facts=facts)
         else:
             # Main lets no job on Dask be retried (Pool refuses retries= for
             # any backend but the local one), so the core never asks for a
@@ -288,10 +289,11 @@ class DaskFleet:
         self._wake()
 
     @staticmethod
-    def _task_error(exc: BaseException) -> str:
-        if type(exc).__name__ == "KilledWorker":
-            return dask_worker_died_error(exc)
-        return dask_task_failed_error(describe_exception(exc))
+    def _task_error(exc: BaseException) -> tuple[str, int, Facts | None]:
+        """The ERROR text, flags and facts of a job whose Dask task raised ``exc``."""
+        if type(exc).__name__ == "KilledWorker":  # a death, as our Boss reports one
+            return dask_worker_died_error(exc), Flag.DIED, Facts(reason=dask_worker_died_reason(exc))
+        return dask_task_failed_error(describe_exception(exc)), 0, None
 
     def _release_later(self, future: Any) -> None:
         """Let Dask forget a finished task, soon.

@@ -7,8 +7,8 @@
    | PoolPlugin (set up when the Dask Boss registers it)  |    | python -m            |
    |   _Launcher thread: starts every child               |    |  bossworker.dask.child
    |   _Slot x nthreads -- _Child (socket, pidfd) ------- | -> |  run_worker (ours)   |
-   | tasks: _run_job (one JOB frame in, answer frame out)  |    +---------------------+
-   |        _plugin_stats, _plugin_kill, _lease           |
+   | tasks: run_job (one JOB frame in, answer frame out)  |    +---------------------+
+   |        plugin_stats, plugin_kill, lease_task         |
    +------------------------------------------------------+
 
 A task runs in one of Dask's threads: it takes a free slot, makes sure the
@@ -54,7 +54,7 @@ from ..errors import (
 )
 from ..jobs import error_answer, frame_text
 from ..process import signal_description
-from ..protocol import Decoder, Frame, InitFailure, Kind, encode
+from ..protocol import Decoder, Frame, InitFailure, Kind, encode, recv_frames
 from ..worker import describe_exception
 from .launch import start_module
 
@@ -147,16 +147,8 @@ class _Child(WorkerLink):
 
     def read(self) -> list[Frame] | None:
         """Read what is there (the socket must be readable). None at EOF."""
-        try:
-            n = self.sock.recv_into(self.decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            n = 0
-        if not n:
-            return None
-        self.decoder.buffer_updated(n)
-        return self.decoder.take()
+        frames, ended = recv_frames(self.sock, self.decoder)
+        return None if ended else frames
 
     def read_rest(self) -> list[Frame]:
         """Everything still in the socket of a child that has exited."""
@@ -368,11 +360,11 @@ class _Slot:
         """Reap ``child`` (killing it first if asked) and answer its head
         as its link says (TIMED_OUT after a deadline, else "worker died")."""
         reason = self.retire(kill)
-        head, fate, _ = child.take_jobs_back(reason)
+        head, fate, _ = child.take_jobs_back(reason, child.proc.returncode)
         assert head is not None and fate is not None  # one job ran, and nothing answered it
         if fate.kind is not Kind.TIMED_OUT:
             log.warning("worker %d died (%s) while running job %d", child.pid, reason, head.job_id)
-        return boss_answer(head.job_id, fate.kind, fate.text, fate.flags, 0, 0.0)
+        return boss_answer(head.job_id, fate.kind, fate.text, fate.flags, 0, 0.0, fate.facts)
 
 
 class PoolPlugin(WorkerPlugin):

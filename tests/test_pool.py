@@ -1,4 +1,4 @@
-"""The core engine's behaviour (issue 2), with real processes and sockets.
+"""The pool (`BossWorkerAsync`): its behaviour with real processes and sockets.
 
 The first five tests port the Perl distribution's own tests.
 """
@@ -159,7 +159,7 @@ def test_closures_and_lambdas_work_under_fork() -> None:
 
 def test_lambda_under_spawn_travels_by_value() -> None:
     """With the cloudpickle extra (installed for the tests), lambdas and
-    closures work under spawn too (issue 13)."""
+    closures work under spawn too."""
     factor = 3
     with BossWorkerAsync(lambda job: job * factor, worker_count=1, start_method="spawn") as bw:
         bw.add_work(2)
