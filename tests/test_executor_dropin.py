@@ -233,13 +233,14 @@ def test_shutdown_cancel_futures_never_reports_a_started_task_cancelled(
 ) -> None:
     """Each task leaves a file when it runs: a cancelled future's task must
     have left none, every other future must have succeeded."""
-    ran = cancelled = 0
+    cancelled = 0
     for r in range(8):
         folder = tmp_path / str(r)
         folder.mkdir()
         ex = Executor(2, start_method=start_method)
         fs = [ex.submit(tasks.write_file, str(folder / str(i)), 0.01) for i in range(50)]
         ex.shutdown(cancel_futures=True)
+        ran = 0
         for i, f in enumerate(fs):
             assert f.done()
             if f.cancelled():
@@ -248,6 +249,10 @@ def test_shutdown_cancel_futures_never_reports_a_started_task_cancelled(
             else:
                 assert f.result(timeout=0) == str(folder / str(i))
                 ran += 1
+        # A worker was idle (the constructor waits for one): the first task,
+        # sent before the cancel, went to it, however main's writes were
+        # read (all 50 were cancelled on a busy machine before).
+        assert ran >= 1, r
     assert cancelled > 0
 
 

@@ -73,7 +73,12 @@ def replay(payload: bytes | memoryview) -> None:
     if logger.isEnabledFor(record.levelno):
         try:
             logger.handle(record)
-        except Exception:  # a filter of the user's raised: say so, as logging does
+        except BaseException as exc:
+            # A user's filter or handler raised (even sys.exit()): in a
+            # thread we own (the Executor's collector) that must not end
+            # it; in the main thread, a KeyboardInterrupt is the user's.
+            if threading.current_thread() is threading.main_thread() and not isinstance(exc, Exception):
+                raise
             logging.getLogger("bossworker").exception("a forwarded log record could not be handled")
 
 
@@ -101,6 +106,8 @@ class ForwardHandler(logging.Handler):
                 finally:
                     if mask is not None:
                         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        except OSError:
+            pass  # the Boss is gone: the worker's loop sees it and leaves; nothing to say
         except Exception:  # noqa: BLE001 - logging's rule: report, never raise
             self.handleError(record)
 
