@@ -296,3 +296,14 @@ def log_from_threads(n: int) -> int:
     for thread in threads:
         thread.join()
     return 200
+
+
+def _refuse_in_worker() -> Any:
+    raise RuntimeError("cannot be rebuilt here")
+
+
+class BreaksInWorker:
+    """Pickles fine in main; unpickling it (in the worker) raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_in_worker, ())

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import weakref
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def test_a_result_whose_unpickling_raises_fails_only_its_own_future(
             error = bad.exception(timeout=30)
             assert isinstance(error, UnpicklingError), (r, error)
             assert isinstance(error, pickle.UnpicklingError) and isinstance(error, SerializationError)
+            assert isinstance(error, BrokenProcessPool)  # what the standard library raises there
             assert type(error.__cause__) is raised  # the original error is attached
             assert "could not be unpickled in main" in str(error)
             assert [f.result(timeout=30) for f in before + after] == [i * i for i in range(10)]
@@ -198,6 +200,11 @@ def test_pickling_failures_fail_only_their_future_with_the_standard_types(start_
         error = ex.submit(tasks.return_refusing, "exit").exception(timeout=30)
         assert type(error) is SystemExit and error.code == 6
         assert isinstance(error.__cause__, RemoteTraceback) and "__reduce__" in str(error.__cause__)
+        # The arguments, in the worker: that future fails with an
+        # UnpicklingError, a BrokenProcessPool as the standard library's.
+        error = ex.submit(tasks.square, tasks.BreaksInWorker()).exception(timeout=30)
+        assert isinstance(error, UnpicklingError) and isinstance(error, BrokenProcessPool)
+        assert type(error.__cause__) is RuntimeError and "cannot be rebuilt here" in str(error.__cause__)
         # Running: the task's own exception, SystemExit included.
         error = ex.submit(tasks.raise_system_exit, 4).exception(timeout=30)
         assert type(error) is SystemExit and error.code == 4

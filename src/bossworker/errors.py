@@ -53,6 +53,7 @@ __all__ = [
     "DASK_TASK_CANCELLED_ERROR",
     "INIT_TIMEOUT_ERROR",
     "INPUT_CLOSED_ERROR",
+    "JOB_NOT_UNPICKLABLE_PREFIX",
     "MEMORY_AT_START_ERROR",
     "MEMORY_LIMIT_ERROR",
     "MEMORY_LIMIT_PREFIX",
@@ -90,6 +91,7 @@ __all__ = [
     "exited_before_ready_text",
     "handlers_not_unpicklable_error",
     "job_not_sent_error",
+    "job_not_unpicklable_error",
     "job_payload_lost_error",
     "no_worker_could_start_error",
     "result_not_picklable_error",
@@ -165,6 +167,9 @@ NOT_IMPORTABLE_HINT = (
 WORKER_DIED_PREFIX = "BossWorkerAsync: worker died ("
 #: A job whose return value the worker could not pickle.
 RESULT_NOT_PICKLABLE_PREFIX = "BossWorkerAsync: result could not be pickled"
+#: A job its worker could not unpickle (a class or function it cannot import, a
+#: ``__reduce__`` that raises there).
+JOB_NOT_UNPICKLABLE_PREFIX = "BossWorkerAsync: job could not be unpickled in the worker"
 #: A job answered because no worker could get through its init_handler.
 NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
@@ -188,6 +193,12 @@ def no_worker_could_start_error(last_error: str) -> str:
     """The ERROR of a job no worker could be started for; ``last_error`` is
     the last start-up failure."""
     return f"{NO_WORKER_COULD_START_PREFIX}: {last_error}"
+
+
+def job_not_unpicklable_error(detail: str) -> str:
+    """The ERROR of a job its worker could not unpickle; ``detail`` is the
+    unpickling error (``describe_exception``)."""
+    return f"{JOB_NOT_UNPICKLABLE_PREFIX}: {detail}"
 
 
 def result_not_picklable_error(detail: str) -> str:
@@ -304,11 +315,14 @@ class PicklingError(SerializationError, pickle.PicklingError):
     raised is ``__cause__``."""
 
 
-class UnpicklingError(SerializationError, pickle.UnpicklingError):
-    """A task's return value could not be unpickled in main; raised by that
-    task's future (or in its ``Outcome.error``) only.  Also a
-    ``pickle.UnpicklingError``.  The error unpickling raised (any exception,
-    ``SystemExit`` and ``KeyboardInterrupt`` included) is ``__cause__``."""
+class UnpicklingError(SerializationError, pickle.UnpicklingError, BrokenProcessPool):
+    """A task's return value could not be unpickled in main, or the task
+    itself in its worker; raised by that task's future (or in its
+    ``Outcome.error``) only.  Also a ``pickle.UnpicklingError``, and a
+    ``BrokenProcessPool``: what ``ProcessPoolExecutor`` raises there (its
+    whole pool breaks; here only that future fails).  The error unpickling
+    raised (any exception, ``SystemExit`` and ``KeyboardInterrupt``
+    included) is ``__cause__``."""
 
 
 class ShutDownError(BossWorkerError, RuntimeError):

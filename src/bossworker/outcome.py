@@ -19,6 +19,8 @@ its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY; ``rss`
 the result could not be pickled        :class:`PicklingError` (also ``pickle.PicklingError``;
                                        ``__cause__``: what pickling raised), or that
                                        exception itself if not an ``Exception``
+the job could not be unpickled in its  :class:`UnpicklingError` (``__cause__``: what
+worker                                 unpickling raised there)
 the result could not be unpickled      :class:`UnpicklingError` (also
                                        ``pickle.UnpicklingError``; ``__cause__``: what
                                        unpickling raised, ``SystemExit`` included)
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
 from .errors import (
+    JOB_NOT_UNPICKLABLE_PREFIX,
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
     JobCancelledError,
@@ -225,6 +228,11 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
     text, exc_pickle = decode_error(frame.flags, frame.payload)
     if text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
         return _not_picklable(text, exc_pickle, what)
+    if text.startswith(JOB_NOT_UNPICKLABLE_PREFIX):
+        unpickling = UnpicklingError(f"the {what} could not be unpickled in its worker: {text}")
+        if exc_pickle is not None:
+            unpickling.__cause__ = rebuild_exception(exc_pickle, text, "", text)
+        return unpickling
     if frame.flags & Flag.EXCEPTION or not text.startswith(_ENGINE_PREFIX):
         # The handler's own exception: "module.Type: message\n" + traceback.
         head, _, tb = text.partition("\n")

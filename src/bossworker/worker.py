@@ -42,7 +42,7 @@ from typing import Any, NoReturn
 
 from . import logfwd
 from .config import WorkerSpec
-from .errors import JobAlarm, result_not_picklable_error
+from .errors import JobAlarm, job_not_unpicklable_error, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
 from .payload import PICKLE_PROTOCOL, dump
 from .portable import HAS_ALARM, LateSocket, send_chunks, watch_forks
@@ -128,7 +128,10 @@ def _run_job(
     started = time.perf_counter()
     alarm.fired = False
     try:
-        job = load_job(frame, spec.segments)
+        try:
+            job = load_job(frame, spec.segments)
+        except BaseException as exc:  # noqa: BLE001 - this job's failure: main says it could not be unpickled
+            return [_error(job_id, started, job_not_unpicklable_error(describe_exception(exc)), exc)]
         alarm.armed = True
         try:
             if timeout > 0 and HAS_ALARM:
