@@ -40,7 +40,8 @@ import resource, subprocess, sys, time
 t = time.perf_counter()
 rc = subprocess.call(sys.argv[1:], stdin=subprocess.DEVNULL)
 took = time.perf_counter() - t
-print(rc, took, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(rc, took, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 """
 
 
@@ -63,9 +64,9 @@ def write_done(path: Path, n: int, missing: int) -> None:
         f.write("".join(chunk))
 
 
-def run(args: list[str], src: Path | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS KiB) of one ``bossworker run`` (of the code in
-    ``src`` if given)."""
+def run(args: list[str], src: Path | None = None) -> tuple[float, int, float]:
+    """(seconds, peak RSS KiB, CPU seconds of it, its Boss and workers) of
+    one ``bossworker run`` (of the code in ``src`` if given)."""
     command = [sys.executable, "-c", WRAPPER, sys.executable, "-m", "bossworker", "run", TARGET, *args]
     env = None
     if src is not None:
@@ -73,10 +74,10 @@ def run(args: list[str], src: Path | None = None) -> tuple[float, int]:
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))
         )
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.split()
-    rc, took, peak = int(out[0]), float(out[1]), int(out[2])
+    rc, took, peak, cpu = int(out[0]), float(out[1]), int(out[2]), float(out[3])
     if rc != 0:
         raise SystemExit(f"bossworker run {' '.join(args)} exited {rc}")
-    return took, peak
+    return took, peak, cpu
 
 
 def main() -> None:
@@ -106,24 +107,30 @@ def main() -> None:
 
             modes[f"plain_{options.against}"] = (base, export_tree(options.against, tmpdir))
         best = dict.fromkeys(modes, float("inf"))
+        best_cpu = dict.fromkeys(modes, float("inf"))
         for _ in range(options.repeat):  # the modes in turn, so that a load change hits all
             for name, (args, src) in modes.items():
                 out.unlink(missing_ok=True)
-                best[name] = min(best[name], run(args, src)[0])
+                took, _, cpu = run(args, src)
+                best[name] = min(best[name], took)
+                best_cpu[name] = min(best_cpu[name], cpu)
         for name in modes:
             rows[f"{name}_lines_per_s"] = round(n / best[name])
+            # CPU time (all processes) per line: steadier than wall time on a shared machine.
+            rows[f"{name}_cpu_us_per_line"] = round(best_cpu[name] / n * 1e6, 1)
         write_done(out, n, 1000)
-        took, _ = run([*base, "--resume"])
+        took, _, _ = run([*base, "--resume"])
         rows["resume_skip_lines_per_s"] = round(n / took)
         for m in (2_000, options.resume_lines):
             write_input(source, m)
             write_done(out, m, 1000)
-            took, peak = run(["-i", str(source), "-o", str(out), "-w", w, "--no-progress", "--resume"])
+            took, peak, _ = run(["-i", str(source), "-o", str(out), "-w", w, "--no-progress", "--resume"])
             rows[f"resume_{m}_peak_rss_mib"] = round(peak / 1024, 1)
             rows[f"resume_{m}_seconds"] = round(took, 2)
     compared = ["joblog", "resume_bookkeeping"] + ([f"plain_{options.against}"] if options.against else [])
     for key in compared:
         rows[f"{key}_vs_plain"] = round(rows[f"{key}_lines_per_s"] / rows["plain_lines_per_s"], 3)  # type: ignore[operator]
+        rows[f"{key}_cpu_vs_plain"] = round(rows[f"{key}_cpu_us_per_line"] / rows["plain_cpu_us_per_line"], 3)  # type: ignore[operator]
     print(json.dumps(rows, indent=1))
 
 

@@ -68,7 +68,8 @@ def one_run(src: Path, only: str) -> dict[str, float]:
             env=env,
             stdout=subprocess.DEVNULL,
         )
-    data = json.loads((HERE / "results" / "full.json").read_text())["results"]
+    # run.py names its JSON "partial" when given --only / --systems, as here.
+    data = json.loads((HERE / "results" / "partial.json").read_text())["results"]
     ratios = {}
     for workload, table in data.items():
         ours, pool = table.get("bossworker", {}).get("median"), table.get("mp_pool", {}).get("median")

@@ -1300,6 +1300,21 @@ def dump_json(results: Results, sizes: Sizes, info: dict[str, Any], path: Path) 
 WORKLOADS = ("tiny", "rtt", "cpu", "payload", "start", "memory")
 
 
+# The part of benchmarks.md written from bench/hops.py and bench/startup.py
+# output: kept as it is when this script rewrites the rest.
+KEPT_MARKER = "<!-- From bench/hops.py and bench/startup.py: kept by bench/run.py. -->"
+
+
+def kept_section(path: Path) -> str:
+    """The kept part of the report at ``path`` (from KEPT_MARKER on), or ""."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (CI)")
@@ -1413,7 +1428,7 @@ def main(argv: list[str] | None = None) -> int:
     charts = draw_charts(results, sizes, outdir)
     report = render_markdown(results, sizes, info, command, date, took, charts, args.quick)
     report_path = outdir / "benchmarks.md"
-    report_path.write_text(report)
+    report_path.write_text(report + kept_section(report_path))
     dump_json(
         results,
         sizes,

@@ -385,6 +385,15 @@ def test_cancel_replies_say_which_jobs_were_dropped() -> None:
     assert core.cancelled == 1 and [Frame.parse(raw).job_id for raw in fleet.queue] == [2]
 
 
+def test_two_cancels_of_one_job_in_one_read_drop_it_once() -> None:
+    core, _fleet = serving_core()
+    core.receive(frames(job(1), job(2)))
+    core.receive(frames(encode(Kind.CANCEL, 1), encode(Kind.CANCEL, 1), encode(Kind.CANCEL, 2)))
+    replies = [(f.job_id, bytes(f.payload)) for f in sent(core)]
+    assert replies == [(1, b"\x01"), (1, b"\x00"), (2, b"\x01")]
+    assert core.cancelled == 2
+
+
 def test_a_retried_job_cancelled_before_its_next_attempt_leaves_no_count() -> None:
     core, fleet = serving_core()
     core.receive(frames(job(1, retries=3, retry_on=RetryOn.TIMED_OUT)))
@@ -523,6 +532,8 @@ def test_pipelining_depth_follows_the_measured_job_time() -> None:
     link.take_jobs(deque([job(1)]), 1, now=0.0)
     link.answered(answer(Kind.RESULT, 1), now=0.0)  # 10 ms: long
     assert link.depth() == 1
+    link.service_time = 2e-3  # a few ms: one job waits in its socket
+    assert link.depth() == 2
     link.service_time = 1e-5
     assert link.depth() == MAX_DEPTH
     assert link.budget(max_jobs=3) == 2  # one sent of three

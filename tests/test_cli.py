@@ -594,6 +594,17 @@ def test_progress_bar_on_a_terminal() -> None:
     assert "bossworker: 5 jobs, 0 errors, 0 timeouts" in terminal
 
 
+def test_eta_on_the_progress_bar(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(jsonl(*[{"seconds": 0.15} for _ in range(12)]))
+    code, stdout, terminal = run_with_terminal_stderr(
+        "run", f"{HANDLERS}:sleep_then_echo", "-i", str(source), "-w", "1", "--eta"
+    )
+    assert code == 0, terminal
+    assert len(records(stdout)) == 12
+    assert re.search(r"eta=about \d+ s left at [\d.]+ lines/s", terminal), terminal
+
+
 def test_no_progress_flag_and_missing_tqdm(tmp_path: Path) -> None:
     code, _, terminal = run_with_terminal_stderr(
         "run", "examples/synopsis.py:work", "-i", JOBS, "-w", "1", "--no-progress"
@@ -738,7 +749,7 @@ def _dask_installed() -> bool:
 
 
 @pytest.mark.skipif(not _dask_installed(), reason="the 'dask' extra is not installed")
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)  # two clusters and seven runs; slow on a loaded machine
 def test_run_on_a_dask_cluster(tmp_path: Path) -> None:
     """``--dask ADDRESS`` (a real scheduler and workers on 127.0.0.1) and
     ``--dask local`` (a private local cluster)."""
@@ -796,8 +807,18 @@ def test_run_on_a_dask_cluster(tmp_path: Path) -> None:
         ]
         first = run_cli(*args, "--details", stdin="1\n2\n3\n", timeout=120)
         again = run_cli(*args, "--resume", stdin="1\n2\n3\n4\n", timeout=120)
+        failing = jsonl({"n": 1}, {"n": 2, "fail": True}, *({"n": k} for k in range(3, 200)))
+        halted = run_cli(
+            "run", f"{HANDLERS}:fail_when_asked", "--dask", cluster.address, "--halt", "soon,fail=1",
+            stdin=failing, timeout=120,
+        )  # fmt: skip
     finally:
         cluster.stop()
+    assert halted.returncode == 3, halted.stderr
+    assert "halted (--halt soon,fail=1)" in halted.stderr
+    assert {"line": 2, "error": "ValueError: rattle"} in [
+        {k: r[k] for k in ("line", "error")} for r in records(halted.stdout) if "error" in r
+    ]
     assert unknown.returncode == 2, unknown.stderr
     assert "--init" not in unknown.stderr
     assert "no Dask worker could load TARGET" in unknown.stderr

@@ -45,10 +45,11 @@ from bossworker import (
     WorkerDiedError,
     WorkerInitError,
 )
+from bossworker.answers import value as result_value
 from bossworker.boss.core import PERSISTENT_FAILURES, boss_answer
 from bossworker.boss.link import WorkerLink
 from bossworker.errors import no_worker_could_start_error, worker_died_error
-from bossworker.jobs import error_text, result_value
+from bossworker.jobs import error_text
 from bossworker.outcome import error_from_answer
 from bossworker.payload import Segments
 from bossworker.protocol import InitFailure

@@ -42,7 +42,7 @@ import handlers
 from bossworker import BossDiedError, BossWorkerAsync, WorkerInitError
 from bossworker.backend import BossHandle, LocalBackend
 from bossworker.config import BossConfig
-from bossworker.portable import HAS_ALARM
+from bossworker.portable import HAS_ALARM, PORTABLE
 from waiting import wait_until
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -135,7 +135,8 @@ def segments_of(main_pid: int | None = None) -> list[str]:
 
 
 needs_shm = pytest.mark.skipif(
-    not os.access("/dev/shm", os.W_OK), reason="big payloads travel inline without /dev/shm"
+    PORTABLE or not os.access("/dev/shm", os.W_OK),
+    reason="big payloads travel inline without /dev/shm and on the portable path",
 )
 
 

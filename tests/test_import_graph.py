@@ -4,8 +4,9 @@
 * the modules main loads never load the Boss's or the worker's code
   (``bossworker.boss``, ``bossworker.worker``), and the reverse: a Boss or
   a worker never loads main's (checked in a real spawned worker too);
-* the sans-IO modules (the codec, the Boss's core and worker link) import
-  no socket, selector, thread, process or signal module, directly or not;
+* the sans-IO modules (the codecs, the Boss's core and worker link, and any
+  module whose docstring says it does no I/O) import no socket, selector,
+  thread, process or signal module, directly or not;
 * no module imports another module's private (``_``-prefixed) name.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -33,7 +35,11 @@ MAIN_ROOTS = ("bossworker", "bossworker.aio", "bossworker.cli", "bossworker.dask
 # reach the Boss's or the worker's code, directly or through another module.
 MAIN_SIDE = (
     "bossworker.pool",
+    "bossworker.pool_async",
     "bossworker.client",
+    "bossworker.ledger",
+    "bossworker.session",
+    "bossworker.answers",
     "bossworker.executor",
     "bossworker.streams",
     "bossworker.aio",
@@ -50,13 +56,16 @@ PROCESS_ROOTS = (
     "bossworker.dask.child",
 )
 # Modules that do no I/O (the h11 style): frames, values and decisions in and
-# out, tested without a process.  Add a new sans-IO module here.
+# out, tested without a process.  Besides these, any module whose docstring's
+# first paragraph says "sans-IO" or "no I/O" is held to it (see _declared_sans_io).
 SANS_IO = (
     "bossworker.protocol",
     "bossworker.jobs",
     "bossworker.outcome",
     "bossworker.boss.core",
     "bossworker.boss.link",
+    "bossworker.ledger",
+    # Not bossworker.answers: it decodes, but reads /dev/shm segments to do it.
 )
 # The standard-library modules that mean I/O, threads or processes.
 IO_STDLIB = frozenset(
@@ -167,7 +176,7 @@ def reachable(graph: dict[str, set[str]], roots: tuple[str, ...]) -> dict[str, l
 def test_the_graph_is_read_from_the_source() -> None:
     graph = import_graph()
     # A few edges we know, so that a broken parser cannot pass the tests below.
-    assert "bossworker.client" in graph["bossworker.pool"]
+    assert "bossworker.session" in graph["bossworker.pool"]
     assert "bossworker.protocol" in graph["bossworker.boss.core"]
     assert "bossworker.worker" in graph["bossworker.boss.local"]
     assert "bossworker.boss" in graph["bossworker.dask.plugin"]  # a module's package runs first
@@ -218,6 +227,25 @@ def test_the_boss_core_and_link_import_no_io_modules() -> None:
             assert io_module not in paths, " -> ".join(paths[io_module])
 
 
+def test_main_side_layers() -> None:
+    """Facades stand on the session, the session on the drivers, the
+    drivers on the ledger; never the other way, and neither facade on the
+    other's insides (the Executor's pool is a view made through a public
+    constructor)."""
+    graph = import_graph()
+    below = {
+        "bossworker.ledger": {"bossworker.client", "bossworker.aio", "bossworker.session", "bossworker.pool"},
+        "bossworker.answers": {"bossworker.client", "bossworker.session", "bossworker.pool"},
+        "bossworker.client": {"bossworker.session", "bossworker.pool", "bossworker.executor"},
+        "bossworker.session": {"bossworker.pool", "bossworker.executor", "bossworker.streams"},
+        "bossworker.pool": {"bossworker.executor"},
+    }
+    for module, forbidden in below.items():
+        paths = reachable(graph, (module,))
+        for up in forbidden:
+            assert up not in paths, f"{module} reaches {up}: {' -> '.join(paths[up])}"
+
+
 def test_importing_and_using_the_package_in_main_leaves_boss_and_worker_unloaded() -> None:
     """The same, by a real import: a fresh interpreter imports what main
     uses and must not have loaded the process-side modules."""
@@ -243,10 +271,22 @@ def test_boss_and_worker_code_never_loads_main_side_code() -> None:
     assert not leaks, f"process-side imports reach main-side code: {leaks}"
 
 
+def _declared_sans_io() -> set[str]:
+    """The modules whose docstring opens by saying they do no I/O."""
+    declared = set()
+    for name, path in _modules().items():
+        doc = ast.get_docstring(ast.parse(path.read_text(), str(path))) or ""
+        if re.search(r"sans-io|no i/o", doc.split("\n\n")[0], re.IGNORECASE):
+            declared.add(name)
+    return declared
+
+
 def test_sans_io_modules_import_no_io() -> None:
     graph = import_graph()
     modules = _modules()
-    for sans_io in SANS_IO:
+    declared = _declared_sans_io()
+    assert {"bossworker.protocol", "bossworker.boss.core", "bossworker.boss.link"} <= declared
+    for sans_io in sorted(set(SANS_IO) | declared):
         paths = reachable(graph, (sans_io,))
         for module, path in paths.items():
             io = _stdlib_imports(modules[module]) & IO_STDLIB

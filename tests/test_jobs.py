@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from bossworker import errors
+from bossworker.answers import value as result_value
 from bossworker.boss.core import boss_answer
 from bossworker.errors import MemoryLimitError, WorkerDiedError
 from bossworker.jobs import (
@@ -26,7 +27,6 @@ from bossworker.jobs import (
     load_job,
     result_answer,
     result_segment,
-    result_value,
     retried_job_frames,
     text_frame,
 )

@@ -211,7 +211,7 @@ def test_graceful_shut_down_is_prompt_while_a_detached_helper_lives(
                 new_helpers = [pid_in(f) for f in files]
                 helpers += new_helpers
                 # Main's end of the Boss's sentinel pipe (multiprocessing's).
-                sentinel: int = bw._handle._process.sentinel  # type: ignore[attr-defined]
+                sentinel: int = bw._session.handle._process.sentinel  # type: ignore[attr-defined]
                 pipe = f"pipe:[{os.fstat(sentinel).st_ino}]"
                 for helper in new_helpers:
                     fds = os.listdir(f"/proc/{helper}/fd")
@@ -368,10 +368,11 @@ def test_worker_outliving_its_boss_leaves_no_segment(method: str, tmp_path: Path
     forkserver nothing kills the worker with its Boss: it finishes the
     handler call, sees the Boss gone, and writes no segment.
 
-    Main sees the Boss's death (end-of-file) before the
-    Boss's pidfd says so; a worker that looked once, before writing, wrote
-    a segment now and then (2 runs in 25 under load).  Repeated here."""
-    rounds = 12 if method == "forkserver" else 2
+    Main sees the Boss's death (end-of-file) before the Boss's pidfd says
+    so, and before a worker's parent-death signal comes; a worker that
+    looked once, before writing (forkserver), or not at all (fork, spawn),
+    wrote a segment now and then under load.  Repeated here."""
+    rounds = 12 if method == "forkserver" else 6
     for round_ in range(rounds):
         pid_file, release = tmp_path / f"worker-{round_}", tmp_path / f"release-{round_}"
         bw = BossWorkerAsync(handlers.big_result_when_released, worker_count=1, start_method=method)

@@ -4,7 +4,9 @@
   docstring is a warning, so ``sphinx -W`` fails on it.
 * Every name in ``bossworker.__all__``, and ``bossworker.dask.DaskBackend``,
   must be documented somewhere on the site: a name left off the API page is
-  a warning too.
+  a warning too.  (The page's "Other names" section documents, by
+  ``automodule``, any name of ``__all__`` it does not place by hand, so a new
+  public name appears with its docstring, or fails the build without one.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ EXTRA_REQUIRED = ("bossworker.dask.DaskBackend",)
 
 
 def check_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
-    """Warn when a public object autodoc renders has no docstring of its own."""
+    """Warn when a public object autodoc renders has no docstring of its own.
+
+    A module's own docstring is not shown: the API page uses ``automodule``
+    only to catch the names of ``__all__`` it does not document by hand.
+    """
+    if what == "module":
+        lines.clear()
+        return
     if name.rsplit(".", 1)[-1].startswith("_"):
         return
     if not any(line.strip() for line in lines):

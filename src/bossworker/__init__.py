@@ -41,6 +41,7 @@ from .errors import (
     UnpicklingError,
     WorkerDiedError,
     WorkerInitError,
+    WrongProcessError,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ __all__ = [
     "UnpicklingError",
     "WorkerDiedError",
     "WorkerInitError",
+    "WrongProcessError",
 ]
 
 __version__ = "0.1.0"

@@ -1,8 +1,9 @@
-"""asyncio support: wait for main's socket in the event loop, not a thread.
+"""The asyncio driver: wait for main's socket in the event loop, not a thread.
 
-The asyncio front end shares everything with the blocking API (the same
-:class:`~bossworker.client.Client`, decoder, result queue and counters); it
-only replaces the places where the blocking API waits in ``select()``.
+The asyncio twins share everything with the blocking API: the same
+:class:`~bossworker.client.Client` (socket, send queue, decoder) and the same
+:class:`~bossworker.ledger.MainLedger` step decide every answer; this module
+only replaces the places where the blocking driver waits in ``select()``.
 
 Who wakes whom::
 

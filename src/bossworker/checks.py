@@ -30,6 +30,7 @@ __all__ = [
     "MIN_MEMORY",
     "RETRY_CAUSES",
     "StartMethod",
+    "backend",
     "callable_arg",
     "memory_size",
     "memory_supported",
@@ -205,3 +206,12 @@ def memory_supported() -> None:
             f"this platform has none ({type(exc).__name__}: {exc}). Leave max_worker_memory=None "
             "here, and use an operating-system limit (a container's memory limit, ulimit -v) instead"
         ) from exc
+
+
+def backend(value: object) -> None:
+    """None (processes on this machine), or an object with a backend's ``start(config)``."""
+    if value is not None and not callable(getattr(value, "start", None)):
+        raise InvalidArgumentError(
+            f"backend must be None (processes on this machine) or a backend object such as "
+            f"bossworker.dask.DaskBackend(), not {type(value).__name__}"
+        )

@@ -16,6 +16,8 @@ catches all of them::
     │   └── InputClosedError        you called close_input(): the pool takes no more work
     ├── NoPendingResultsError       a blocking wait would never end: nothing is pending
     ├── BossDiedError               the Boss process is gone; the pool is broken
+    ├── WrongProcessError           a pool (or Executor) used in a process other than
+    │                               the one that made it (an os.fork() child, a worker)
     ├── WorkerInitError             no worker could start (its init_handler raised
     │                               or overran init_timeout, or no process could be made)
     │
@@ -339,6 +341,16 @@ class InputClosedError(ShutDownError):
     The pool itself still runs: results of the work in hand stay
     retrievable.  A :class:`ShutDownError`, since either way the pool takes
     no more work.
+    """
+
+
+class WrongProcessError(BossWorkerError, RuntimeError):
+    """A pool or Executor was used in a process other than the one that made it.
+
+    An ``os.fork()`` child (or a worker that inherited the object) holds a
+    copy of main's socket to the Boss: using it would cross-wire the two
+    processes' results and stop the other's pool.  Nothing was touched;
+    make a new pool in this process instead.
     """
 
 

@@ -8,8 +8,9 @@ Who does what::
     future.result()      <-- collector thread: next answer, completes <-- RESULT | ERROR | TIMED_OUT
                              that job's future
 
-The pool underneath is an ordinary :class:`~bossworker.BossWorkerAsync` whose
-work handler is :func:`bossworker.executor_worker.call`: every task is the job ``(fn, args, kwargs)``.
+The engine underneath is a :class:`~bossworker.session.Session`, as under
+:class:`~bossworker.BossWorkerAsync`, whose work handler is
+:func:`bossworker.executor_worker.call`: every task is the job ``(fn, args, kwargs)``.
 So dead workers, time limits, recycling and shared-memory payloads are the
 engine's, unchanged; this module only turns jobs into futures and answers
 into results or exceptions.
@@ -29,7 +30,6 @@ import functools
 import itertools
 import logging
 import os
-import pickle
 import sys
 import threading
 import time
@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from . import byvalue, checks
+from . import answers, byvalue, checks
 from .backend import Backend, LocalBackend
 from .checks import StartMethod
 from .errors import (
@@ -49,12 +49,14 @@ from .errors import (
     PicklingError,
     ShutDownError,
     TaskError,
+    UnpicklingError,
 )
 from .executor_worker import Raised, call, run_chunk
-from .outcome import error_from_answer, rebuild_exception, unpickling_error
+from .outcome import rebuild_exception
 from .payload import Pickled, dump
 from .pool import BossWorkerAsync
-from .protocol import Flag, Frame, Kind
+from .protocol import Frame, Kind
+from .session import DEFAULT_INIT_TIMEOUT, Session
 from .streams import Bar, Progress, known_length
 
 __all__ = ["Executor", "ExecutorOptions"]
@@ -167,13 +169,13 @@ class _Core:
     """
 
     def __init__(
-        self, pool: BossWorkerAsync[Any, Any], opts: _TaskOptions, workers: int, remote: str = ""
+        self, session: Session, opts: _TaskOptions, retry_on: int, workers: int, remote: str = ""
     ) -> None:
-        self.pool = pool
-        self.client = pool._client  # the frames, not get_result()'s {} and {"ERROR"} mapping
-        self.client.keep_records = False  # futures carry no outcome details
+        self.session = session
+        self.client = session.client  # started with keep_records=False: futures carry no outcome details
         self.opts = opts  # the executor's own task options (ExecutorOptions has others)
-        self.retry_on = pool._retry_on  # the failures a retried task is run again for (bits)
+        self.remote = remote  # the backend's name if its workers are elsewhere (Dask), else ""
+        self.retry_on = retry_on  # the failures a retried task is run again for (RetryOn bits)
         self.pid = os.getpid()
         # Guards the fields below.  Re-entrant: the finalizer of a dropped
         # Executor calls shutdown() from whatever thread the garbage collector
@@ -217,6 +219,7 @@ class _Core:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: _TaskOptions
     ) -> _TaskFuture:
+        self.client.check_owner()  # before any lock: a forked child's copy may be held
         checks.callable_arg("fn", fn, required=True)
         if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
             return self.submit_many([(fn, args, kwargs)], opts)[0]  # by value, or why not
@@ -239,6 +242,7 @@ class _Core:
     ) -> list[_TaskFuture]:
         """Submit several calls with one send (``map`` sends its first batch
         so: one system call and one Boss wake-up instead of one per task)."""
+        self.client.check_owner()
         pickled: list[Any] = []
         for fn, args, kwargs in calls:
             checks.callable_arg("fn", fn, required=True)
@@ -336,7 +340,7 @@ class _Core:
         try:
             client.flush(target)
         except (BossDiedError, ShutDownError):
-            client.forget_jobs(len(ids))
+            client.forget_jobs(ids)
             raise
         self.deferred = 0
         return ids
@@ -346,6 +350,7 @@ class _Core:
     def cancel(self, fs: Iterable[_TaskFuture]) -> list[bool]:
         """Cancel these futures where the Boss still holds their tasks; one
         round trip for all.  Returns each future's ``cancel()`` value."""
+        self.client.check_owner()  # before any lock: a forked child's copy may be held
         fs = list(fs)
         with self.cancel_lock:  # two cancels of one future must not both ask
             asked = [f for f in fs if not f.done() and not f.running()]
@@ -373,7 +378,7 @@ class _Core:
         if kill:
             # Closes the socket: the collector wakes and fails what is left.
             with self.stop_lock, contextlib.suppress(BossWorkerError):
-                self.pool.shut_down(force=True)
+                self.session.stop(force=True)
         elif first:
             # The Boss finishes the queue, says BYE and leaves; the collector
             # sees the socket close once every answer is in.
@@ -438,26 +443,18 @@ class _Core:
 
     def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
         """An answer frame as (True, value) or (False, exception)."""
-        kind = frame.kind
-        if kind == Kind.RESULT:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    value = self.client.segments.load(frame.job_id, "r")
-                else:
-                    value = pickle.loads(frame.payload)
-            except BaseException as exc:  # noqa: BLE001 - even SystemExit: this task's failure only
-                if not isinstance(exc, Exception):  # rarer, and not what main expects: say it once
-                    log.warning(
-                        "bossworker: unpickling the result of task %d raised %r; that task's future "
-                        "fails with it",
-                        frame.job_id,
-                        exc,
-                    )
-                return False, unpickling_error(exc, "task")
-            if type(value) is Raised:
-                return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
-            return True, value
-        return False, error_from_answer(frame, limit, "task")
+        ok, value = answers.decode(frame, self.client.segments, limit, "task")
+        if not ok and isinstance(value, UnpicklingError) and not isinstance(value.__cause__, Exception):
+            # A SystemExit or KeyboardInterrupt caught here: rarer, and not
+            # what main expects; say it once (the future carries it).
+            log.warning(
+                "bossworker: unpickling the result of task %d raised %r; that task's future fails with it",
+                frame.job_id,
+                value.__cause__,
+            )
+        if ok and type(value) is Raised:
+            return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
+        return ok, value
 
     def _finish(self, error: BaseException | None, crashed: bool = False) -> None:
         """The socket is closed (or the collector failed): fail what is
@@ -486,7 +483,7 @@ class _Core:
                 with contextlib.suppress(BossWorkerError):
                     # After a failed collector nobody reads answers: a
                     # graceful stop would wait for them.
-                    self.pool.shut_down(force=crashed)
+                    self.session.stop(force=crashed)
 
 
 def _settle(future: _TaskFuture, ok: bool, value: Any) -> None:
@@ -537,6 +534,15 @@ else:  # pragma: no cover - every CPython since 3.9 has it
 
 
 # -- the public class ------------------------------------------------------------
+
+
+def _check_retry_backend(backend: Backend | str | None) -> None:
+    """``retries=`` is the local Boss's; refuse it for another backend."""
+    name = backend if isinstance(backend, str) else "" if backend is None else type(backend).__name__
+    if name and name != "LocalBackend":
+        raise InvalidArgumentError(
+            f"retries= needs the local backend (backend=None); {name} does not retry tasks"
+        )
 
 
 def _default_workers() -> int:
@@ -647,29 +653,33 @@ class Executor(futures.Executor):
         if initargs and initializer is None:
             raise InvalidArgumentError("initargs were given without an initializer to pass them to")
         limit = checks.seconds("timeout", timeout)
+        count = checks.retries(retries)
+        retry_bits = checks.retry_on(retry_on)
+        if count:
+            _check_retry_backend(backend)
         init = functools.partial(initializer, *initargs) if initializer is not None else None
-        pool = BossWorkerAsync(
+        session = Session(
             call,
             init_handler=init,
-            global_timeout=limit,
             worker_count=workers,
             start_method=method,
             max_jobs_per_worker=max_tasks_per_child,
             backend=backend,
+            init_timeout=DEFAULT_INIT_TIMEOUT,
             max_worker_memory=max_worker_memory,
-            retries=retries,  # checked there, with retry_on and the backend
-            retry_on=retry_on,
+            keep_records=False,
             forward_logs=forward_logs,
         )
         self._max_workers = workers
+        self._pool: BossWorkerAsync[Any, Any] | None = None
         # Workers elsewhere (Dask) cannot import main's script by name.
         remote = "" if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
         try:
-            self._core = _Core(pool, _TaskOptions(limit, pool._retries), workers, remote)
+            self._core = _Core(session, _TaskOptions(limit, count), retry_bits, workers, remote)
         except BaseException:
             # Its collector thread could not start (a process limit): stop
             # the Boss and workers now, not at some garbage collection.
-            pool.shut_down(force=True)
+            session.stop(force=True)
             raise
         _live_cores.add(self._core)
         # Dropped without shutdown(): finish the work in the background.
@@ -686,12 +696,16 @@ class Executor(futures.Executor):
     @property
     def start_method(self) -> str:
         """The multiprocessing start method in use."""
-        return self._core.pool.start_method
+        return self._core.session.start_method
 
     @property
     def pool(self) -> BossWorkerAsync[Any, Any]:
-        """The engine underneath (for :meth:`BossWorkerAsync.stats`); do not add work to it."""
-        return self._core.pool
+        """A pool view of the engine underneath (for :meth:`BossWorkerAsync.stats`,
+        ``pending()``, ``boss_pid``); do not add work to it, and stop the
+        Executor, not it."""
+        if self._pool is None:
+            self._pool = BossWorkerAsync.from_session(self._core.session, self._core.opts.limit)
+        return self._pool
 
     # -- work ----------------------------------------------------------------
 
@@ -721,7 +735,7 @@ class Executor(futures.Executor):
         limit = own.limit if timeout is None else checks.seconds("timeout", timeout)
         count = own.retries if retries is None else checks.retries(retries)
         if count:
-            self._core.pool._check_retry_backend()
+            _check_retry_backend(self._core.remote)
         return ExecutorOptions(self, _TaskOptions(limit, count))
 
     def map(  # buffersize: keyword-only, as added in Python 3.14
@@ -841,6 +855,8 @@ def _map(
         checks.whole_number("buffersize", buffersize)
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
         raise InvalidArgumentError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if timeout is not None and not timeout <= checks.MAX_TIMEOUT:  # inf, 1e10, nan: as every other limit
+        checks.seconds("timeout", timeout)
     end_time = None if timeout is None else time.monotonic() + timeout
     core = executor._core
     if byvalue.needs_by_value(fn) or (core.main_by_value and getattr(fn, "__module__", None) == "__main__"):

@@ -4,7 +4,7 @@
 
     main                               Boss                          worker
     job_frames() / retried_job_frames()  --JOB-->  (forwards raw)  -->  load_job()
-    result_value()  <--RESULT | ERROR | TIMED_OUT--  (forwards raw)  <--  result_answer()
+    answers.py      <--RESULT | ERROR | TIMED_OUT--  (forwards raw)  <--  result_answer()
                                                                          error_answer()
                                                                          answer_frame()
 
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import TIMED_OUT_ERROR, result_not_unpicklable_error, result_too_big_error
+from .errors import result_too_big_error
 from .payload import PICKLE_PROTOCOL, THRESHOLD, Pickled, Segments, chunks_of
 from .protocol import (
     HEADER,
@@ -61,7 +61,6 @@ __all__ = [
     "load_job",
     "result_answer",
     "result_segment",
-    "result_value",
     "retried_job_frames",
     "text_frame",
 ]
@@ -77,10 +76,15 @@ _FACTS_LENGTH = struct.Struct("<I")
 # Payloads smaller than this are joined into one buffer before sending
 # (one copy of a few bytes each beats one more system-call buffer each).
 _JOIN_BELOW = 64 * 1024
-# A worker's result smaller than this is answered as one buffer.
-_ONE_BUFFER_BELOW = 64 * 1024
+# A worker's result smaller than this is answered as one buffer (never one
+# a segment would take: result_answer looks at this size first).
+_ONE_BUFFER_BELOW = min(64 * 1024, THRESHOLD)
 
 _pack = HEADER.pack
+# Members used once per job, bound once: on Python 3.11 every ``Kind.X`` /
+# ``Flag.X`` goes through EnumType.__getattr__ (~0.3 µs each).
+_JOB, _RESULT = Kind.JOB, Kind.RESULT
+_SEGMENT = Flag.SEGMENT
 
 
 # -- text frames and ERROR payloads --------------------------------------------
@@ -221,13 +225,13 @@ def job_frames(
     small: list[Buffer] = []
     for job_id, pickled in zip(ids, pickles, strict=True):
         if type(pickled) is bytes and len(pickled) < THRESHOLD:  # the usual case, made cheap
-            small += (_pack(Kind.JOB, 0, len(pickled), job_id, timeout), pickled)
+            small += (_pack(_JOB, 0, len(pickled), job_id, timeout), pickled)
             continue
         if job_id in in_segments or segments.store(job_id, "j", pickled):
-            small.append(_pack(Kind.JOB, Flag.SEGMENT, 0, job_id, timeout))
+            small.append(_pack(_JOB, _SEGMENT, 0, job_id, timeout))
             continue
         chunks, size = chunks_of(pickled)
-        small.append(_pack(Kind.JOB, 0, size, job_id, timeout))
+        small.append(_pack(_JOB, 0, size, job_id, timeout))
         if size < _JOIN_BELOW:
             small += chunks
         else:
@@ -268,7 +272,7 @@ def job_frame(job_id: int, payload: Buffer, timeout: float) -> bytes:
 
 def load_job(frame: Frame, segments: Segments) -> Any:
     """The job a JOB frame carries, from its payload or its segment."""
-    if frame.flags & Flag.SEGMENT:
+    if frame.flags & _SEGMENT:
         return segments.load(frame.job_id, "j")
     return pickle.loads(frame.payload)
 
@@ -312,24 +316,26 @@ def error_answer(
     return answer_frame(Kind.ERROR, job_id, payload, flags | extra, ran, pid)
 
 
-def result_answer(job_id: int, pickled: Pickled, segments: Segments, started: float) -> list[Buffer]:
+def result_answer(
+    job_id: int, pickled: Pickled, segments: Segments, started: float, pid: int = 0
+) -> list[Buffer]:
     """A worker's RESULT answer for ``pickled``, as buffers to send: in a
     segment if ``segments`` takes it, else inline (uncopied when large), or
     an ERROR if it is too big for a frame.  ``started`` is the job's start
-    (``time.perf_counter()``): the answer carries how long it ran."""
-    pid = os.getpid()
-    if segments.store(job_id, "r", pickled):
-        return [
-            answer_frame(Kind.RESULT, job_id, flags=Flag.SEGMENT, ran=time.perf_counter() - started, pid=pid)
-        ]
+    (``time.perf_counter()``): the answer carries how long it ran; ``pid``
+    the worker's (0: this process's)."""
+    pid = pid or os.getpid()
     if type(pickled) is bytes and len(pickled) < _ONE_BUFFER_BELOW:  # the usual case: one buffer
-        return [answer_frame(Kind.RESULT, job_id, pickled, ran=time.perf_counter() - started, pid=pid)]
+        ran = time.perf_counter() - started
+        return [answer_header(_RESULT, 0, len(pickled), job_id, ran, pid) + pickled]
+    if segments.store(job_id, "r", pickled):
+        return [answer_frame(_RESULT, job_id, flags=_SEGMENT, ran=time.perf_counter() - started, pid=pid)]
     chunks, size = chunks_of(pickled)
     if size > MAX_PAYLOAD:  # no room in /dev/shm, and too big for a frame
         text = result_too_big_error(size, MAX_PAYLOAD)
         return [error_answer(job_id, text, ran=time.perf_counter() - started, pid=pid)]
     ran = time.perf_counter() - started
-    return [answer_header(Kind.RESULT, 0, size, job_id, ran, pid), *chunks]
+    return [answer_header(_RESULT, 0, size, job_id, ran, pid), *chunks]
 
 
 def result_segment(answer: Sequence[Buffer]) -> int | None:
@@ -340,19 +346,3 @@ def result_segment(answer: Sequence[Buffer]) -> int | None:
         return None  # an inline payload follows the header
     kind, flags, _, job_id, _ = HEADER.unpack(head)
     return job_id if kind == Kind.RESULT and flags & Flag.SEGMENT else None
-
-
-def result_value(frame: Frame, segments: Segments) -> Any:
-    """What ``get_result()`` hands out for an answer frame: the unpickled
-    result, or ``{"ERROR": text}`` (a result that does not unpickle is that
-    job's ERROR, never raised)."""
-    if frame.kind == Kind.RESULT:
-        try:
-            if frame.flags & Flag.SEGMENT:
-                return segments.load(frame.job_id, "r")
-            return pickle.loads(frame.payload)
-        except BaseException as exc:  # noqa: BLE001 - even SystemExit: this job's ERROR, never main's
-            return {"ERROR": result_not_unpicklable_error(exc)}
-    if frame.kind == Kind.TIMED_OUT:
-        return {"ERROR": TIMED_OUT_ERROR}
-    return {"ERROR": error_text(frame)}

@@ -266,10 +266,23 @@ def _attempt(frame: Frame, received: float, error: BaseException | None) -> Atte
     return Attempt(pid or None, max(0.0, frame.ran), error, received)
 
 
-def cancelled_outcome(job_id: int, queued_at: float, when: float) -> Outcome[R]:
-    """The outcome of a job dropped by ``cancel()`` before it started."""
-    error = JobCancelledError(f"job {job_id} was cancelled before it started")
-    return Outcome(job_id, False, None, error, True, None, 0.0, queued_at, None, when, ())
+def cancelled_outcome(
+    job_id: int, queued_at: float, when: float, retried: Sequence[tuple[float, Frame]] = ()
+) -> Outcome[R]:
+    """The outcome of a job dropped by ``cancel()`` before it started, or,
+    for a retried job (``retried``: its failed attempts, each with its
+    arrival time), before its next attempt: those attempts are listed, and
+    the last one's worker is named."""
+    if not retried:
+        error = JobCancelledError(f"job {job_id} was cancelled before it started")
+        return Outcome(job_id, False, None, error, True, None, 0.0, queued_at, None, when, ())
+    attempts = tuple(_attempt(f, t, error_from_answer(f, 0.0)) for t, f in retried)
+    error = JobCancelledError(
+        f"job {job_id} was cancelled before its next attempt: it had run {len(attempts)} time(s), "
+        f"and its last attempt failed ({attempts[-1].error})"
+    )
+    last = attempts[-1]
+    return Outcome(job_id, False, None, error, True, last.worker_pid, 0.0, queued_at, None, when, attempts)
 
 
 def make_outcome(

@@ -33,8 +33,9 @@ result (``-r``)        main, in ``get_result()``          the Boss, when the wor
                                                           garbage-collected
 =====================  =================================  ======================================
 
-Where there is no writable ``/dev/shm`` (or it is full), payloads simply
-travel inside their frames.
+Where there is no writable ``/dev/shm`` (or it is full), and on the portable
+path (what Windows runs, see ``portable.py``), payloads simply travel inside
+their frames.
 """
 
 from __future__ import annotations
@@ -142,8 +143,15 @@ def new_prefix() -> str | None:
     """A fresh path prefix for one pool's segments, or None if unavailable.
 
     Unavailable on Windows (no ``/dev/shm``; under Wine the path would reach
-    the host's): large payloads then travel inside frames."""
-    if sys.platform == "win32" or not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
+    the host's), and so on the portable path anywhere: it is what Windows
+    runs, and a portable run on Linux must carry large payloads as Windows
+    does, inside frames, or that path goes untested."""
+    # Imported here, not at the top: portable.py brings sockets and
+    # selectors, and the codec modules that import this one (jobs,
+    # boss.core) stay free of I/O imports (tests/test_import_graph.py).
+    from .portable import PORTABLE
+
+    if PORTABLE or sys.platform == "win32" or not (os.path.isdir(_SHM_DIR) and os.access(_SHM_DIR, os.W_OK)):
         return None
     return os.path.join(_SHM_DIR, f"bossworker-{os.getpid()}-{secrets.token_hex(6)}-")
 

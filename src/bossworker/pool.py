@@ -2,74 +2,44 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import pickle
-import sys
-import threading
-import time
-import warnings
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 
-if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
-    from . import aio
-
-from . import byvalue, checks, streams
-from .backend import Backend, BossHandle, LocalBackend, default_start_method
+from . import answers, checks, streams
+from .backend import Backend, LocalBackend
 from .checks import StartMethod
-from .client import Client, JobRecord, Lane
-from .config import BossConfig, WorkerSpec
-from .errors import (
-    NOT_IMPORTABLE_HINT,
-    BossDiedError,
-    InvalidArgumentError,
-    SerializationError,
-    ShutDownError,
-)
-from .jobs import result_value
-from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome, unpickling_error
-from .payload import PICKLE_PROTOCOL, Pickled, Segments, dump, new_prefix
-from .process import pickle_as_if_spawning
-from .protocol import Flag, Frame, Kind
+from .errors import InvalidArgumentError, SerializationError
+from .ledger import JobRecord, Lane
+from .outcome import Outcome
+from .payload import Pickled, dump
+from .pool_async import AsyncFace
+from .protocol import Frame
+from .session import DEFAULT_INIT_TIMEOUT, DEFAULT_READ_SIZE, Session
 from .stats import Stats
 
 __all__ = ["BossWorkerAsync", "StartMethod"]
 
 log = logging.getLogger("bossworker")
 
-P = ParamSpec("P")
 J = TypeVar("J")  # a job: what the work handler takes
 R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
 
-# How long a worker may take to start (its init_handler included) unless
-# the constructor's init_timeout= says otherwise.
-DEFAULT_INIT_TIMEOUT = 60.0
 
-# How long a graceful stop waits for the Boss to exit after its BYE, and a
-# forced stop waits after SIGTERM, before killing it.
-_JOIN_TIMEOUT = 5.0
-_FORCE_TIMEOUT = 1.0
-# Makes a pool's one SocketWaiter (two would register twice on one loop).
-_WAITER_LOCK = threading.Lock()
-
-
-class BossWorkerAsync(Generic[J, R]):
+class BossWorkerAsync(AsyncFace[J, R]):
     """A Boss process and ``worker_count`` preforked workers.
 
     Generic in ``J``, the job type, and ``R``, the result type, both
     inferred from ``work_handler: Callable[[J], R]``: ``add_work`` takes
-    ``J``s and ``get_result`` returns ``R | dict[str, str]``, the dict being
+    jobs of type ``J`` and ``get_result`` returns ``R | dict[str, str]``, the dict being
     a failed job's ``{"ERROR": ...}`` (or ``{}`` for a ``None`` result).
     With a ``result_handler``, ``R`` covers what either returns (mypy
     joins the two, e.g. ``object`` for ``int`` and ``str``).
 
     Feed it jobs with :meth:`add_work` and collect results with
     :meth:`get_result` at any time, interleaved, blocking or not.  See the
-    README for the full contract; in short:
+    documentation's guide to the pool for the full contract; in short:
 
     * results come back in completion order; ``with_id=True`` pairs each with
       the id :meth:`add_work` returned for its job;
@@ -132,7 +102,7 @@ class BossWorkerAsync(Generic[J, R]):
         handlers.
     backend
         Where the Boss runs: ``None`` (default) for processes on this
-        machine; see the README's "Scaling out".
+        machine; a :class:`bossworker.dask.DaskBackend` for a Dask cluster.
     init_timeout
         Seconds a worker may take from its start to ready (its
         ``init_handler``); ``0`` or ``None``: no limit; default 60.
@@ -184,7 +154,7 @@ class BossWorkerAsync(Generic[J, R]):
         exit_handler: Callable[[], Any] | None = None,
         global_timeout: float | None = 0,
         worker_count: int = 3,
-        read_size: int = 1024 * 1024,
+        read_size: int = DEFAULT_READ_SIZE,
         start_method: StartMethod | None = None,
         max_jobs_per_worker: int | None = None,
         backend: Backend | None = None,
@@ -206,79 +176,54 @@ class BossWorkerAsync(Generic[J, R]):
             checks.whole_number("max_jobs_per_worker", max_jobs_per_worker, 1)
         self._retries = checks.retries(retries)
         self._retry_on = checks.retry_on(retry_on)
-        memory_cap = None
-        if max_worker_memory is not None:
-            memory_cap = checks.memory_size(max_worker_memory)
-            checks.memory_supported()
-        method = checks.start_method(start_method) or default_start_method()
-        backend = LocalBackend() if backend is None else backend
+        checks.backend(backend)
         # Retrying is the local Boss's: another backend would ignore it.
-        self._retry_backend = None if isinstance(backend, LocalBackend) else type(backend).__name__
+        self._retry_backend = (
+            None if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
+        )
         if self._retries:
             self._check_retry_backend()
-        segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
-        if method != "fork":
-            # Handlers that a fresh interpreter cannot import by name travel
-            # by value (cloudpickle), or are refused here with the remedy.
-            work_handler = _travelling("work_handler", work_handler, method)
-            init_handler = _travelling("init_handler", init_handler, method)
-            exit_handler = _travelling("exit_handler", exit_handler, method)
-        # The Boss's and the workers' logging records come to main's logging,
-        # at the level main's root logger has now (bossworker.logfwd).
-        # (Not yet on other backends: a Dask worker's slot takes no LOG frame.)
-        local = isinstance(backend, LocalBackend)
-        log_level = logging.getLogger().getEffectiveLevel() if forward_logs and local else None
-        spec = WorkerSpec(
-            work_handler,
-            init_handler,
-            exit_handler,
-            read_size,
-            max_jobs_per_worker,
-            segments,
-            init_limit,
-            log_level,
-        )
-        if method != "fork":
-            _check_importable(method, work_handler, init_handler, exit_handler)
-            # A spawned Boss gets its handlers by pickling (by reference):
-            # find out now, with a clear message, rather than in the child.
-            try:
-                # As the spawn will: multiprocessing objects (Queue, Lock, ...)
-                # in the handlers' state travel with the Process arguments.
-                pickle_as_if_spawning(spec, PICKLE_PROTOCOL)
-            except Exception as exc:
-                raise SerializationError(
-                    f"under start_method={method!r} the handlers and what they hold must pickle "
-                    f"(module-level functions of an importable module, or anything with the "
-                    f"cloudpickle extra), and multiprocessing objects they hold must come from "
-                    f"multiprocessing.get_context({method!r}): {exc}"
-                ) from exc
         self._result_handler = result_handler
-        self._start_method = method
-        config = BossConfig(spec, worker_count, method, os.getpid(), max_worker_memory=memory_cap)
-        sock, handle = backend.start(config)
-        self._client = Client(sock, handle, read_size, segments)
-        self._handle: BossHandle = handle
-        self._waiter: aio.SocketWaiter | None = None  # made on first async use
-        self._finalizer = weakref.finalize(self, _emergency_stop, self._client, handle)
-        try:
-            self._client.wait_ready(method)
-        except BaseException:
-            self.shut_down(force=True)
-            raise
-        log.info("pool started: Boss %s, %d workers, start method %s", handle.pid, worker_count, method)
+        self._session = Session(
+            work_handler,
+            init_handler=init_handler,
+            exit_handler=exit_handler,
+            worker_count=worker_count,
+            start_method=start_method,
+            max_jobs_per_worker=max_jobs_per_worker,
+            backend=backend,
+            init_timeout=init_limit,
+            max_worker_memory=max_worker_memory,
+            read_size=read_size,
+            forward_logs=forward_logs,
+        )
+        self._client = self._session.client
+
+    @classmethod
+    def from_session(cls, session: Session, global_timeout: float = 0.0) -> BossWorkerAsync[Any, Any]:
+        """A pool facade over a session another facade started and owns
+        (``Executor.pool``): for its facts, ``stats()`` and ``pending()``;
+        stopping it is the owner's business."""
+        pool: BossWorkerAsync[Any, Any] = cls.__new__(cls)
+        pool._session = session
+        pool._client = session.client
+        pool._global_timeout = global_timeout
+        pool._retries = pool._retry_on = 0
+        pool._retry_backend = None
+        pool._result_handler = None
+        return pool
 
     # -- facts ---------------------------------------------------------------
 
     @property
     def boss_pid(self) -> int:
         """The Boss process's id."""
-        return self._handle.pid or 0
+        return self._session.handle.pid or 0
 
     @property
     def start_method(self) -> str:
         """The multiprocessing start method in use."""
-        return self._start_method
+        return self._session.start_method
 
     def pending(self) -> int:
         """Jobs added whose results have not been retrieved yet.
@@ -286,6 +231,7 @@ class BossWorkerAsync(Generic[J, R]):
         Says nothing of readiness: the results may still be in the making.
         Jobs of a :meth:`map` are its own and not counted here.
         """
+        self._client.check_owner()  # a forked child's copy would be a stale number
         return self._client.pending
 
     def stats(self) -> Stats:
@@ -316,17 +262,8 @@ class BossWorkerAsync(Generic[J, R]):
         and :class:`BossDiedError` if the Boss is gone.
         """
         payloads, limit = self._pickle_jobs(jobs, timeout)
-        count = self._retries if retries is None else checks.retries(retries)
-        if count:
-            self._check_retry_backend()
-            ids, target = self._client.queue_jobs(payloads, limit, count, self._retry_on)
-            try:
-                self._client.flush(target)
-            except BossDiedError:
-                self._client.forget_jobs(len(ids))
-                raise
-            return ids
-        return self._client.add_jobs(payloads, limit)
+        count, retry_on = self._retry(retries)
+        return self._client.add_jobs(payloads, limit, count, retry_on)
 
     def close_input(self) -> None:
         """Say that no more work is coming.  Harmless to call again.
@@ -405,7 +342,7 @@ class BossWorkerAsync(Generic[J, R]):
         iterable is read in the event loop: it must not block.
         """
         plan = self._map_plan(iterable, False, ordered, max_in_flight, timeout, retries, progress)
-        return streams.amap(self._client, self._socket_waiter(), plan, iterable)
+        return streams.amap(self._client, self._session.socket_waiter(), plan, iterable)
 
     def amap_outcomes(
         self,
@@ -419,7 +356,7 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> AsyncIterator[Outcome[R]]:
         """:meth:`map_outcomes` for ``async for`` (see :meth:`amap`)."""
         plan = self._map_plan(iterable, True, ordered, max_in_flight, timeout, retries, progress)
-        return streams.amap(self._client, self._socket_waiter(), plan, iterable)
+        return streams.amap(self._client, self._session.socket_waiter(), plan, iterable)
 
     def _map_plan(
         self,
@@ -436,9 +373,7 @@ class BossWorkerAsync(Generic[J, R]):
         get_result() would return."""
         limit = self._global_timeout if timeout is None else checks.seconds("timeout", timeout)
         checks.progress(progress)
-        count = self._retries if retries is None else checks.retries(retries)
-        if count:
-            self._check_retry_backend()
+        retry = self._retry(retries)
         lane = Lane(records=outcomes)
         deliver: Callable[[Frame], Any] = (
             (lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)))
@@ -453,14 +388,14 @@ class BossWorkerAsync(Generic[J, R]):
             if max_in_flight is None
             else checks.whole_number("max_in_flight", max_in_flight),
             limit,
-            (count, self._retry_on if count else 0),
+            retry,
             lambda: streams.Bar(progress, streams.known_length(iterable)),
         )
 
     def _frame_result(self, frame: Frame) -> R | dict[str, str]:
         """What get_result() returns for ``frame`` (without its id)."""
         value: R | dict[str, str] = self._deliver(
-            frame.job_id, result_value(frame, self._client.segments), False
+            frame.job_id, answers.value(frame, self._client.segments), False
         )
         return value
 
@@ -523,7 +458,7 @@ class BossWorkerAsync(Generic[J, R]):
         if frame is None:
             return None
         self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
+        return self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id)
 
     def get_result_nb(self, *, with_id: bool = False) -> Any:
         """``get_result(blocking=False)``: a result, or None at once."""
@@ -557,7 +492,7 @@ class BossWorkerAsync(Generic[J, R]):
         checks.progress(progress)
         return streams.results(
             self._client,
-            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
+            lambda frame: self._deliver(frame.job_id, answers.value(frame, self._client.segments), with_id),
             bool(until_closed),
             lambda: streams.Bar(progress, self._client.pending),
         )
@@ -616,9 +551,15 @@ class BossWorkerAsync(Generic[J, R]):
         A cancelled job's outcome waits in main (a few bytes) until
         :meth:`get_outcome` takes it or the pool is force-stopped.
         """
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise InvalidArgumentError(f"job_id must be an int from add_work(), not {type(job_id).__name__}")
         return self._client.cancel_jobs([job_id], outcomes=True)[0] is True
+
+    def _retry(self, retries: int | None) -> tuple[int, int]:
+        """``(retries, retry_on bits)`` for jobs added with ``retries=``
+        (None: the pool's), as every way of adding work sends them."""
+        count = self._retries if retries is None else checks.retries(retries)
+        if count:
+            self._check_retry_backend()
+        return count, self._retry_on if count else 0
 
     def _check_retry_backend(self) -> None:
         if self._retry_backend is not None:
@@ -628,25 +569,11 @@ class BossWorkerAsync(Generic[J, R]):
 
     def _outcome(self, frame: Frame, record: JobRecord | None = None) -> Outcome[R]:
         """Turn an answer frame (or a cancelled job's marker) into its Outcome;
-        ``record`` is what main knows of the job (default: the client's)."""
-        client = self._client
-        queued_at, limit, received, retried = client.take_record(frame.job_id) if record is None else record
-        if frame.kind == Kind.CANCEL_REPLY:  # a job cancel() dropped, at ``received``
-            return cancelled_outcome(frame.job_id, queued_at, received)
-        ok = frame.kind == Kind.RESULT
-        value: Any
-        if ok:
-            try:
-                if frame.flags & Flag.SEGMENT:
-                    value = client.segments.load(frame.job_id, "r")
-                else:
-                    value = pickle.loads(frame.payload)
-            except BaseException as exc:  # noqa: BLE001 - even SystemExit: this job's failure only
-                ok = False
-                value = unpickling_error(exc)
-        else:
-            value = error_from_answer(frame, limit)
-        return make_outcome(frame, value, ok, queued_at, limit, received, retried)
+        ``record`` is what main knows of the job (default: the ledger's)."""
+        if record is None:
+            record = self._client.take_record(frame.job_id)
+        result: Outcome[R] = answers.outcome(frame, self._client.segments, record)
+        return result
 
     def _deliver(self, job_id: int, value: Any, with_id: bool) -> Any:
         if value is None:
@@ -672,31 +599,7 @@ class BossWorkerAsync(Generic[J, R]):
         when this returns.  Raises :class:`BossDiedError` if the Boss had
         died with results still to come.
         """
-        if not self._begin_shut_down(force):
-            return
-        client, handle = self._client, self._handle
-        if not force and not client.boss_died:
-            client.drain()
-            _join_after_bye(handle, _JOIN_TIMEOUT)
-        self._end_shut_down(force)
-
-    def _begin_shut_down(self, force: bool) -> bool:
-        """Stop taking work. False if there is nothing (more) to do."""
-        if force:
-            self._client.begin_forced_stop()  # before the Boss dies: waiters must not blame it
-        return self._client.stop_accepting() or force
-
-    def _end_shut_down(self, force: bool) -> None:
-        client = self._client
-        died = client.boss_died
-        _force_stop(client, self._handle)  # a no-op for a Boss that has exited
-        if force:
-            client.discard_results()
-        elif died:
-            client.discard_orphan_segments()
-        client.close()
-        if died and client.pending:
-            raise BossDiedError(f"the Boss process died with {client.pending} result(s) pending")
+        self._session.stop(force)
 
     def __enter__(self) -> Self:
         return self
@@ -709,245 +612,8 @@ class BossWorkerAsync(Generic[J, R]):
     ) -> None:
         self.shut_down(force=exc_type is not None)
 
-    # -- asyncio ---------------------------------------------------------------
-    #
-    # The same pool from async code, never blocking the event loop: these
-    # wait on main's socket with loop.add_reader / add_writer (see aio.py).
-
-    async def aadd_work(self, *jobs: J, timeout: float | None = None) -> list[int]:
-        """:meth:`add_work` that waits in the event loop when the socket is full.
-
-        Its jobs are queued before the first wait: if the call is cancelled
-        (``asyncio.wait_for``, a task cancelled), they may still run, and
-        their results come like any other (:meth:`pending` counts them);
-        whoever waits next for results sends what is still queued.
-        """
-        from . import aio
-
-        payloads, limit = self._pickle_jobs(jobs, timeout)
-        ids, target = self._client.queue_jobs(payloads, limit)
-        try:
-            await aio.aflush(self._client, self._socket_waiter(), target)
-        except (BossDiedError, ShutDownError):
-            self._client.forget_jobs(len(ids))
-            raise
-        return ids
-
-    @overload
-    async def aget_result(
-        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[False] = False
-    ) -> R | dict[str, str]: ...
-    @overload
-    async def aget_result(
-        self, blocking: Literal[True] = True, timeout: None = None, *, with_id: Literal[True]
-    ) -> tuple[int, R | dict[str, str]]: ...
-    @overload
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[False] = False
-    ) -> R | dict[str, str] | None: ...
-    @overload
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: Literal[True]
-    ) -> tuple[int, R | dict[str, str]] | None: ...
-    @overload
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool
-    ) -> Any: ...
-    async def aget_result(
-        self, blocking: bool = True, timeout: float | None = None, *, with_id: bool = False
-    ) -> Any:
-        """:meth:`get_result` for async code: same options, same results."""
-        if timeout is not None:
-            timeout = checks.seconds("timeout", timeout)
-        from . import aio
-
-        frame = await aio.anext_result(self._client, self._socket_waiter(), bool(blocking), timeout)
-        if frame is None:
-            return None
-        self._client.take_record(frame.job_id)
-        return self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id)
-
-    async def aget_outcome(self, blocking: bool = True, timeout: float | None = None) -> Outcome[Any] | None:
-        """:meth:`get_outcome` for async code: same options, same outcomes."""
-        if timeout is not None:
-            timeout = checks.seconds("timeout", timeout)
-        from . import aio
-
-        waiter = self._socket_waiter()
-        frame = await aio.anext_result(self._client, waiter, bool(blocking), timeout, cancelled=True)
-        return None if frame is None else self._outcome(frame)
-
-    def aoutcomes(
-        self, *, until_closed: bool = False, progress: streams.Progress = False
-    ) -> AsyncIterator[Outcome[R]]:
-        """``async for`` over outcomes: :meth:`outcomes` for async code, same options."""
-        checks.progress(progress)
-        return streams.aresults(
-            self._client,
-            self._socket_waiter(),
-            self._outcome,
-            bool(until_closed),
-            lambda: streams.Bar(progress, self._client.pending + self._client.cancelled_waiting),
-            cancelled=True,
-        )
-
-    @overload
-    def aresults(
-        self,
-        *,
-        with_id: Literal[False] = False,
-        until_closed: bool = False,
-        progress: streams.Progress = False,
-    ) -> AsyncIterator[R | dict[str, str]]: ...
-    @overload
-    def aresults(
-        self, *, with_id: Literal[True], until_closed: bool = False, progress: streams.Progress = False
-    ) -> AsyncIterator[tuple[int, R | dict[str, str]]]: ...
-    def aresults(
-        self, *, with_id: bool = False, until_closed: bool = False, progress: streams.Progress = False
-    ) -> AsyncIterator[Any]:
-        """``async for`` over results: :meth:`results` for async code, same
-        options (``until_closed`` waits for a producer task or thread)."""
-        checks.progress(progress)
-        return streams.aresults(
-            self._client,
-            self._socket_waiter(),
-            lambda frame: self._deliver(frame.job_id, result_value(frame, self._client.segments), with_id),
-            bool(until_closed),
-            lambda: streams.Bar(progress, self._client.pending),
-        )
-
-    async def ashut_down(self, force: bool = False) -> None:
-        """:meth:`shut_down` that waits in the event loop."""
-        import asyncio
-
-        from . import aio
-
-        if not self._begin_shut_down(force):
-            return
-        client, handle = self._client, self._handle
-        if not force and not client.boss_died:
-            target = client.queue_control(Kind.SHUTDOWN)
-            with contextlib.suppress(BossDiedError):
-                await aio.aflush(client, self._socket_waiter(), target)
-            await aio.await_condition(client, self._socket_waiter(), lambda: client.bye)
-            deadline = time.monotonic() + _JOIN_TIMEOUT
-            while handle.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)  # the Boss exits right after its BYE
-        elif handle.is_alive():
-            handle.terminate()  # the Boss kills its workers and exits at once
-            deadline = time.monotonic() + _FORCE_TIMEOUT
-            while handle.is_alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-        self._end_shut_down(force)
-
-    def _socket_waiter(self) -> aio.SocketWaiter:
-        from . import aio
-
-        waiter = self._waiter
-        if waiter is None:
-            with _WAITER_LOCK:
-                if self._waiter is None:
-                    self._waiter = aio.SocketWaiter(self._client)
-                waiter = self._waiter
-        return waiter
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.ashut_down(force=exc_type is not None)
-
     def __repr__(self) -> str:
         return (
             f"<BossWorkerAsync boss_pid={self.boss_pid} pending={self.pending()} "
-            f"start_method={self._start_method!r}>"
+            f"start_method={self._session.start_method!r}>"
         )
-
-
-def _join_after_bye(handle: BossHandle, timeout: float) -> None:
-    """Wait up to ``timeout`` for a Boss that said BYE to exit.  One still
-    there is stopped by force right after (``_end_shut_down`` calls
-    ``_force_stop``: SIGTERM, then SIGKILL); this says so."""
-    handle.join(timeout)
-    if handle.is_alive():
-        log.error("the Boss did not exit after its BYE; stopping it by force")
-
-
-def _force_stop(client: Client, handle: BossHandle) -> None:
-    """SIGTERM the Boss (it kills its workers), then SIGKILL it if it lingers."""
-    if handle.is_alive():
-        handle.terminate()
-        handle.join(_FORCE_TIMEOUT)
-        if handle.is_alive():
-            handle.kill()
-            handle.join(_FORCE_TIMEOUT)
-    else:
-        handle.join(0)
-    client.close()
-    handle.close()  # its descriptors, now that it has been reaped
-
-
-def _emergency_stop(client: Client, handle: BossHandle) -> None:
-    """The pool was dropped, or the interpreter exits: stop whatever still
-    runs (nothing, after shut_down()) and free unretrieved results.
-
-    Work still pending in a pool that was never shut down is lost: say so
-    (a ResourceWarning, like an unclosed file, and a log WARNING) rather
-    than drop it silently."""
-    discarded = 0 if client.eof_or_closed else client.pending
-    with contextlib.suppress(Exception):  # never raise from a finalizer
-        _force_stop(client, handle)
-        client.segments.discard_all()
-    if discarded:
-        message = (
-            f"a BossWorkerAsync pool was dropped without shut_down(); {discarded} pending job(s) "
-            "were discarded (call shut_down() or use 'with' to finish them)"
-        )
-        with contextlib.suppress(Exception):
-            log.warning("%s", message)
-        with contextlib.suppress(Exception):  # an "error" warnings filter must not escape
-            warnings.warn(message, ResourceWarning, stacklevel=2)
-
-
-@overload
-def _travelling(name: str, fn: None, method: str) -> None: ...
-@overload
-def _travelling(name: str, fn: Callable[P, R], method: str) -> Callable[P, R]: ...
-def _travelling(name: str, fn: Callable[..., Any] | None, method: str) -> Callable[..., Any] | None:
-    """``fn`` ready to be pickled for a ``method`` child: itself, or wrapped
-    to travel by value when it cannot be imported there by name."""
-    if fn is None:
-        return None
-    try:
-        return byvalue.by_value(fn)
-    except ImportError:  # it must travel by value, and cloudpickle is missing
-        _check_importable(method, fn)  # the message for a __main__ without a file
-    raise SerializationError(
-        f"{name} {getattr(fn, '__qualname__', fn)!r} cannot be pickled by name (a lambda or a closure?)\n"
-        + NOT_IMPORTABLE_HINT.format(method=method)
-        + f"; or {byvalue.INSTALL_HINT}"
-    )
-
-
-def _check_importable(method: str, *handlers: Callable[..., Any] | None) -> None:
-    """Refuse at once a handler a new process could never import: one
-    defined in ``__main__`` when ``__main__`` has no file or module name to
-    import it from again (``python -c``, an interactive session, stdin)."""
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) or getattr(main, "__file__", None):
-        return  # a new process re-imports __main__ (as __mp_main__)
-    for handler in handlers:
-        if handler is not None and getattr(handler, "__module__", None) == "__main__":
-            name = getattr(handler, "__qualname__", repr(handler))
-            raise SerializationError(
-                f"handler {name!r} is defined in __main__, which a new process cannot import "
-                f"(no file: python -c, an interactive session or stdin)\n"
-                + NOT_IMPORTABLE_HINT.format(method=method)
-                + f"; or {byvalue.INSTALL_HINT}"
-            )

@@ -42,6 +42,7 @@ __all__ = [
     "PortableSelector",
     "make_selector",
     "send_chunks",
+    "socket_for_child",
     "watch_forks",
 ]
 
@@ -82,6 +83,14 @@ class LateSocket:
             except (OSError, EOFError):
                 return None
         return self._sock
+
+
+def socket_for_child(sock: socket.socket) -> socket.socket | LateSocket:
+    """``sock`` as a worker's Process argument: a :class:`LateSocket` on
+    Windows, where the child fetches it from its parent; the socket itself
+    elsewhere, where ``spawn`` and ``forkserver`` hand the child the
+    descriptor as it starts, so there is nothing left to fetch later."""
+    return LateSocket(sock) if sys.platform == "win32" else sock
 
 
 #: The portable path is in use in this process.

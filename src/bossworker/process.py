@@ -315,26 +315,31 @@ _PF_EXITING = 0x4
 
 
 class Watched:
-    """Another process (not our child), watched through its pidfd."""
+    """Another process, not our child: our parent (``pidfd`` None) or one
+    watched through its pidfd."""
 
     __slots__ = ("pid", "pidfd")
 
-    def __init__(self, pid: int, pidfd: OwnedFd) -> None:
+    def __init__(self, pid: int, pidfd: OwnedFd | None = None) -> None:
         self.pid = pid
         self.pidfd = pidfd
 
     def leaving(self) -> bool:
         """True if the process has exited or has begun to exit.
 
-        A pidfd becomes readable only at the very end of an exit, after the
-        process's descriptors were closed: a process killed a moment ago
-        may already look dead to others (end-of-file on its sockets) and
-        not yet to its pidfd.  Its ``PF_EXITING`` flag is set first of all,
-        so on Linux it is read too: from ``/proc``, then the pidfd is
-        checked, so that a flag read was the process's own (it cannot have
-        been reaped, and its pid reused, while its pidfd is not readable)."""
+        Its end shows late to a pidfd, and to its children (a new parent,
+        the parent-death signal): both come at the very end of an exit,
+        after the process's descriptors were closed, so a process killed a
+        moment ago may already look dead to others (end-of-file on its
+        sockets) and not yet to us.  Its ``PF_EXITING`` flag is set first
+        of all, so on Linux it is read too: from ``/proc``, then the pidfd
+        or our parent is looked at, so that the flag read was the process's
+        own (it cannot have been reaped, and its pid reused, before that)."""
         flags = _task_flags(self.pid)
-        if has_exited(self.pidfd):
+        if self.pidfd is not None:
+            if has_exited(self.pidfd):
+                return True
+        elif os.getppid() != self.pid:
             return True
         return flags is not None and bool(flags & _PF_EXITING)
 

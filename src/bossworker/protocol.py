@@ -41,7 +41,10 @@ inside a frame.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import struct
+import sys
 from collections.abc import Iterable
 from enum import IntEnum
 from typing import NamedTuple, Protocol, TypeAlias
@@ -170,7 +173,9 @@ class Frame(NamedTuple):
     def parse(cls, raw: bytes | bytearray) -> Frame:
         """The frame whose complete bytes (header included) are ``raw``."""
         kind, flags, _length, job_id, seconds = HEADER.unpack_from(raw)
-        return cls(kind, flags, job_id, seconds, raw)
+        # tuple.__new__: without the NamedTuple's Python-level __new__ (the
+        # Boss parses every job it sends a worker).
+        return tuple.__new__(cls, (kind, flags, job_id, seconds, raw))
 
     @property
     def limit(self) -> float:
@@ -244,7 +249,7 @@ class Decoder:
         if chunk_size < HEADER_SIZE:
             raise ValueError(f"chunk_size must be at least {HEADER_SIZE}")
         self._max_payload = max_payload
-        self._buf = bytearray(chunk_size)
+        self._buf = _zeroed(chunk_size)
         self._start = 0  # first byte not yet decoded
         self._end = 0  # one past the last byte received
         self._big: bytearray | None = None  # a large frame being filled
@@ -336,6 +341,24 @@ class Decoder:
         self._start, self._end = start, end
 
 
+def _zeroed(size: int) -> mmap.mmap:
+    """A writable buffer of ``size`` zero bytes whose pages are only made
+    when first written.  A ``bytearray(size)`` is zero-filled at once: for
+    the default megabyte, milliseconds of page faults that every Boss,
+    worker and main paid at start-up before reading a byte, though most
+    reads only ever touch the first page.  Raises MemoryError, as a
+    bytearray would, when the address space is exhausted."""
+    try:
+        if sys.platform == "win32":
+            return mmap.mmap(-1, size)
+        # Private: a process forked later gets its own copy, not a share.
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            raise MemoryError(f"no room for a read buffer of {size} bytes") from exc
+        raise
+
+
 class _Receiver(Protocol):
     """What :func:`recv_frames` needs of a socket."""
 
@@ -411,8 +434,12 @@ class SendQueue:
 
     def extend(self, items: Iterable[Buffer]) -> None:
         """Queue each of ``items`` in order."""
+        chunks = self._chunks
         for item in items:
-            self.append(item)
+            n = len(item)
+            if n:
+                chunks.append(item)
+                self._nbytes += n
 
     def chunks(self) -> list[Buffer]:
         """The next buffers to send, in order (at most :attr:`MAX_CHUNKS`)."""

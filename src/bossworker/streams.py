@@ -4,11 +4,14 @@ progress bars.  The pool's methods are thin wrappers around these.
 ``map`` feeds a possibly endless iterable with at most ``max_in_flight``
 jobs *in flight*: sent and not yet yielded back (answers kept for their
 turn in input order count too), so main's memory stays flat however long
-the input.  Its jobs go through a :class:`~bossworker.client.Lane`: their
+the input.  Its jobs go through a :class:`~bossworker.ledger.Lane`: their
 answers never reach ``get_result()``, and ``pending()`` does not count them.
 
 What is yielded is decided by a ``deliver(frame)`` function the pool passes
-in: the value ``get_result()`` would return, or the job's ``Outcome``.
+in: the value ``get_result()`` would return, or an ``Outcome`` (both made by
+:mod:`bossworker.answers`).  Every verdict (an answer due, the end, a dead
+Boss) comes from the ledger through the client; the blocking and asyncio
+generators differ only in how they wait.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ if TYPE_CHECKING:  # asyncio costs ~40 ms to import: only async users pay it
 
     from .aio import SocketWaiter
 
-from .client import Client, Lane
+from .client import Client
 from .errors import SerializationError
+from .ledger import Lane
 from .payload import Pickled, dump
 from .progressbar import open_bar
 from .protocol import Flag, Frame
@@ -351,8 +355,9 @@ async def aresults(
 
 async def _anext_until_closed(client: Client, waiter: SocketWaiter, cancelled: bool) -> Frame | None:
     """:meth:`Client.next_result_until_closed` for asyncio: waits for the
-    socket when results are due, else for add_work/close_input (from a task
-    or a thread)."""
+    socket when results are due; else for add_work/close_input (from a task
+    or a thread) while watching the socket too, so the Boss's death is
+    noticed at once."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -370,11 +375,13 @@ async def _anext_until_closed(client: Client, waiter: SocketWaiter, cancelled: b
             loop.call_soon_threadsafe(_set, changed)
 
         client.watch_input(wake)
+        reading = asyncio.ensure_future(waiter.wait(None))
         try:
             # Looked at again now that we watch: a change in between is not lost.
             if client.until_closed_step(take=False, cancelled=cancelled)[1] == "input":
-                await changed
+                await asyncio.wait({changed, reading}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            reading.cancel()
             client.watch_input(wake, watch=False)
 
 

@@ -19,9 +19,10 @@ after the deadline (C code that ignores signals), the Boss kills the worker.
 Leaving: a worker leads its own process group (the Boss kills the group
 when the worker goes), and before ``os._exit`` it flushes what its handlers
 hold (see :class:`bossworker.process.ExitFlush`), except in a child a
-handler forked that came back into this loop.  Where no parent-death signal
-ends it with its Boss (under forkserver), it watches the Boss's pidfd and
-writes no result segment for a Boss that is gone.
+handler forked that came back into this loop.  It leaves no result segment
+for a Boss that is gone or going (see :class:`bossworker.process.Watched`):
+under forkserver nothing ends it with its Boss, and elsewhere the
+parent-death signal comes after main may have seen the Boss die.
 """
 
 from __future__ import annotations
@@ -111,17 +112,17 @@ def _error(job_id: int, started: float, text: str, exc: BaseException | None = N
 
 
 def _run_job(
-    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: Watched | None = None
+    spec: WorkerSpec, alarm: _Alarm, frame: Frame, boss: Watched | None = None, pid: int = 0
 ) -> list[bytes | bytearray | memoryview]:
     """Run one job and return the answer frame as buffers to send.
 
-    The answer's ``timeout`` field carries how long the job took (wall
+    The answer's ``ran`` field (``Frame.ran``) carries how long the job took (wall
     time, loading and pickling included): the Boss sizes its pipelining on
     it, without counting the time a worker waited for work.
 
     Raises :class:`_BossGone` instead of leaving a result segment when
-    ``boss`` (watched where nothing kills us with it) says the Boss has
-    exited or is exiting: nobody would remove it.
+    ``boss`` says the Boss has exited or is exiting: nobody would remove it.
+    ``pid`` is this worker's (0: ask the system).
     """
     job_id = frame.job_id
     timeout = frame.limit
@@ -157,14 +158,13 @@ def _run_job(
         # The exception travels too: main raises it (or a PicklingError
         # caused by it), as ProcessPoolExecutor does.
         return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)), exc)]
-    if boss is not None and boss.leaving():
-        raise _BossGone
-    answer = result_answer(job_id, pickled, spec.segments, started)
+    answer = result_answer(job_id, pickled, spec.segments, started, pid)
     if boss is not None:
-        # Looked at again once the segment exists: the Boss may have been
-        # killed while it was written, and main may already have freed the
-        # pool's segments (it does once it saw the Boss die, which is after
-        # the Boss began to exit).
+        # Looked at once the segment exists (not before: the Boss may be
+        # killed while it is written): main may have seen the Boss die
+        # already (it sees that as soon as the Boss's descriptors close,
+        # before its parent-death signal reaches us) and freed the pool's
+        # segments.  Only for a segment: a small answer is sent or fails.
         segment = result_segment(answer)
         if segment is not None and boss.leaving():
             spec.segments.discard(segment)
@@ -229,10 +229,10 @@ def run_worker(
     lead_own_group()  # whatever runs from here on is in the group
     close_inherited(inherited)
     ignore_interrupts()
-    boss: Watched | None = None
+    # Watched so as to leave no result segment behind for a Boss that is
+    # gone.  Under forkserver (or without prctl) nothing kills us with it.
+    boss: Watched | None = Watched(boss_pid)
     if not (os.getppid() == boss_pid and set_parent_death_signal(boss_pid)):
-        # Under forkserver (or without prctl) nothing kills us with the
-        # Boss: watch it, so as to leave no segment behind for it.
         pidfd = open_pidfd(boss_pid, older_than_me=True)
         boss = Watched(boss_pid, pidfd) if pidfd is not None else None
     flush = ExitFlush()  # after this, what the handlers set up is flushed at exit
@@ -275,12 +275,13 @@ def run_worker(
     decoder = Decoder(spec.read_size)
     todo: deque[Frame] = deque()
     done = 0
+    max_jobs = spec.max_jobs
+    pid = os.getpid()
+    shutdown = Kind.SHUTDOWN  # bound once: Kind.X is slow on 3.11 (see boss/link.py)
     unsent_segment: int | None = None  # a result segment whose frame is not sent yet
     try:
+        _send_all(sock, out)  # READY
         while True:
-            with send_lock:
-                _send_all(sock, out)  # answer before starting the next job
-            unsent_segment = None
             if not todo:
                 n = sock.recv_into(decoder.get_buffer())
                 if not n:  # the Boss is gone
@@ -289,23 +290,27 @@ def run_worker(
                 todo.extend(decoder.take())
                 continue
             frame = todo.popleft()
-            if frame.kind == Kind.SHUTDOWN:
+            if frame.kind == shutdown:
                 _leave(spec, flush)
             running[0] = frame.job_id
-            answer = _run_job(spec, alarm, frame, boss)
+            answer = _run_job(spec, alarm, frame, boss, pid)
             running[0] = 0
-            if forked:
+            if forked.value:
                 # The handler forked and its child returned into our loop:
                 # that child must not speak on the Boss's socket, nor flush
                 # its parent's queues.
                 exit_now(EXIT_OK)
+            # Answer before starting the next job.
             unsent_segment = result_segment(answer)
-            out.extend(answer)
-            done += 1
-            if spec.max_jobs is not None and done >= spec.max_jobs:
-                with send_lock:
+            with send_lock:  # a handler's threads may be logging (LOG frames)
+                if len(answer) == 1:
+                    sock.sendall(answer[0])  # the usual answer: one buffer
+                else:
+                    out.extend(answer)
                     _send_all(sock, out)
-                unsent_segment = None
+            unsent_segment = None
+            done += 1
+            if max_jobs is not None and done >= max_jobs:
                 _leave(spec, flush)
     except (BrokenPipeError, ConnectionResetError, _BossGone):
         # The Boss is gone; nobody is left to answer, nor to remove the

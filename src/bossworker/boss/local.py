@@ -57,7 +57,7 @@ from ..errors import (
 )
 from ..jobs import Facts, frame_text
 from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
-from ..portable import LateSocket, send_chunks
+from ..portable import send_chunks, socket_for_child
 from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
 from ..protocol import (
     Decoder,
@@ -73,7 +73,17 @@ from ..protocol import (
 )
 from ..worker import run_worker
 from .core import RESPAWN_BACKOFF_MAX, BossCore, FleetNumbers
-from .link import ANSWERED, TIMED_OUT, HeadFate, LinkState, OutOfTurn, WorkerLink
+from .link import (
+    ANSWERED,
+    DEAD,
+    SERVING,
+    STARTING,
+    STOPPING,
+    TIMED_OUT,
+    HeadFate,
+    OutOfTurn,
+    WorkerLink,
+)
 
 __all__ = ["EXIT_GRACE", "LocalFleet", "WorkerRecord"]
 
@@ -89,12 +99,26 @@ START_BUDGET = 0.01
 # one log line at most this often, not one line per failed start.
 START_REPORT_INTERVAL = 60.0
 
+# The kinds a worker's frames are compared with, bound once (see link.SERVING).
+_ANSWERS = frozenset({Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT})
+_TIMED_OUT_KIND, _READY = Kind.TIMED_OUT, Kind.READY
+
 
 class WorkerRecord(WorkerLink):
     """One worker process as the local Boss sees it: its link, and what
     talking to it takes (process, socket, buffers, exit watch)."""
 
-    __slots__ = ("decoder", "on_io", "out", "pidfd", "process", "rss_probe", "slot_failures", "sock")
+    __slots__ = (
+        "decoder",
+        "events",
+        "on_io",
+        "out",
+        "pidfd",
+        "process",
+        "rss_probe",
+        "slot_failures",
+        "sock",
+    )
 
     def __init__(
         self,
@@ -112,6 +136,7 @@ class WorkerRecord(WorkerLink):
         self.sock = sock
         self.decoder = Decoder(read_size)
         self.out = SendQueue()
+        self.events = selectors.EVENT_READ  # what the selector watches its socket for
         self.pidfd: OwnedFd | None = None  # readable once the process exited (None: its sentinel is watched)
         # With a memory cap only: reads the worker's resident size.
         self.rss_probe: RssProbe | None = None
@@ -154,6 +179,8 @@ class LocalFleet:
         # nothing more, so a million queued tiny jobs stay small.
         self.queue: deque[bytes | bytearray] = deque()
         self.workers: list[WorkerRecord] = []
+        # Workers given frames this turn, written to by flush() at its end.
+        self.unflushed: list[WorkerRecord] = []
         # The slots waiting for a new worker, a heap of (when, order, the
         # slot's failures in a row): one entry per slot.
         self.respawn_at: list[tuple[float, int, int]] = []
@@ -201,7 +228,7 @@ class LocalFleet:
         return bool(self.workers or self.respawn_at)
 
     def can_serve(self) -> bool:
-        return any(w.state is not LinkState.DEAD for w in self.workers)
+        return any(w.state is not DEAD for w in self.workers)
 
     def take_queued(self) -> list[int]:
         job_ids = []
@@ -215,7 +242,7 @@ class LocalFleet:
         self.respawn_at.clear()
         now = self.clock()
         for w in self.workers:
-            if w.state in (LinkState.STARTING, LinkState.SERVING):
+            if w.state in (STARTING, SERVING):
                 self._tell_to_leave(w, now)
 
     def kill_all(self) -> None:
@@ -229,10 +256,10 @@ class LocalFleet:
                 w.pidfd.close()
 
     def request_numbers(self, reply: Callable[[FleetNumbers], None]) -> None:
-        alive = [w for w in self.workers if w.state is not LinkState.DEAD]
+        alive = [w for w in self.workers if w.state is not DEAD]
         reply(
             FleetNumbers(
-                running=sum(1 for w in alive if w.inflight and w.state is LinkState.SERVING),
+                running=sum(1 for w in alive if w.inflight and w.state is SERVING),
                 workers_alive=len(alive),
                 workers_started=self.workers_started,
                 jobs_per_worker={w.pid: w.jobs_done for w in alive},
@@ -256,7 +283,7 @@ class LocalFleet:
         queue = self.queue
         if not queue:
             return
-        serving = [w for w in self.workers if w.state is LinkState.SERVING]
+        serving = [w for w in self.workers if w.state is SERVING]
         now = self.clock()
         # Idle workers first, one job each, so work spreads before it deepens.
         for w in serving:
@@ -269,7 +296,7 @@ class LocalFleet:
         # Every worker is busy and jobs still wait: send some ahead, but no
         # worker more than its fair share of the queue (counting workers
         # still starting), so the tail of a batch stays spread out.
-        starting = sum(1 for w in self.workers if w.state is LinkState.STARTING)
+        starting = sum(1 for w in self.workers if w.state is STARTING)
         for w in serving:
             share = len(queue) // (len(serving) + starting)
             room = min(w.depth(), w.budget(self.max_jobs) + len(w.inflight)) - len(w.inflight)
@@ -278,19 +305,22 @@ class LocalFleet:
 
     def next_due(self) -> float:
         """The nearest time something is due: a deadline, a memory check, a
-        start-up or leave limit, a killing of a lingering process, a respawn."""
+        start-up or leave limit, a killing of a lingering process, a respawn,
+        the summary of failed starts.  The Boss ticks only then."""
         soonest = math.inf
         watch_memory = self.watch_memory
         for w in self.workers:
             soonest = min(soonest, w.deadline(), w.start_deadline())
             if watch_memory:
                 soonest = min(soonest, w.memory_check_due(CHECK_INTERVAL))
-            if w.state is LinkState.DEAD:
+            if w.state is DEAD:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
-            elif w.state is LinkState.STOPPING:
+            elif w.state is STOPPING:
                 soonest = min(soonest, w.leave_by)
         if self.respawn_at:
             soonest = min(soonest, self.respawn_at[0][0])
+        if self.start_failures_unreported:
+            soonest = min(soonest, self.start_report_due)
         return soonest
 
     def tick(self, now: float) -> None:
@@ -326,7 +356,7 @@ class LocalFleet:
             inherited += [w.rss_probe for w in self.workers if w.rss_probe is not None]
         process = self.ctx.Process(
             target=run_worker,
-            args=(LateSocket(worker_end), self.worker_spec, os.getpid(), inherited),
+            args=(socket_for_child(worker_end), self.worker_spec, os.getpid(), inherited),
             name="bossworker-worker",
             daemon=False,
         )
@@ -453,22 +483,34 @@ class LocalFleet:
     # -- workers: talking -----------------------------------------------------------------
 
     def _send(self, w: WorkerRecord, frames: list[bytes | bytearray]) -> None:
+        """Queue ``frames`` for ``w``; :meth:`flush` writes them at the end of the turn."""
+        if not w.out:
+            self.unflushed.append(w)
         w.out.extend(frames)
-        self._flush_worker(w)
+
+    def flush(self) -> None:
+        """Write what this turn queued for the workers (the driver calls
+        this last in a turn, see Boss.run)."""
+        if self.unflushed:
+            for w in self.unflushed:
+                self._flush_worker(w)
+            self.unflushed.clear()
 
     def _flush_worker(self, w: WorkerRecord) -> None:
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
-        if w.out:
+        out = w.out
+        if out:
             try:
-                w.out.consume(send_chunks(w.sock, w.out.chunks()))
+                out.consume(send_chunks(w.sock, out.chunks()))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
                 return  # it died; its sentinel will tell
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
-        if self.selector.get_key(w.sock).events != events:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        if w.events != events:
             self.selector.modify(w.sock, events, w.on_io)
+            w.events = events
 
     def _on_worker(self, w: WorkerRecord, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -479,7 +521,7 @@ class LocalFleet:
     def _read_worker(self, w: WorkerRecord, drain: bool = False) -> None:
         """Read what ``w`` sent (all of it with ``drain``; else one read, so
         that one busy worker does not hold up the others) and handle it."""
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
         violation: Exception | None = None
         try:
@@ -495,17 +537,17 @@ class LocalFleet:
             self._lose_socket(w)
 
     def _on_worker_frame(self, w: WorkerRecord, frame: Frame) -> None:
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return  # killed for a frame before this one: the rest is not trusted
         kind = frame.kind
-        if kind in (Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT):
+        if kind in _ANSWERS:
             now = self.clock()
             try:
                 job = w.answered(frame, now)
             except OutOfTurn as exc:
                 self._protocol_violation(w, str(exc))
                 return
-            if kind == Kind.TIMED_OUT:
+            if kind == _TIMED_OUT_KIND:
                 log.warning("job %d timed out in worker %d", frame.job_id, w.pid)
             if self.core.deliver(job, frame):
                 self.queue.appendleft(job.raw)
@@ -513,7 +555,7 @@ class LocalFleet:
                 w.retire(now, self.config.exit_limit)  # it exits by itself now
             elif self.watch_memory:
                 self._recycle_if_over_memory(w, now)
-        elif kind == Kind.READY:
+        elif kind == _READY:
             if self.watch_memory and self._over_memory_at_start(w):
                 return
             w.ready()
@@ -530,7 +572,7 @@ class LocalFleet:
         socket, say): this costs that worker and its running job only.  The
         job gets an ERROR; the worker is killed, and replaced as after any
         death (jobs sent ahead go back to the queue)."""
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
         text = PROTOCOL_VIOLATION_ERROR.format(detail=detail)
         log.error("worker %d: %s; killing it", w.pid, detail)
@@ -576,7 +618,7 @@ class LocalFleet:
 
     def _lose_socket(self, w: WorkerRecord) -> None:
         """The worker's socket is closed: stop listening; wait for its exit."""
-        if w.state is LinkState.DEAD:
+        if w.state is DEAD:
             return
         self.selector.unregister(w.sock)
         w.sock.close()
@@ -697,7 +739,7 @@ class LocalFleet:
         its has to be killed for memory it leaked in earlier jobs.  Measured
         after every answer that leaves it idle, else every CHECK_INTERVAL."""
         cap = self.config.max_worker_memory
-        if w.rss_probe is None or cap is None or w.state is not LinkState.SERVING:
+        if w.rss_probe is None or cap is None or w.state is not SERVING:
             return
         # A worker with jobs sent ahead is running sub-millisecond jobs back
         # to back: a system call after each would slow the Boss down for

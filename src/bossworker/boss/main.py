@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import selectors
 import signal
@@ -80,8 +81,12 @@ class Boss:
         self.main_in = Decoder(config.worker.read_size)
         self.selector = make_selector()
         self.selector.register(self.main, selectors.EVENT_READ, self._on_main)
-        self.next_parent_check = 0.0
+        self.main_events = selectors.EVENT_READ  # what the selector watches main's socket for
         self.main_pidfd = self._watch_main()
+        # Main's pidfd shows its death at once: then the Boss never looks at
+        # its parent's pid, and with nothing else due it waits without a
+        # timeout (a timed wait arms a timer at every sleep).
+        self.next_parent_check = 0.0 if self.main_pidfd is None else math.inf
         self.core = BossCore(config.worker_count)
         self.fleet = LocalFleet(config, self.core, self.selector, time.monotonic, self._own_descriptors)
         self.core.attach(self.fleet)
@@ -96,24 +101,35 @@ class Boss:
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until main shut the pool down and has every answer."""
-        self.fleet.start_all()
-        while True:
-            self.fleet.dispatch()  # queued jobs to workers
-            self.core.step()  # a graceful shutdown moves on: retire, BYE
-            self._flush_main()  # answers to main
-            if self.core.finished():
-                break
-            for key, mask in self.selector.select(self._next_timeout()):
-                key.data(mask)  # main's frames, workers' answers, worker exits
-            now = time.monotonic()
-            self.fleet.tick(now)  # deadlines, memory, lingering workers, respawns
-            self._check_parent(now)  # main still there?
-        self.selector.close()
+        """Serve until main shut the pool down and has every answer.
 
-    def _next_timeout(self) -> float:
-        soonest = min(self.next_parent_check, self.fleet.next_due())
-        return max(0.0, soonest - time.monotonic())
+        The writes of a turn come last, right before the wait: a process
+        woken by a write to a Unix socket is usually put on the writer's
+        CPU (the kernel expects the writer to sleep next), so every
+        microsecond of bookkeeping after a write is one the reader waits.
+        """
+        fleet, core, select = self.fleet, self.core, self.selector.select
+        fleet.start_all()
+        due = 0.0  # the nearest time something is due (see LocalFleet.next_due)
+        while True:
+            now = time.monotonic()
+            if now >= due:
+                # Everything the callbacks set up is due later than now
+                # (grace periods, back-offs, deadlines), so skipping this
+                # until the nearest due time changes nothing.
+                fleet.tick(now)  # deadlines, memory, lingering workers, respawns
+                self._check_parent(now)  # main still there?
+            fleet.dispatch()  # queued jobs to workers' send queues
+            core.step()  # a graceful shutdown moves on: retire, BYE
+            due = min(self.next_parent_check, fleet.next_due())
+            fleet.flush()  # jobs to workers
+            self._flush_main()  # answers to main
+            if core.finished():
+                break
+            wait = None if due == math.inf else max(0.0, due - time.monotonic())
+            for key, mask in select(wait):
+                key.data(mask)  # main's frames, workers' answers, worker exits
+        self.selector.close()
 
     # -- main's side -----------------------------------------------------------------
 
@@ -142,8 +158,9 @@ class Boss:
                 self.core.main_lost()
                 return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
-        if self.selector.get_key(self.main).events != events:
+        if self.main_events != events:
             self.selector.modify(self.main, events, self._on_main)
+            self.main_events = events
 
     def _watch_main(self) -> OwnedFd | None:
         """Watch main's pidfd, where there are pidfds.

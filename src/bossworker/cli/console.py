@@ -2,7 +2,7 @@
 summary, so that their lines do not cut into each other.
 
 A handler's own output also goes to standard error (see
-:func:`.stdio.open_output`), straight from the worker processes: this
+:func:`.stdio.claim_stdout`), straight from the worker processes: this
 process never sees it, so it cannot know whether such output ended with a
 newline.  :func:`start_own_line` puts the summary on a line of its own
 anyway where that can be done exactly, without a stray blank line.

@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import traceback
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import (
     TIMED_OUT_ERROR,
@@ -71,9 +70,9 @@ class RunOutcome(enum.Enum):
     HALTED = "halted"
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
-    """What the job log and ``--details`` say of one job."""
+class Facts(NamedTuple):
+    """What the job log and ``--details`` say of one job.  (Tuples, not frozen
+    dataclasses: one is made per line, and a tuple is made 3x faster.)"""
 
     kind: str  # the outcome word: ok, error:TYPE, timed_out, died, memory, ...
     worker_pid: int | None = None
@@ -83,8 +82,7 @@ class Facts:
     memory_kills: int = 0  # attempts the memory cap killed
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One output line, ready to write (``text`` ends in a newline)."""
 
     text: str
@@ -148,15 +146,11 @@ def outcome_record(number: int, outcome: JobOutcome[Any], details: bool = False)
     """The record for a job's :class:`bossworker.Outcome` (not a cancelled one):
     the same text :func:`result_record` makes of ``get_result()``'s value,
     and the job's :class:`Facts`."""
-    memory_kills = sum(isinstance(a.error, MemoryLimitError) for a in outcome.attempts)
-    facts = Facts(
-        OK,
-        outcome.worker_pid,
-        outcome.started_at,
-        outcome.run_time,
-        len(outcome.attempts),
-        memory_kills,
-    )
+    attempts = outcome.attempts
+    memory_kills = 0
+    if len(attempts) > 1 or not outcome.ok:  # else there is none to count
+        memory_kills = sum(isinstance(a.error, MemoryLimitError) for a in attempts)
+    facts = Facts(OK, outcome.worker_pid, outcome.started_at, outcome.run_time, len(attempts), memory_kills)
     if outcome.ok:
         return result_record(number, outcome.value, facts, details)
     error = outcome.error
@@ -200,7 +194,7 @@ def _remote_text(tb: str) -> str:
 
 
 def _with_kind(facts: Facts, kind: str) -> Facts:
-    return Facts(kind, facts.worker_pid, facts.started_at, facts.run_time, facts.attempts, facts.memory_kills)
+    return facts._replace(kind=kind)
 
 
 def _details(facts: Facts) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def read_jobs(
     number = 0
     percent = options.timeout.percent is not None
     fixed_limit = None if percent else options.timeout.for_median(None)
-    for lines in read_line_batches(source):
+    for lines in read_line_batches(source, state.wake_fd):
         batch: list[tuple[int, Any]] = []  # (line number, job) not added yet
         finished_here = False
         slots = 0
@@ -343,7 +343,17 @@ def run(options: RunOptions, console: Console, pump: LogPump | None = None) -> i
                 if joblog is not None:
                     out.follower = joblog.sink  # the log never runs ahead of the output
                 writer = Writer(out, options.ordered, options.max_in_flight, joblog, halt, on_halt)
-                outcome = run_to_the_end(options, handlers, source, state, writer, console, pump, done)
+                try:
+                    outcome = run_to_the_end(options, handlers, source, state, writer, console, pump, done)
+                finally:
+                    state.close()
+                if done is not None and outcome is RunOutcome.DONE and len(done) > state.resumed:
+                    extra = len(done) - state.resumed
+                    console.line(
+                        f"bossworker: warning: --resume: {options.output} has {extra} "
+                        f"record{'s' if extra != 1 else ''} for lines the input does not have; "
+                        "was it the same input?"
+                    )
                 left = ""
                 if options.eta and outcome is not RunOutcome.DONE:
                     left = _time_left(source, state, writer, time.monotonic() - started)

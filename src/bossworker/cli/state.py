@@ -3,6 +3,8 @@ state and the writer of records, in completion or input order."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import sys
 import threading
@@ -183,6 +185,9 @@ class RunState:
         self.halted = False  # --halt tripped: no more lines are read
         self.halt_now = False  # ... and the collector takes only what has arrived
         self.collector_done = False
+        # Made readable when the run stops early, to wake a reader waiting on
+        # a pipe (see stdio.read_line_batches); closed by close().
+        self.wake_fd, self._wake_w = os.pipe()
         # Written by the reader only; read by the progress bar.
         self.lines_read = 0
         self.resumed = 0  # lines skipped: done before (--resume)
@@ -228,6 +233,17 @@ class RunState:
             self.halted = True
             self.halt_now = self.halt_now or now
             self.cond.notify_all()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        with contextlib.suppress(OSError):  # closed: the run is over anyway
+            os.write(self._wake_w, b"!")
+
+    def close(self) -> None:
+        """Close the wake-up pipe (the run is over)."""
+        for fd in (self.wake_fd, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def collector_finished(self) -> None:
         with self.cond:
@@ -253,6 +269,7 @@ class RunState:
                 self.failure = failure
             self.stopping = True
             self.cond.notify_all()
+        self._wake_reader()
 
     def work_or_end(self) -> bool:
         """True when the collector has something to do or should stop (lock held)."""

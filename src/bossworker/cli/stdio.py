@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import stat
 import sys
 from collections.abc import Iterator
@@ -173,17 +174,25 @@ def _take_over(stream: IO[Any], replacement: int) -> Iterator[int]:
         os.close(saved)
 
 
-def read_line_batches(source: IO[bytes]) -> Iterator[list[bytes]]:
+def read_line_batches(source: IO[bytes], wake_fd: int | None = None) -> Iterator[list[bytes]]:
     """The lines of ``source`` (without their newline), as they become available.
 
     Each batch holds the complete lines one read of up to :data:`READ_SIZE`
     bytes brought, so a pipe's line is handed on as soon as it has arrived,
     and a file's lines go on in large batches.  A last line without a
     newline is a line.  Memory: one read, plus the line being assembled.
+    Reading stops early (the partial line is dropped) once ``wake_fd`` is
+    readable: a run that stops (``--halt``) is not held up by a pipe that
+    sends nothing more.
     """
     fd = source.fileno()
     partial: list[bytes] = []  # the start of a line that did not end yet
-    while data := os.read(fd, READ_SIZE):
+    while True:
+        if wake_fd is not None and wake_fd in select.select([fd, wake_fd], [], [])[0]:
+            return
+        data = os.read(fd, READ_SIZE)
+        if not data:
+            break
         if b"\n" not in data:
             partial.append(data)
             continue
