@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -152,3 +153,157 @@ def init_once(marker: str) -> None:
     if os.path.exists(marker):
         raise RuntimeError("init fails from now on")
     Path(marker).touch()
+
+
+# -- issue 16 #2 / 18: data that attacks main's collector thread --------------------
+
+
+def _explode(kind: str) -> Any:
+    """Runs when a :class:`ExplodesInMain` is unpickled (in main)."""
+    if kind == "exit":
+        raise SystemExit(5)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    raise ValueError("unpickling exploded")
+
+
+class ExplodesInMain:
+    """Pickles fine in the worker; unpickling it raises ``kind``'s exception."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_explode, (self.kind,))
+
+
+def return_explosive(kind: str) -> ExplodesInMain:
+    return ExplodesInMain(kind)
+
+
+class RefusesPickling:
+    """Its pickling raises ``kind``'s exception (in whichever process pickles it)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.kind == "exit":
+            raise SystemExit(6)
+        import pickle
+
+        raise pickle.PicklingError("refused to be pickled")
+
+
+def return_refusing(kind: str) -> RefusesPickling:
+    return RefusesPickling(kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """A frozen-dataclass exception: ``exc.__cause__ = ...`` raises on it."""
+
+    code: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenError, (self.code,))
+
+
+def raise_frozen(code: int) -> Any:
+    raise FrozenError(code)
+
+
+class Blob:
+    """A result main can hold a weak reference to."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def make_blob(n: int) -> Blob:
+    return Blob(n)
+
+
+def sleep_marked(marker: str, seconds: float) -> float:
+    """Say it started (a file), then sleep."""
+    Path(marker).touch()
+    time.sleep(seconds)
+    return seconds
+
+
+def die_once(marker: str, how: str = "exit") -> str:
+    """Fail the first attempt (its worker exits, or it overruns a time limit:
+    ``how="hang"``), succeed on the next: ``marker`` remembers."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        if how == "hang":
+            time.sleep(60)
+        os._exit(7)
+    return "second attempt"
+
+
+def log_and_return(message: str, value: Any) -> Any:
+    """Log at INFO and WARNING under this module's logger, then return."""
+    import logging
+
+    log = logging.getLogger("executor_tasks")
+    log.info("info: %s", message)
+    log.warning("warning: %s", message)
+    return value
+
+
+def log_then_exit(message: str) -> Any:
+    """Log a WARNING, then end the worker at once (no flush, no clean-up)."""
+    import logging
+
+    logging.getLogger("executor_tasks.dying").warning("last words: %s", message)
+    os._exit(3)
+
+
+def log_job(job: dict[str, Any]) -> int:
+    """A BossWorkerAsync work handler: log the job at INFO, return this pid."""
+    import logging
+
+    logging.getLogger("executor_tasks.pool").info("job %s", job["n"])
+    return os.getpid()
+
+
+def log_init() -> None:
+    import logging
+
+    logging.getLogger("executor_tasks.init").info("init in %d", os.getpid())
+
+
+def log_exit() -> None:
+    import logging
+
+    logging.getLogger("executor_tasks.exit").warning("exit of %d", os.getpid())
+
+
+def log_from_threads(n: int) -> int:
+    """Log 200 records from 4 threads at once; return how many."""
+    import logging
+
+    log = logging.getLogger("executor_tasks.threads")
+
+    def run(t: int) -> None:
+        for i in range(50):
+            log.info("task %d thread %d record %d %s", n, t, i, "x" * 100)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 200
+
+
+def _refuse_in_worker() -> Any:
+    raise RuntimeError("cannot be rebuilt here")
+
+
+class BreaksInWorker:
+    """Pickles fine in main; unpickling it (in the worker) raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_in_worker, ())

@@ -120,3 +120,24 @@ def test_readme_links_work_outside_the_repository() -> None:
     targets = re.findall(r"\]\(([^)\s]+)", readme) + re.findall(r"^\[[^\]]+\]:\s*(\S+)", readme, re.M)
     relative = [t for t in targets if not re.match(r"(https?://|mailto:|#)", t)]
     assert relative == []
+
+
+def test_log_forwarding_example() -> None:
+    out = run(sys.executable, "examples/log_forwarding_example.py")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == [
+        "shop.prices INFO pricing apple (job 1)",
+        "50",
+        "shop.prices INFO pricing crash (job 2)",
+    ]
+    assert re.fullmatch(
+        r"bossworker WARNING worker \d+ died \(exit code 1\) while running job 2 \(job None\)", lines[3]
+    )
+    assert lines[4:] == ["WorkerDiedError"]
+    assert out.stderr == ""
+
+
+def test_logging_page_includes_the_log_forwarding_example() -> None:
+    page = (ROOT / "docs/guides/logging.md").read_text()
+    assert "```{literalinclude} ../../examples/log_forwarding_example.py" in page

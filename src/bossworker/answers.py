@@ -18,10 +18,10 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from .errors import TIMED_OUT_ERROR, SerializationError, result_not_unpicklable_error
+from .errors import TIMED_OUT_ERROR, result_not_unpicklable_error
 from .jobs import error_text
 from .ledger import JobRecord
-from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome
+from .outcome import Outcome, cancelled_outcome, error_from_answer, make_outcome, unpickling_error
 from .payload import Segments
 from .protocol import Flag, Frame, Kind
 
@@ -44,10 +44,8 @@ def decode(frame: Frame, segments: Segments, limit: float, what: str = "job") ->
         return False, error_from_answer(frame, limit, what)
     try:
         return True, _load(frame, segments)
-    except Exception as exc:  # noqa: BLE001 - this job's failure only
-        error = SerializationError(f"the {what}'s result could not be unpickled in main: {exc!r}")
-        error.__cause__ = exc
-        return False, error
+    except BaseException as exc:  # noqa: BLE001 - even SystemExit: this job's failure only
+        return False, unpickling_error(exc, what)
 
 
 def value(frame: Frame, segments: Segments) -> Any:
@@ -57,7 +55,7 @@ def value(frame: Frame, segments: Segments) -> Any:
     if frame.kind == Kind.RESULT:
         try:
             return _load(frame, segments)
-        except Exception as exc:  # noqa: BLE001 - becomes this job's ERROR
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit: this job's ERROR, never main's
             return {"ERROR": result_not_unpicklable_error(exc)}
     if frame.kind == Kind.TIMED_OUT:
         return {"ERROR": TIMED_OUT_ERROR}

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 __all__ = [
     "INSTALL_HINT",
     "ByValue",
+    "TaskByValue",
     "by_value",
     "cloudpickle_available",
     "main_is_importable",
@@ -58,6 +59,25 @@ class ByValue:
 
     def __repr__(self) -> str:
         return f"ByValue({self.fn!r})"
+
+
+class TaskByValue(ByValue):
+    """A :class:`ByValue` for an Executor's task function: pickled with
+    ``cloudpickle`` once, the bytes kept for every later task (a ``map``
+    over a lambda pickles its code once, not once per item).  Unlike a
+    handler's, a task function is not passed to a child being started, so
+    multiprocessing objects it closes over are not expected to travel."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__(fn)
+        self.blob: bytes | None = None
+
+    def __reduce__(self) -> tuple[Callable[[bytes], ByValue], tuple[bytes]]:
+        if self.blob is None:
+            self.blob = _cloudpickle(self.fn)
+        return _load, (self.blob,)
 
 
 def _cloudpickle(obj: object) -> bytes:

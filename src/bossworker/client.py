@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import logfwd
 from .backend import BossHandle, forget_main_socket
 from .errors import (
     BossDiedError,
@@ -424,6 +425,12 @@ class Client:
             # it ever sent already in the socket: after it, end-of-file.
             final = self.ledger.phase is Phase.LOST
             frames, eof = self._recv_available()
+            # The workers' and the Boss's logging records (LOG frames) are
+            # not the ledger's: handed to logging below, outside the lock
+            # (main's handlers must not run under it).
+            logs = [bytes(f.payload) for f in frames if f.kind == Kind.LOG]
+            if logs:
+                frames = [f for f in frames if f.kind != Kind.LOG]
             with self._cond:
                 wake = self.ledger.receive(frames, time.time()) if frames else Wake.NONE
                 for job_id in self.ledger.take_orphans():
@@ -431,8 +438,11 @@ class Client:
                 if (eof or final) and not self._shut:
                     wake |= self.ledger.end_of_file()
                 self._wake(wake)
-                if eof or final or self.ledger.phase is not Phase.LOST:
-                    return
+                leave = eof or final or self.ledger.phase is not Phase.LOST
+            for payload in logs:
+                logfwd.replay(payload)
+            if leave:
+                return
 
     def _recv_available(self) -> tuple[list[Frame], bool]:
         """Read and decode what the socket holds now; True if it said EOF."""

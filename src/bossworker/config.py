@@ -44,6 +44,9 @@ class WorkerSpec:
     # Seconds a worker may take from its start to READY (init_handler
     # included) before the Boss kills it as an init failure; 0 = no limit.
     init_timeout: float = 0.0
+    # Forward logging records to main (bossworker.logfwd) at this level on
+    # the child's root logger; None: leave the child's logging alone.
+    log_level: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

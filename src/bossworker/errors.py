@@ -7,6 +7,10 @@ catches all of them::
     ├── InvalidArgumentError        you passed something we cannot use (also a
     │                               TypeError and a ValueError)
     ├── SerializationError          a job (or a handler under spawn) cannot be pickled
+    │   ├── PicklingError           a task or its result cannot be pickled (also a
+    │   │                           pickle.PicklingError)
+    │   └── UnpicklingError         a result cannot be unpickled in main (also a
+    │                               pickle.UnpicklingError)
     ├── ShutDownError               you already shut the pool (or Executor) down
     │   │                           (also a RuntimeError, as concurrent.futures raises)
     │   └── InputClosedError        you called close_input(): the pool takes no more work
@@ -43,6 +47,7 @@ future's ``result()``: the task's own exception, or one of the three above;
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
@@ -50,6 +55,7 @@ __all__ = [
     "DASK_TASK_CANCELLED_ERROR",
     "INIT_TIMEOUT_ERROR",
     "INPUT_CLOSED_ERROR",
+    "JOB_NOT_UNPICKLABLE_PREFIX",
     "MEMORY_AT_START_ERROR",
     "MEMORY_LIMIT_ERROR",
     "MEMORY_LIMIT_PREFIX",
@@ -70,11 +76,13 @@ __all__ = [
     "JobCancelledError",
     "MemoryLimitError",
     "NoPendingResultsError",
+    "PicklingError",
     "RemoteTraceback",
     "SerializationError",
     "ShutDownError",
     "TaskError",
     "TaskTimeoutError",
+    "UnpicklingError",
     "WorkerDiedError",
     "WorkerInitError",
     "could_not_start_worker_error",
@@ -85,6 +93,7 @@ __all__ = [
     "exited_before_ready_text",
     "handlers_not_unpicklable_error",
     "job_not_sent_error",
+    "job_not_unpicklable_error",
     "job_payload_lost_error",
     "no_worker_could_start_error",
     "result_not_picklable_error",
@@ -160,6 +169,9 @@ NOT_IMPORTABLE_HINT = (
 WORKER_DIED_PREFIX = "BossWorkerAsync: worker died ("
 #: A job whose return value the worker could not pickle.
 RESULT_NOT_PICKLABLE_PREFIX = "BossWorkerAsync: result could not be pickled"
+#: A job its worker could not unpickle (a class or function it cannot import, a
+#: ``__reduce__`` that raises there).
+JOB_NOT_UNPICKLABLE_PREFIX = "BossWorkerAsync: job could not be unpickled in the worker"
 #: A job answered because no worker could get through its init_handler.
 NO_WORKER_COULD_START_PREFIX = "BossWorkerAsync: no worker could start"
 
@@ -183,6 +195,12 @@ def no_worker_could_start_error(last_error: str) -> str:
     """The ERROR of a job no worker could be started for; ``last_error`` is
     the last start-up failure."""
     return f"{NO_WORKER_COULD_START_PREFIX}: {last_error}"
+
+
+def job_not_unpicklable_error(detail: str) -> str:
+    """The ERROR of a job its worker could not unpickle; ``detail`` is the
+    unpickling error (``describe_exception``)."""
+    return f"{JOB_NOT_UNPICKLABLE_PREFIX}: {detail}"
 
 
 def result_not_picklable_error(detail: str) -> str:
@@ -289,6 +307,24 @@ class SerializationError(BossWorkerError):
     queued) and by the constructor for a handler that a ``spawn`` or
     ``forkserver`` worker could not import.
     """
+
+
+class PicklingError(SerializationError, pickle.PicklingError):
+    """A task (in main) or its return value (in its worker) could not be
+    pickled; raised by that task's future only.  Also a
+    ``pickle.PicklingError``, so code written for ``ProcessPoolExecutor``
+    (``except pickle.PicklingError``) keeps working.  The error pickling
+    raised is ``__cause__``."""
+
+
+class UnpicklingError(SerializationError, pickle.UnpicklingError, BrokenProcessPool):
+    """A task's return value could not be unpickled in main, or the task
+    itself in its worker; raised by that task's future (or in its
+    ``Outcome.error``) only.  Also a ``pickle.UnpicklingError``, and a
+    ``BrokenProcessPool``: what ``ProcessPoolExecutor`` raises there (its
+    whole pool breaks; here only that future fails).  The error unpickling
+    raised (any exception, ``SystemExit`` and ``KeyboardInterrupt``
+    included) is ``__cause__``."""
 
 
 class ShutDownError(BossWorkerError, RuntimeError):

@@ -28,23 +28,28 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
-from . import answers, checks
-from .backend import Backend
+from . import answers, byvalue, checks
+from .backend import Backend, LocalBackend
+from .checks import StartMethod
 from .errors import (
     BossDiedError,
     BossWorkerError,
     InvalidArgumentError,
-    SerializationError,
+    PicklingError,
     ShutDownError,
+    TaskError,
+    UnpicklingError,
 )
 from .executor_worker import Raised, call, run_chunk
 from .outcome import rebuild_exception
@@ -52,10 +57,18 @@ from .payload import Pickled, dump
 from .pool import BossWorkerAsync
 from .protocol import Frame, Kind
 from .session import DEFAULT_INIT_TIMEOUT, Session
+from .streams import Bar, Progress, known_length
 
 __all__ = ["Executor", "ExecutorOptions"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+log = logging.getLogger("bossworker")
+# The logger concurrent.futures reports a failing done-callback to: ours
+# reports there too, with the same words, so whoever watches it for
+# ProcessPoolExecutor sees ours.
+_callbacks_log = logging.getLogger("concurrent.futures")
 
 # The collector waits this long for an answer before it looks again; any
 # answer, or the socket closing, wakes it at once, so this only bounds how
@@ -66,6 +79,15 @@ _BATCH = 512
 
 
 # -- main side: futures ----------------------------------------------------------
+
+
+class _TaskOptions(NamedTuple):
+    """What travels in each task's JOB header: its time limit (seconds, 0:
+    none) and how many times it is run again when its worker dies
+    (``retries``; which failures count is the executor's ``retry_on``)."""
+
+    limit: float
+    retries: int
 
 
 class _TaskFuture(futures.Future[Any]):
@@ -82,7 +104,26 @@ class _TaskFuture(futures.Future[Any]):
         super().__init__()
         self._core = core
         self._job_id = job_id
-        self._limit = limit
+        self._limit = limit  # for the message of a TaskTimeoutError
+
+    def _invoke_callbacks(self) -> None:
+        """Run the done-callbacks; one that raises is logged as the standard
+        library logs it, and the next one runs.
+
+        The standard library lets a ``BaseException`` (a callback calling
+        ``sys.exit()``) escape, which in the collector thread would end it
+        and leave every other future waiting forever; there, it is logged
+        like any other.  In a caller's own thread (``cancel()``), it
+        propagates, as the standard library's does."""
+        in_collector = threading.current_thread() is self._core.thread
+        callbacks: list[Callable[[futures.Future[Any]], object]] = self._done_callbacks  # type: ignore[attr-defined]
+        for callback in callbacks:
+            try:
+                callback(self)
+            except BaseException as exc:
+                if not in_collector and not isinstance(exc, Exception):
+                    raise
+                _callbacks_log.exception("exception calling callback for %r", self)
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is cancelled.
@@ -127,10 +168,14 @@ class _Core:
     then shuts this down without waiting, as ``ProcessPoolExecutor`` does.
     """
 
-    def __init__(self, session: Session, timeout: float, workers: int) -> None:
+    def __init__(
+        self, session: Session, opts: _TaskOptions, retry_on: int, workers: int, remote: str = ""
+    ) -> None:
         self.session = session
         self.client = session.client  # started with keep_records=False: futures carry no outcome details
-        self.timeout = timeout
+        self.opts = opts  # the executor's own task options (ExecutorOptions has others)
+        self.remote = remote  # the backend's name if its workers are elsewhere (Dask), else ""
+        self.retry_on = retry_on  # the failures a retried task is run again for (RetryOn bits)
         self.pid = os.getpid()
         # Guards the fields below.  Re-entrant: the finalizer of a dropped
         # Executor calls shutdown() from whatever thread the garbage collector
@@ -144,6 +189,19 @@ class _Core:
         self.defer_at = max(32, 8 * workers)
         self.shutting_down = False
         self.killed = False
+        # Functions of a __main__ the workers cannot import (python -c, a
+        # notebook) travel by value; so do those pickle refuses (lambdas,
+        # closures), found when pickling fails.  One wrapper per function,
+        # so its code is pickled once however many tasks use it.
+        # (Non-empty: who cannot import it, for the message without cloudpickle.)
+        self.main_by_value = (
+            f"the {remote} workers"
+            if remote
+            else ""
+            if byvalue.main_is_importable()
+            else "a worker (python -c, a notebook: it has no file)"
+        )
+        self.by_value: weakref.WeakKeyDictionary[Any, byvalue.TaskByValue] = weakref.WeakKeyDictionary()
         self.broken: BaseException | None = None  # set when the Boss died
         # One cancel round trip at a time.  Re-entrant: an abandoned map()
         # cancels its leftovers when collected, possibly inside a cancel.
@@ -159,24 +217,28 @@ class _Core:
     # -- submitting ----------------------------------------------------------
 
     def submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: _TaskOptions
     ) -> _TaskFuture:
         self.client.check_owner()  # before any lock: a forked child's copy may be held
         checks.callable_arg("fn", fn, required=True)
+        if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
+            return self.submit_many([(fn, args, kwargs)], opts)[0]  # by value, or why not
         try:
             pickled = dump((fn, args, kwargs))
         except Exception:  # noqa: BLE001 - submit_many makes the failed future
-            return self.submit_many([(fn, args, kwargs)], limit)[0]
+            return self.submit_many([(fn, args, kwargs)], opts)[0]
         with self.lock:  # submit_many for one call, without its lists (the hot path)
             if self.broken is not None or self.shutting_down:
-                return self.submit_many([(fn, args, kwargs)], limit)[0]  # raises
-            [job_id] = self._send([pickled], limit)
-            future = _TaskFuture(self, job_id, limit)
+                return self.submit_many([(fn, args, kwargs)], opts)[0]  # raises
+            [job_id] = self._send([pickled], opts)
+            future = _TaskFuture(self, job_id, opts.limit)
             self.futures[job_id] = future
             return future
 
     def submit_many(
-        self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], limit: float
+        self,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        opts: _TaskOptions,
     ) -> list[_TaskFuture]:
         """Submit several calls with one send (``map`` sends its first batch
         so: one system call and one Boss wake-up instead of one per task)."""
@@ -184,15 +246,39 @@ class _Core:
         pickled: list[Any] = []
         for fn, args, kwargs in calls:
             checks.callable_arg("fn", fn, required=True)
+            if self.main_by_value and getattr(fn, "__module__", None) == "__main__":
+                if not byvalue.cloudpickle_available():
+                    error = PicklingError(
+                        f"the task {getattr(fn, '__qualname__', fn)!r} is defined in __main__, which "
+                        f"{self.main_by_value} cannot import; {byvalue.INSTALL_HINT}, or define it "
+                        "in a module of its own"
+                    )
+                    pickled.append(error)
+                    continue
+                fn = self.travelling(fn)
             try:
                 pickled.append(dump((fn, args, kwargs)))
+                continue
             except Exception as exc:  # noqa: BLE001 - stdlib: the future carries it
-                error = SerializationError(
-                    f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
-                    f"cannot be pickled: {exc}"
-                )
-                error.__cause__ = exc
-                pickled.append(error)
+                first: Exception = exc
+            hint = ""
+            if not isinstance(fn, byvalue.ByValue) and byvalue.needs_by_value(fn):
+                # A lambda, a closure, a function of a __main__ the workers
+                # cannot import: by value, with cloudpickle, if it is there.
+                if byvalue.cloudpickle_available():
+                    try:
+                        pickled.append(dump((self.travelling(fn), args, kwargs)))
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - reported as the first failure
+                        first = exc
+                else:
+                    hint = f"; {byvalue.INSTALL_HINT}"
+            error = PicklingError(
+                f"the task ({getattr(fn, '__qualname__', fn)!r} and its arguments) "
+                f"cannot be pickled: {first}{hint}"
+            )
+            error.__cause__ = first
+            pickled.append(error)
         with self.lock:
             if self.broken is not None:
                 raise BossDiedError(f"the executor is broken: {self.broken}; create a new one")
@@ -200,21 +286,36 @@ class _Core:
                 raise ShutDownError("cannot schedule new futures after shutdown")
             # Registered under the lock that the collector takes to find a
             # future, so an answer cannot arrive before its future exists.
-            sendable = [p for p in pickled if not isinstance(p, SerializationError)]
-            ids = iter(self._send(sendable, limit) if sendable else [])
+            sendable = [p for p in pickled if not isinstance(p, PicklingError)]
+            ids = iter(self._send(sendable, opts) if sendable else [])
             result = []
             for p in pickled:
-                if isinstance(p, SerializationError):
-                    future = _TaskFuture(self, 0, limit)
+                if isinstance(p, PicklingError):
+                    future = _TaskFuture(self, 0, opts.limit)
                     future.set_exception(p)
                 else:
                     job_id = next(ids)
-                    future = _TaskFuture(self, job_id, limit)
+                    future = _TaskFuture(self, job_id, opts.limit)
                     self.futures[job_id] = future
                 result.append(future)
             return result
 
-    def _send(self, pickled: list[Pickled], limit: float) -> list[int]:
+    def travelling(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` as it is sent: wrapped to travel by value (cloudpickle)
+        when it must and can; else itself (pickling then says why not)."""
+        if isinstance(fn, byvalue.ByValue) or not byvalue.cloudpickle_available():
+            return fn
+        try:
+            wrapped = self.by_value.get(fn)
+        except TypeError:  # not weakly referenceable (a partial of a builtin, ...)
+            return byvalue.TaskByValue(fn)
+        if wrapped is None:
+            wrapped = byvalue.TaskByValue(fn)
+            with contextlib.suppress(TypeError):
+                self.by_value[fn] = wrapped
+        return wrapped
+
+    def _send(self, pickled: list[Pickled], opts: _TaskOptions) -> list[int]:
         """Queue these tasks and send them now, unless the Boss already
         holds enough tasks to keep every worker busy (lock held).
 
@@ -230,7 +331,9 @@ class _Core:
         if not client.wants_to_send:
             self.deferred = 0  # whatever was deferred has gone out since
         defer = len(self.futures) - self.deferred >= self.defer_at
-        ids, target = client.queue_jobs(pickled, limit)
+        ids, target = client.queue_jobs(
+            pickled, opts.limit, opts.retries, self.retry_on if opts.retries else 0
+        )
         if defer:
             self.deferred += len(ids)
             return ids
@@ -287,67 +390,115 @@ class _Core:
     # -- the collector -------------------------------------------------------
 
     def _collect(self) -> None:
-        """Complete futures as answers come, until the socket closes."""
+        """Complete futures as answers come, until the socket closes.
+
+        Nothing a task's data or a user's callback does may end this thread
+        (every other future would wait forever): a failure while completing
+        one future fails that future (see :meth:`_complete`).  If the thread
+        must end all the same (our own bug), every future it owns fails at
+        once with the reason, and the pool is stopped."""
         client = self.client
         error: BaseException | None = None
-        while True:
-            try:
-                frame = client.next_result(blocking=True, timeout=_IDLE_WAIT)
-            except BossWorkerError as exc:  # the Boss died (or a forced stop said so)
-                error = exc
-                break
-            if frame is not None:
-                # Those read with it too, in one batch: one lock for all.
-                self._complete([frame, *client.take_filed()])
-            elif client.eof_or_closed:
-                break
-        self._finish(error)
+        crashed = False
+        try:
+            while True:
+                try:
+                    frame = client.next_result(blocking=True, timeout=_IDLE_WAIT)
+                except BossWorkerError as exc:  # the Boss died (or a forced stop said so)
+                    error = exc
+                    break
+                if frame is not None:
+                    # Those read with it too, in one batch: one lock for all.
+                    self._complete([frame, *client.take_filed()])
+                elif client.eof_or_closed:
+                    break
+        except BaseException as exc:  # see the docstring: fail all, never hang
+            log.exception("bossworker: the Executor's collector thread failed; every unfinished task fails")
+            error = BossWorkerError(
+                f"the executor's collector thread failed ({exc!r}), so no answer can be read any more; "
+                "create a new executor"
+            )
+            error.__cause__ = exc
+            crashed = True
+        self._finish(error, crashed)
 
     def _complete(self, frames: list[Frame]) -> None:
+        """Complete the futures of these answers.  A failure while completing
+        one (its result's unpickling raising anything, ``SystemExit``
+        included; a bug of ours in decoding) fails that future with the
+        error attached and is logged once; the others go on."""
         with self.lock:
             pop = self.futures.pop
             owners = [pop(frame.job_id, None) for frame in frames]
         for frame, future in zip(frames, owners, strict=True):
-            outcome = self._outcome(frame, future._limit if future is not None else 0.0)
             if future is None:
                 continue  # cannot happen: every job has a future until answered
-            ok, value = outcome
-            with contextlib.suppress(futures.InvalidStateError):
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+            try:
+                ok, value = self._outcome(frame, future._limit)
+            except BaseException as exc:  # this task's failure only
+                log.exception("bossworker: the answer to task %d could not be decoded", frame.job_id)
+                ok, value = False, TaskError(f"the task's answer could not be decoded in main: {exc!r}")
+                value.__cause__ = exc
+            _settle(future, ok, value)
 
     def _outcome(self, frame: Frame, limit: float) -> tuple[bool, Any]:
         """An answer frame as (True, value) or (False, exception)."""
         ok, value = answers.decode(frame, self.client.segments, limit, "task")
+        if not ok and isinstance(value, UnpicklingError) and not isinstance(value.__cause__, Exception):
+            # A SystemExit or KeyboardInterrupt caught here: rarer, and not
+            # what main expects; say it once (the future carries it).
+            log.warning(
+                "bossworker: unpickling the result of task %d raised %r; that task's future fails with it",
+                frame.job_id,
+                value.__cause__,
+            )
         if ok and type(value) is Raised:
             return False, rebuild_exception(value.exc_pickle, value.text, value.type_name, value.tb)
         return ok, value
 
-    def _finish(self, error: BaseException | None) -> None:
-        """The socket is closed: fail what is unanswered, stop the pool."""
+    def _finish(self, error: BaseException | None, crashed: bool = False) -> None:
+        """The socket is closed (or the collector failed): fail what is
+        unanswered, stop the pool."""
         with self.lock:
             left = list(self.futures.values())
             self.futures.clear()
             killed = self.killed
-            if not killed and not self.shutting_down:
+            if crashed or (not killed and not self.shutting_down):
                 self.broken = error or BossDiedError("the Boss process died")
             self.shutting_down = True
         for future in left:
             reason: BaseException
-            if killed:
+            if crashed:
+                assert error is not None
+                reason = error
+            elif killed:
                 reason = ShutDownError(
                     "the executor was stopped with shutdown(kill=True) before this task finished"
                 )
             else:
                 reason = BossDiedError(f"the Boss process died before this task finished ({error})")
-            with contextlib.suppress(futures.InvalidStateError):
-                future.set_exception(reason)
+            _settle(future, False, reason)
         with self.stop_lock:
             if not self.killed:  # else the killing thread stops the pool
                 with contextlib.suppress(BossWorkerError):
-                    self.session.stop()
+                    # After a failed collector nobody reads answers: a
+                    # graceful stop would wait for them.
+                    self.session.stop(force=crashed)
+
+
+def _settle(future: _TaskFuture, ok: bool, value: Any) -> None:
+    """Set a future's result or exception; never raises (a future cancelled
+    or failed meanwhile keeps its state; callbacks are guarded by
+    :meth:`_TaskFuture._invoke_callbacks`)."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except futures.InvalidStateError:
+        pass
+    except BaseException:  # nothing may end the collector
+        log.exception("bossworker: completing the future of task %d failed", future._job_id)
 
 
 # -- interpreter exit ------------------------------------------------------------
@@ -357,10 +508,17 @@ _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
 
 def _at_exit() -> None:
     """At interpreter exit, finish the work of every Executor still open (as
-    ``ProcessPoolExecutor`` does): submitted tasks complete, nothing is left."""
+    ``ProcessPoolExecutor`` does): submitted tasks complete, nothing is left.
+
+    But when the program ends on a ``KeyboardInterrupt`` (Ctrl-C while it
+    waited on a future or a ``map`` outside a ``with`` block), what no
+    worker has is cancelled and the running tasks are killed, as when Ctrl-C
+    leaves a ``with Executor(...)`` block.  (The interpreter has reported the
+    exception, as ``sys.last_value``, before it runs this hook.)"""
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     for core in list(_live_cores):
         with contextlib.suppress(Exception):
-            core.shutdown(wait=True, cancel_futures=False, kill=False)
+            core.shutdown(wait=True, cancel_futures=interrupted, kill=interrupted)
 
 
 # Run before the interpreter joins its threads and before atexit callbacks
@@ -376,6 +534,15 @@ else:  # pragma: no cover - every CPython since 3.9 has it
 
 
 # -- the public class ------------------------------------------------------------
+
+
+def _check_retry_backend(backend: Backend | str | None) -> None:
+    """``retries=`` is the local Boss's; refuse it for another backend."""
+    name = backend if isinstance(backend, str) else "" if backend is None else type(backend).__name__
+    if name and name != "LocalBackend":
+        raise InvalidArgumentError(
+            f"retries= needs the local backend (backend=None); {name} does not retry tasks"
+        )
 
 
 def _default_workers() -> int:
@@ -411,6 +578,17 @@ class Executor(futures.Executor):
       see :meth:`options` for one call's limit.  A task past it fails with
       :class:`TaskTimeoutError`; its worker is stopped (killed if it is in C
       code) and replaced; the other tasks carry on.
+    * ``retries``: run a task again, at most this many more times, when its
+      worker died under it (``retry_on=("died",)``, the default; add
+      ``"timed_out"`` or ``"memory"`` to cover those), as
+      :class:`BossWorkerAsync` does; a task's own exception is never
+      retried.  Off by default: a task whose worker crashed may have had
+      side effects.  :meth:`options` sets it for some calls.  Local
+      backend only.
+    * ``forward_logs``: ``logging`` records made in the workers (tasks,
+      the initializer) and the Boss reach main's ``logging`` once each,
+      with ``worker_pid`` and ``job_id`` attributes (see
+      :class:`BossWorkerAsync`); True by default.
     * ``backend``: where the Boss runs (e.g. the Dask backend).
     * ``max_worker_memory``: a cap on each worker's resident memory (bytes,
       or ``"512MiB"``, ``"1.5GB"``, ...; see :class:`BossWorkerAsync`).  A
@@ -437,17 +615,20 @@ class Executor(futures.Executor):
         initargs: Iterable[Any] = (),
         *,
         max_tasks_per_child: int | None = None,
-        start_method: str | None = None,
+        start_method: StartMethod | None = None,
         timeout: float | None = None,
         backend: Backend | None = None,
         max_worker_memory: int | str | None = None,
+        retries: int = 0,
+        retry_on: Iterable[str] = ("died",),
+        forward_logs: bool = True,
     ) -> None:
         workers = (
             _default_workers() if max_workers is None else checks.whole_number("max_workers", max_workers)
         )
         if max_tasks_per_child is not None:
             checks.whole_number("max_tasks_per_child", max_tasks_per_child)
-        method = start_method
+        method: str | None = start_method
         if mp_context is not None:
             get = getattr(mp_context, "get_start_method", None)
             if not callable(get):
@@ -472,6 +653,10 @@ class Executor(futures.Executor):
         if initargs and initializer is None:
             raise InvalidArgumentError("initargs were given without an initializer to pass them to")
         limit = checks.seconds("timeout", timeout)
+        count = checks.retries(retries)
+        retry_bits = checks.retry_on(retry_on)
+        if count:
+            _check_retry_backend(backend)
         init = functools.partial(initializer, *initargs) if initializer is not None else None
         session = Session(
             call,
@@ -483,11 +668,14 @@ class Executor(futures.Executor):
             init_timeout=DEFAULT_INIT_TIMEOUT,
             max_worker_memory=max_worker_memory,
             keep_records=False,
+            forward_logs=forward_logs,
         )
         self._max_workers = workers
         self._pool: BossWorkerAsync[Any, Any] | None = None
+        # Workers elsewhere (Dask) cannot import main's script by name.
+        remote = "" if backend is None or isinstance(backend, LocalBackend) else type(backend).__name__
         try:
-            self._core = _Core(session, limit, workers)
+            self._core = _Core(session, _TaskOptions(limit, count), retry_bits, workers, remote)
         except BaseException:
             # Its collector thread could not start (a process limit): stop
             # the Boss and workers now, not at some garbage collection.
@@ -516,32 +704,39 @@ class Executor(futures.Executor):
         ``pending()``, ``boss_pid``); do not add work to it, and stop the
         Executor, not it."""
         if self._pool is None:
-            self._pool = BossWorkerAsync.from_session(self._core.session, self._core.timeout)
+            self._pool = BossWorkerAsync.from_session(self._core.session, self._core.opts.limit)
         return self._pool
 
     # -- work ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker; return its Future.
 
         ``fn`` and the arguments are pickled now; if they cannot be, the
-        returned future fails with :class:`SerializationError` (as the
-        standard library's does).  Raises :class:`ShutDownError` (a
+        returned future fails with :class:`PicklingError` (also a
+        ``pickle.PicklingError``), never ``submit()`` itself, as with the
+        standard library.  Raises :class:`ShutDownError` (a
         ``RuntimeError``) after :meth:`shutdown`.
         """
-        return self._core.submit(fn, args, kwargs, self._core.timeout)
+        return self._core.submit(fn, args, kwargs, self._core.opts)
 
-    def options(self, *, timeout: float | None = None) -> ExecutorOptions:
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> ExecutorOptions:
         """This executor with other options for the tasks submitted through it.
 
         ``ex.options(timeout=2).submit(fn, x)`` runs ``fn(x)`` with a 2 s
         limit (0: no limit; None: the executor's ``timeout``) without taking
-        a ``timeout`` argument away from ``fn``.  The result is itself an
-        Executor (``submit``, ``map``, ``loop.run_in_executor``) sharing this
-        one's workers; its ``shutdown()`` does nothing.
+        a ``timeout`` argument away from ``fn``; ``retries=n`` likewise
+        overrides the executor's ``retries`` (``retry_on`` stays the
+        executor's).  The result is itself an Executor (``submit``, ``map``,
+        ``loop.run_in_executor``) sharing this one's workers; its
+        ``shutdown()`` does nothing.
         """
-        limit = self._core.timeout if timeout is None else checks.seconds("timeout", timeout)
-        return ExecutorOptions(self, limit)
+        own = self._core.opts
+        limit = own.limit if timeout is None else checks.seconds("timeout", timeout)
+        count = own.retries if retries is None else checks.retries(retries)
+        if count:
+            _check_retry_backend(self._core.remote)
+        return ExecutorOptions(self, _TaskOptions(limit, count))
 
     def map(  # buffersize: keyword-only, as added in Python 3.14
         self,
@@ -550,6 +745,7 @@ class Executor(futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: Progress = False,
     ) -> Iterator[T]:
         """Like the built-in ``map(fn, *iterables)``, run in the workers.
 
@@ -562,9 +758,11 @@ class Executor(futures.Executor):
         3.14) keeps at most ``n`` tasks submitted and not yet yielded, reading
         the iterables lazily: an endless generator runs in flat memory.
         Without it, every task is submitted now.  Leaving the loop early
-        cancels what has not started.
+        cancels what has not started.  ``progress=True`` (or a dict of
+        ``tqdm`` arguments) shows a bar of the results yielded (the ``cli``
+        extra's tqdm; its total is the input's length where it has one).
         """
-        return _map(self, self._core.timeout, fn, iterables, timeout, chunksize, buffersize)
+        return _map(self, self._core.opts, fn, iterables, timeout, chunksize, buffersize, progress)
 
     # -- shutting down -------------------------------------------------------
 
@@ -581,6 +779,19 @@ class Executor(futures.Executor):
         """
         self._core.shutdown(bool(wait), bool(cancel_futures), bool(kill))
 
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: Any
+    ) -> None:
+        """Leaving ``with``: :meth:`shutdown` (waiting), as the standard
+        library does; but a ``KeyboardInterrupt`` (Ctrl-C) leaving the block
+        cancels every task no worker has and kills the running ones at once
+        (their futures fail with :class:`ShutDownError`): a person pressing
+        Ctrl-C wants it to stop, not to wait for every task."""
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._core.shutdown(wait=True, cancel_futures=True, kill=True)
+        else:
+            self.shutdown(wait=True)
+
     def __repr__(self) -> str:
         core = self._core
         state = "killed" if core.killed else "shut down" if core.shutting_down else "running"
@@ -590,18 +801,24 @@ class Executor(futures.Executor):
 class ExecutorOptions(futures.Executor):
     """An :class:`Executor` seen with other task options (see :meth:`Executor.options`)."""
 
-    def __init__(self, executor: Executor, timeout: float) -> None:
+    def __init__(self, executor: Executor, opts: _TaskOptions) -> None:
         self._executor = executor
-        self._timeout = timeout
+        self._opts = opts
 
     @property
     def timeout(self) -> float:
         """The time limit of tasks submitted through this view (0: none)."""
-        return self._timeout
+        return self._opts.limit
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+    @property
+    def retries(self) -> int:
+        """How many times a task submitted through this view is run again
+        when its worker dies (see ``Executor(retries=...)``)."""
+        return self._opts.retries
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
         """:meth:`Executor.submit` with this view's options."""
-        return self._executor._core.submit(fn, args, kwargs, self._timeout)
+        return self._executor._core.submit(fn, args, kwargs, self._opts)
 
     def map(
         self,
@@ -610,9 +827,10 @@ class ExecutorOptions(futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: Progress = False,
     ) -> Iterator[T]:
         """:meth:`Executor.map` with this view's options (the limit is per task)."""
-        return _map(self._executor, self._timeout, fn, iterables, timeout, chunksize, buffersize)
+        return _map(self._executor, self._opts, fn, iterables, timeout, chunksize, buffersize, progress)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Does nothing: the view does not own the workers; shut the Executor down."""
@@ -620,14 +838,18 @@ class ExecutorOptions(futures.Executor):
 
 def _map(
     executor: Executor,
-    limit: float,
+    opts: _TaskOptions,
     fn: Callable[..., T],
     iterables: tuple[Iterable[Any], ...],
     timeout: float | None,
     chunksize: int,
     buffersize: int | None,
+    progress: Progress = False,
 ) -> Iterator[T]:
     checks.callable_arg("fn", fn, required=True)
+    checks.progress(progress)
+    lengths = [known_length(iterable) for iterable in iterables]
+    total = min(n for n in lengths if n is not None) if any(n is not None for n in lengths) else None
     checks.whole_number("chunksize", chunksize)
     if buffersize is not None:
         checks.whole_number("buffersize", buffersize)
@@ -637,6 +859,8 @@ def _map(
         checks.seconds("timeout", timeout)
     end_time = None if timeout is None else time.monotonic() + timeout
     core = executor._core
+    if byvalue.needs_by_value(fn) or (core.main_by_value and getattr(fn, "__module__", None) == "__main__"):
+        fn = core.travelling(fn)  # once for the whole map (a chunk carries fn too)
     calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
     tasks: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
     if chunksize > 1:
@@ -646,7 +870,7 @@ def _map(
 
     def submit_next() -> _TaskFuture | None:
         task = next(tasks, None)
-        return None if task is None else core.submit(task[0], task[1], {}, limit)
+        return None if task is None else core.submit(task[0], task[1], {}, opts)
 
     # Submitted now, as the standard library does (errors show at the call),
     # in batches: one send each.
@@ -657,41 +881,67 @@ def _map(
         batch = [(task_fn, args, {}) for task_fn, args in itertools.islice(first, _BATCH)]
         if not batch:
             break
-        fs.extend(core.submit_many(batch, limit))
+        fs.extend(core.submit_many(batch, opts))
 
     def results() -> Iterator[T]:
         # Holds the executor: one dropped while its map is still being read
         # must not shut down under it.
         owner = executor  # noqa: F841
         refill = False
+        bar = Bar(progress, total)
         try:
             while True:
                 if refill and buffersize is not None:
                     future = submit_next()
                     if future is not None:
                         fs.append(future)
+                    del future  # it may be the head below: hold its result once only
                 refill = True
                 if not fs:
                     return
                 head = fs.popleft()
                 wait = None if end_time is None else end_time - time.monotonic()
                 try:
-                    value = head.result(wait)
+                    values = [head.result(wait)]
                 except futures.TimeoutError:
                     if head.done():
                         raise  # the task's own TimeoutError (or ours: TaskTimeoutError)
                     head.cancel()
                     raise
                 del head  # keep no reference to a big result or an exception
+                # Each result is popped as it is yielded: while this
+                # generator waits at a yield, it holds no result already
+                # handed out (a local would keep it alive until the next one).
                 if chunksize > 1:
-                    yield from value
-                else:
-                    yield value
+                    values = values.pop()
+                    values.reverse()
+                while values:
+                    yield values.pop()
+                    bar.step()
         finally:
+            bar.close()
             if fs:
-                core.cancel(fs)
+                _cancel_leftovers(core, fs)
 
     return results()
+
+
+def _cancel_leftovers(core: _Core, fs: Iterable[_TaskFuture]) -> None:
+    """Cancel what an abandoned ``map`` still has queued.
+
+    The cancel is a round trip whose reply the collector thread reads.  An
+    abandoned map is finalized in whatever thread drops it; the cyclic
+    garbage collector may do that in the collector thread itself, in the
+    middle of its reading, where waiting for the reply would wait for
+    itself forever.  There, the cancel is handed to a short-lived thread."""
+    if threading.current_thread() is not core.thread:
+        core.cancel(fs)
+        return
+    fs = list(fs)
+    with contextlib.suppress(RuntimeError):  # at interpreter exit no thread starts: then they run
+        threading.Thread(
+            target=core.cancel, args=(fs,), name="bossworker-executor-cancel", daemon=True
+        ).start()
 
 
 def _batched(iterable: Iterator[T], n: int) -> Iterator[tuple[T, ...]]:

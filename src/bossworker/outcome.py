@@ -16,7 +16,14 @@ the handler raised, it does not        :class:`TaskError` (``type_name``, text)
 the job ran out of time                :class:`TaskTimeoutError`
 its worker died (Flag.DIED)            :class:`WorkerDiedError` (``reason``, ``exitcode``)
 its worker exceeded the memory cap     ``MemoryLimitError`` (Flag.MEMORY; ``rss``, ``limit``)
-the result could not be pickled        :class:`SerializationError`
+the result could not be pickled        :class:`PicklingError` (also ``pickle.PicklingError``;
+                                       ``__cause__``: what pickling raised), or that
+                                       exception itself if not an ``Exception``
+the job could not be unpickled in its  :class:`UnpicklingError` (``__cause__``: what
+worker                                 unpickling raised there)
+the result could not be unpickled      :class:`UnpicklingError` (also
+                                       ``pickle.UnpicklingError``; ``__cause__``: what
+                                       unpickling raised, ``SystemExit`` included)
 no worker could start                  :class:`WorkerInitError`
 anything else the engine reports       :class:`TaskError`
 =====================================  =========================================
@@ -32,24 +39,26 @@ import contextlib
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from .errors import (
+    JOB_NOT_UNPICKLABLE_PREFIX,
     NO_WORKER_COULD_START_PREFIX,
     RESULT_NOT_PICKLABLE_PREFIX,
     JobCancelledError,
     MemoryLimitError,
+    PicklingError,
     RemoteTraceback,
-    SerializationError,
     TaskError,
     TaskTimeoutError,
+    UnpicklingError,
     WorkerDiedError,
     WorkerInitError,
 )
 from .jobs import Facts, answer_facts, decode_error
 from .protocol import Buffer, Flag, Frame, Kind, answer_pid
 
-__all__ = ["Attempt", "Outcome", "error_from_answer", "rebuild_exception"]
+__all__ = ["Attempt", "Outcome", "error_from_answer", "rebuild_exception", "unpickling_error"]
 
 R = TypeVar("R")
 
@@ -152,16 +161,57 @@ def rebuild_exception(exc_pickle: Buffer | None, text: str, type_name: str, tb: 
     The worker-side traceback ``tb`` becomes its ``__cause__``."""
     exc: object = None
     if exc_pickle is not None:
-        with contextlib.suppress(Exception):
+        try:
             exc = pickle.loads(exc_pickle)
+        except BaseException:  # noqa: BLE001 - even SystemExit: this job's text stands in
+            exc = None
     if not isinstance(exc, BaseException):
         exc = TaskError(
             f"{text} (raised in the worker; the exception itself could not be pickled, "
             "so it arrives as this TaskError with its text and traceback)",
             type_name,
         )
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    _set_cause(exc, RemoteTraceback(f'\n"""\n{tb}"""'))
     return exc
+
+
+# BaseException's own __cause__ slot (a getset descriptor).
+_CAUSE: Any = vars(BaseException)["__cause__"]
+
+
+def _set_cause(exc: BaseException, cause: BaseException) -> None:
+    """``exc.__cause__ = cause``, also for an exception whose class refuses
+    attribute assignment (a frozen dataclass raises ``FrozenInstanceError``
+    from its ``__setattr__``): the slot is set through ``BaseException``'s
+    own descriptor, which such a ``__setattr__`` does not guard."""
+    try:
+        exc.__cause__ = cause
+    except Exception:  # noqa: BLE001 - the class's __setattr__ refused
+        with contextlib.suppress(Exception):
+            _CAUSE.__set__(exc, cause)
+
+
+def unpickling_error(exc: BaseException, what: str = "job") -> UnpicklingError:
+    """The error of a job whose result could not be unpickled in main;
+    ``exc`` is what unpickling raised (any ``BaseException``: a
+    ``SystemExit`` raised there is this job's failure, not main's exit)."""
+    error = UnpicklingError(f"the {what}'s result could not be unpickled in main: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def _not_picklable(text: str, exc_pickle: Buffer | None, what: str) -> BaseException:
+    """The error of a job whose return value its worker could not pickle:
+    a :class:`PicklingError` (also ``pickle.PicklingError``) whose
+    ``__cause__`` is the error pickling raised; but if that was not an
+    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``), that exception
+    itself, as ``ProcessPoolExecutor`` raises it."""
+    original = rebuild_exception(exc_pickle, text, "", text) if exc_pickle is not None else None
+    if original is not None and not isinstance(original, Exception):
+        return original
+    error = PicklingError(f"the {what}'s return value could not be pickled in the worker: {text}")
+    error.__cause__ = original if original is not None else RemoteTraceback(f'\n"""\n{text}\n"""')
+    return error
 
 
 def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseException:
@@ -176,6 +226,13 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
             limit,
         )
     text, exc_pickle = decode_error(frame.flags, frame.payload)
+    if text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
+        return _not_picklable(text, exc_pickle, what)
+    if text.startswith(JOB_NOT_UNPICKLABLE_PREFIX):
+        unpickling = UnpicklingError(f"the {what} could not be unpickled in its worker: {text}")
+        if exc_pickle is not None:
+            unpickling.__cause__ = rebuild_exception(exc_pickle, text, "", text)
+        return unpickling
     if frame.flags & Flag.EXCEPTION or not text.startswith(_ENGINE_PREFIX):
         # The handler's own exception: "module.Type: message\n" + traceback.
         head, _, tb = text.partition("\n")
@@ -187,8 +244,6 @@ def error_from_answer(frame: Frame, limit: float, what: str = "job") -> BaseExce
         error = MemoryLimitError(text, facts.rss, facts.limit)
     elif frame.flags & Flag.DIED:
         error = _died(text, answer_facts(frame), what)
-    elif text.startswith(RESULT_NOT_PICKLABLE_PREFIX):
-        error = SerializationError(f"the {what}'s return value could not be pickled in the worker: {text}")
     elif text.startswith(NO_WORKER_COULD_START_PREFIX):
         error = WorkerInitError(f"no worker could run the initializer, so this {what} never ran: {text}")
     else:

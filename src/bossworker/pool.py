@@ -133,6 +133,16 @@ class BossWorkerAsync(AsyncFace[J, R]):
         worker is ready (over the cap then: an init failure).  Under ``fork``
         a worker's RSS includes the pages it shares with main: set the cap
         above main's size, or use ``spawn``.  Default ``None``: no cap.
+    forward_logs
+        ``logging`` records made in the workers (by the handlers) and in the
+        Boss (its warnings: a worker died, a job timed out) reach main's
+        ``logging``, each handled once, by the logger of the same name, with
+        ``worker_pid`` and ``job_id`` (None outside a job) as record
+        attributes; at the level main's root logger has when the pool is
+        made.  The children's own handlers (under ``fork``, copies of
+        main's) are dropped.  Records are handed to logging by whichever
+        thread reads the pool's answers.  Default True; False leaves the
+        children's logging as it is.  Local backend only.
     """
 
     def __init__(
@@ -152,6 +162,7 @@ class BossWorkerAsync(AsyncFace[J, R]):
         retries: int = 0,
         retry_on: Iterable[str] = ("died",),
         max_worker_memory: int | str | None = None,
+        forward_logs: bool = True,
     ) -> None:
         checks.callable_arg("work_handler", work_handler, required=True)
         checks.callable_arg("result_handler", result_handler)
@@ -184,6 +195,7 @@ class BossWorkerAsync(AsyncFace[J, R]):
             init_timeout=init_limit,
             max_worker_memory=max_worker_memory,
             read_size=read_size,
+            forward_logs=forward_logs,
         )
         self._client = self._session.client
 

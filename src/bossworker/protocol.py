@@ -113,6 +113,10 @@ class Kind(IntEnum):
     # Boss -> main: job ``job_id`` failed an attempt and was queued again
     # (retries=); header and payload as the ERROR / TIMED_OUT it replaces.
     RETRYING = 22
+    # worker -> Boss -> main, Boss -> main: payload = a logging record as
+    # JSON (bossworker.logfwd); job_id = the job running when it was made
+    # (0: none).  The Boss forwards a worker's unread.
+    LOG = 23
 
 
 class InitFailure(IntEnum):

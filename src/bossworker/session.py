@@ -101,6 +101,7 @@ class Session:
         max_worker_memory: int | str | None,
         read_size: int = DEFAULT_READ_SIZE,
         keep_records: bool = True,
+        forward_logs: bool = True,
     ) -> None:
         """Start a Boss with ``worker_count`` workers through ``backend``
         (None: local processes) and return once a worker serves; raise with
@@ -115,7 +116,14 @@ class Session:
         work, init, exit_ = prepare_handlers(method, work_handler, init_handler, exit_handler)
         assert work is not None
         segments = Segments(new_prefix() if getattr(backend, "shares_memory", True) else None)
-        spec = WorkerSpec(work, init, exit_, read_size, max_jobs_per_worker, segments, init_timeout)
+        # The Boss's and the workers' logging records come to main's logging,
+        # at the level main's root logger has now (bossworker.logfwd).  (Not
+        # yet on other backends: a Dask worker's slot takes no LOG frame.)
+        local = backend is None or isinstance(backend, LocalBackend)
+        log_level = logging.getLogger().getEffectiveLevel() if forward_logs and local else None
+        spec = WorkerSpec(
+            work, init, exit_, read_size, max_jobs_per_worker, segments, init_timeout, log_level
+        )
         config = BossConfig(spec, worker_count, method, os.getpid(), max_worker_memory=memory_cap)
         backend = LocalBackend() if backend is None else backend
         if method != "fork":

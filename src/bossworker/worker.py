@@ -33,6 +33,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -40,8 +41,9 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
+from . import logfwd
 from .config import WorkerSpec
-from .errors import JobAlarm, result_not_picklable_error
+from .errors import JobAlarm, job_not_unpicklable_error, result_not_picklable_error
 from .jobs import answer_frame, error_answer, load_job, result_answer, result_segment, text_frame
 from .payload import PICKLE_PROTOCOL, dump
 from .portable import HAS_ALARM, LateSocket, send_chunks, watch_forks
@@ -127,7 +129,10 @@ def _run_job(
     started = time.perf_counter()
     alarm.fired = False
     try:
-        job = load_job(frame, spec.segments)
+        try:
+            job = load_job(frame, spec.segments)
+        except BaseException as exc:  # noqa: BLE001 - this job's failure: main says it could not be unpickled
+            return [_error(job_id, started, job_not_unpicklable_error(describe_exception(exc)), exc)]
         alarm.armed = True
         try:
             if timeout > 0 and HAS_ALARM:
@@ -150,7 +155,9 @@ def _run_job(
     try:
         pickled = dump(value)
     except BaseException as exc:  # noqa: BLE001
-        return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)))]
+        # The exception travels too: main raises it (or a PicklingError
+        # caused by it), as ProcessPoolExecutor does.
+        return [_error(job_id, started, result_not_picklable_error(describe_exception(exc)), exc)]
     answer = result_answer(job_id, pickled, spec.segments, started, pid)
     if boss is not None:
         # Looked at once the segment exists (not before: the Boss may be
@@ -244,6 +251,16 @@ def run_worker(
             finally:
                 exit_now(EXIT_INIT_FAILED)
     assert isinstance(spec, WorkerSpec)
+    # Every write to the Boss's socket holds this: a handler's threads may
+    # log (a LOG frame each) while the loop sends an answer.
+    send_lock = threading.RLock()
+    running = [0]  # the job under way, for the LOG frames' headers (0: none)
+    if spec.log_level is not None:
+
+        def send_log(job_id: int, payload: bytes) -> None:
+            sock.sendall(encode(Kind.LOG, job_id, payload))
+
+        logfwd.install(logfwd.ForwardHandler(send_log, lambda: running[0], send_lock), spec.log_level)
     if spec.init_handler is not None:
         try:
             spec.init_handler()
@@ -275,7 +292,9 @@ def run_worker(
             frame = todo.popleft()
             if frame.kind == shutdown:
                 _leave(spec, flush)
+            running[0] = frame.job_id
             answer = _run_job(spec, alarm, frame, boss, pid)
+            running[0] = 0
             if forked.value:
                 # The handler forked and its child returned into our loop:
                 # that child must not speak on the Boss's socket, nor flush
@@ -283,11 +302,12 @@ def run_worker(
                 exit_now(EXIT_OK)
             # Answer before starting the next job.
             unsent_segment = result_segment(answer)
-            if len(answer) == 1:
-                sock.sendall(answer[0])  # the usual answer: one buffer
-            else:
-                out.extend(answer)
-                _send_all(sock, out)
+            with send_lock:  # a handler's threads may be logging (LOG frames)
+                if len(answer) == 1:
+                    sock.sendall(answer[0])  # the usual answer: one buffer
+                else:
+                    out.extend(answer)
+                    _send_all(sock, out)
             unsent_segment = None
             done += 1
             if max_jobs is not None and done >= max_jobs:

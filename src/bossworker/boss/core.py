@@ -403,6 +403,14 @@ class BossCore:
             self.out.append(text_frame(Kind.INIT_FAILED, InitFailure.WORKERS, text))
             self._enter(Phase.FAILED)
 
+    def forward(self, frame: Frame) -> None:
+        """A worker's LOG frame: on to main as it came (never read here)."""
+        self.out.append(bytes(frame.raw))
+
+    def log_record(self, job_id: int, payload: bytes) -> None:
+        """One of this Boss's own logging records, for main (bossworker.logfwd)."""
+        self.out.append(encode(Kind.LOG, job_id, payload))
+
     def worker_ready(self) -> None:
         """A worker finished its start (READY): the first one makes the pool serve."""
         self.start.succeeded()

@@ -199,6 +199,13 @@ class LocalFleet:
         self.queue.extend(jobs)
 
     def cancel(self, job_ids: set[int]) -> set[int]:
+        # Jobs that came before these CANCELs (in the same read, say) go to
+        # idle workers first, as they would have had the Boss read them a
+        # turn earlier: whether a job is cancelled must not depend on how
+        # main's writes were split into reads (50 submits then
+        # shutdown(cancel_futures=True) cancelled all 50 on a busy machine,
+        # with a worker idle).
+        self.dispatch()
         # All the CANCELs of one read in one pass over the queue, so
         # cancelling many queued jobs at once stays linear.
         dropped: set[int] = set()
@@ -555,6 +562,8 @@ class LocalFleet:
             self.core.worker_ready()
         elif kind == Kind.INIT_FAILED:
             w.init_failed(frame_text(frame), frame.job_id)
+        elif kind == Kind.LOG:
+            self.core.forward(frame)  # a logging record: to main, unread
         else:
             self._protocol_violation(w, f"a {Kind(kind).name} frame came from a worker")
 

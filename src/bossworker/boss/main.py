@@ -33,10 +33,12 @@ import os
 import selectors
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from types import FrameType
 
+from .. import logfwd
 from ..config import BossConfig
 from ..jobs import text_frame
 from ..portable import make_selector, send_chunks
@@ -226,6 +228,12 @@ def run_boss(
             config = unpickle_spec(config)
         assert isinstance(config, BossConfig)
         boss = Boss(main_sock, config, sentinel)
+        if config.worker.log_level is not None:
+            # This Boss's own records ("worker 123 died") go to main too.
+            core = boss.core
+            logfwd.install(
+                logfwd.ForwardHandler(core.log_record, lambda: 0, threading.RLock()), config.worker.log_level
+            )
         boss.run()
     except _ForcedStop:
         pass

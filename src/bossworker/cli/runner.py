@@ -292,6 +292,9 @@ def start_pool(options: RunOptions, handlers: Handlers) -> BossWorkerAsync[Any, 
             retries=options.retries,
             retry_on=options.retry_on,
             max_worker_memory=options.max_worker_memory,
+            # The command line carries the children's records itself (its
+            # LogPump, inherited by a forked Boss: job ids become input lines).
+            forward_logs=False,
         )
     except SerializationError as exc:
         raise UsageError(str(exc).splitlines()[0]) from None

@@ -33,7 +33,9 @@ is gone from the scheduler, kills its children and unregisters itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing.util
 import os
 import pickle
 import signal
@@ -193,7 +195,13 @@ def run_dask_boss(main_sock: socket.socket, options: DaskBossOptions) -> None:
         # still waiting in shared memory.
         Segments(options.segment_prefix).discard_all()
     # No clean-up of the loop, its threads or the cluster's processes: what had
-    # to be closed is closed; a cluster we started dies with us.
+    # to be closed is closed; a cluster we started dies with us.  But the
+    # multiprocessing objects such a cluster made here (each Nanny's queues:
+    # 12 semaphores for two workers) are unlinked only by finalizers that a
+    # normal exit runs and os._exit skips: after a forced stop the resource
+    # tracker then warned "leaked semaphore objects".  Run those now.
+    with contextlib.suppress(Exception):
+        multiprocessing.util._run_finalizers(0)  # type: ignore[attr-defined]
     exit_now(code)
 
 
