@@ -38,6 +38,8 @@ MAIN_SIDE = (
     "bossworker.pool_async",
     "bossworker.client",
     "bossworker.ledger",
+    "bossworker.phases",
+    "bossworker.tickets",
     "bossworker.session",
     "bossworker.answers",
     "bossworker.executor",
@@ -65,6 +67,8 @@ SANS_IO = (
     "bossworker.boss.core",
     "bossworker.boss.link",
     "bossworker.ledger",
+    "bossworker.phases",
+    "bossworker.tickets",
     # Not bossworker.answers: it decodes, but reads /dev/shm segments to do it.
 )
 # The standard-library modules that mean I/O, threads or processes.
@@ -235,6 +239,8 @@ def test_main_side_layers() -> None:
     graph = import_graph()
     below = {
         "bossworker.ledger": {"bossworker.client", "bossworker.aio", "bossworker.session", "bossworker.pool"},
+        "bossworker.phases": {"bossworker.ledger", "bossworker.client", "bossworker.aio", "bossworker.pool"},
+        "bossworker.tickets": {"bossworker.ledger", "bossworker.client", "bossworker.aio", "bossworker.pool"},
         "bossworker.answers": {"bossworker.client", "bossworker.session", "bossworker.pool"},
         "bossworker.client": {"bossworker.session", "bossworker.pool", "bossworker.executor"},
         "bossworker.session": {"bossworker.pool", "bossworker.executor", "bossworker.streams"},
