@@ -182,7 +182,7 @@ def test_the_graph_is_read_from_the_source() -> None:
     # A few edges we know, so that a broken parser cannot pass the tests below.
     assert "bossworker.session" in graph["bossworker.pool"]
     assert "bossworker.protocol" in graph["bossworker.boss.core"]
-    assert "bossworker.worker" in graph["bossworker.boss.local"]
+    assert "bossworker.worker" in graph["bossworker.boss.starts"]
     assert "bossworker.boss" in graph["bossworker.dask.plugin"]  # a module's package runs first
     assert "bossworker" not in graph["bossworker.boss.core"]  # ... and is running already
     assert "bossworker.pool" in graph["bossworker.cli.main"]
