@@ -3,8 +3,8 @@
 ::
 
      facade (pool, streams, Executor)        MainLedger                    driver
-     add_work ----> check_can_add()     +-------------------------+   (client.py: a socket,
-                    register_jobs()     | phase (Phase)           |    a lock, leader/followers;
+     add_work ----> check_can_add()     +-------------------------+   (client.py on connection.py:
+                    register_jobs()     | phase (Phase)           |    a socket, a lock, leader/followers;
      cancel  -----> ask_cancel()   ---> | intake (Intake)         |    aio.py: an event loop)
      stats   -----> ask_stats()    ---> | ids, pending, results   | <-- receive(frames, now)
      get_result <-- result_or_verdict() | lanes, per-job records  | <-- lost(), end_of_file(),
@@ -16,7 +16,8 @@ a driver feeds it the frames it decoded (:meth:`MainLedger.receive`, with
 the wall-clock time they arrived), tells it what happened to the connection
 (:meth:`lost`, :meth:`end_of_file`, :meth:`closed`), sends the bytes its
 methods return, and wakes whom the returned :class:`Wake` names.  The
-blocking driver (:class:`~bossworker.client.Client`) and the asyncio one
+blocking driver (:class:`~bossworker.client.Client`, on
+:class:`~bossworker.connection.Connection`) and the asyncio one
 (:mod:`bossworker.aio`) differ only in how they wait; every answer they give
 comes from here, so the twins cannot drift.  Its tests need no process
 (``tests/test_ledger.py``).
