@@ -36,6 +36,7 @@ MAIN_ROOTS = ("bossworker", "bossworker.aio", "bossworker.cli", "bossworker.dask
 MAIN_SIDE = (
     "bossworker.pool",
     "bossworker.pool_async",
+    "bossworker.pool_map",
     "bossworker.client",
     "bossworker.connection",
     "bossworker.ledger",
@@ -252,6 +253,7 @@ def test_main_side_layers() -> None:
         "bossworker.client": {"bossworker.session", "bossworker.pool", "bossworker.executor"},
         "bossworker.session": {"bossworker.pool", "bossworker.executor", "bossworker.streams"},
         "bossworker.pool": {"bossworker.executor"},
+        "bossworker.pool_map": {"bossworker.pool", "bossworker.executor"},
     }
     for module, forbidden in below.items():
         paths = reachable(graph, (module,))
