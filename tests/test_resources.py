@@ -11,7 +11,7 @@ import os
 import pytest
 
 import handlers
-from bossworker import BossWorkerAsync, InvalidArgumentError
+from bossworker import BossDiedError, BossWorkerAsync, InvalidArgumentError
 from bossworker.checks import MAX_TIMEOUT
 
 
@@ -130,3 +130,34 @@ def test_the_boss_keeps_nothing_of_workers_gone() -> None:
         grown = boss.memory_info().rss - before
         assert bw.stats().workers_started >= 900
     assert grown < 16 * 2**20, f"the Boss grew by {grown / 2**20:.1f} MiB over 800 workers"
+
+
+def test_a_boss_that_fails_while_serving_says_why_in_main(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure inside the Boss's loop after READY: main gets BossDiedError,
+    and the Boss's own record of why (with its traceback) reaches main's
+    logging, although log forwarding only queues records for main.  The
+    failure is injected into the fleet before the fork, so only the forked
+    Boss (which inherits it) has it."""
+    from bossworker.boss import local
+
+    real_dispatch = local.LocalFleet.dispatch
+
+    def failing_dispatch(self: local.LocalFleet) -> None:
+        if self.queue:
+            raise RuntimeError("injected failure in the Boss's loop")
+        real_dispatch(self)
+
+    monkeypatch.setattr(local.LocalFleet, "dispatch", failing_dispatch)
+    with caplog.at_level(logging.INFO, logger="bossworker"):
+        bw = BossWorkerAsync(handlers.echo, worker_count=1, start_method="fork")
+        try:
+            bw.add_work("a")
+            with pytest.raises(BossDiedError):
+                bw.get_result(timeout=30)
+        finally:
+            bw.shut_down(force=True)
+    failed = [r for r in caplog.records if r.getMessage() == "the Boss failed"]
+    assert failed, [r.getMessage() for r in caplog.records]
+    assert "injected failure in the Boss's loop" in (failed[0].exc_text or "")

@@ -35,6 +35,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from types import FrameType
 
@@ -60,6 +61,9 @@ from .local import LocalFleet
 __all__ = ["Boss", "run_boss"]
 
 log = logging.getLogger("bossworker")
+
+#: The longest single wait of the Boss's loop, in seconds (see Boss.run).
+MAX_WAIT = 3600.0
 
 
 class _ForcedStop(BaseException):
@@ -126,7 +130,11 @@ class Boss:
             self._flush_main()  # answers to main
             if core.finished():
                 break
-            wait = None if due == math.inf else max(0.0, due - time.monotonic())
+            # Capped: no selector takes a wait of years (epoll counts
+            # milliseconds in a C int, ~24.8 days), and a deadline as far
+            # away as MAX_TIMEOUT (1e9 s) is legal.  Waking once in a while
+            # early changes nothing: the loop only acts on what is due.
+            wait = None if due == math.inf else min(MAX_WAIT, max(0.0, due - time.monotonic()))
             for key, mask in select(wait):
                 key.data(mask)  # main's frames, workers' answers, worker exits
         self.selector.close()
@@ -199,6 +207,22 @@ def _tell_main_start_failed(main_sock: socket.socket, failure: InitFailure, text
         main_sock.sendall(text_frame(Kind.INIT_FAILED, failure, text))
 
 
+def _send_what_is_left(boss: Boss, limit: float = 1.0) -> bool:
+    """Best effort, within ``limit`` seconds: send main what the core still
+    holds for it (above all the record of the Boss's own failure, which log
+    forwarding only queued).  True if all of it went out."""
+    out = boss.core.out
+    deadline = time.monotonic() + limit
+    try:
+        boss.main.setblocking(True)
+        while out and (left := deadline - time.monotonic()) > 0:
+            boss.main.settimeout(left)
+            out.consume(send_chunks(boss.main, out.chunks()))
+    except OSError:
+        return False
+    return not out
+
+
 def run_boss(
     main_sock: socket.socket,
     config: BossConfig | bytes,
@@ -247,6 +271,10 @@ def run_boss(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.exception("the Boss failed")
         code = 1
+        if boss is not None and not _send_what_is_left(boss):
+            # The record above went to the forwarding handler, which only
+            # queues it for main: said nowhere if main cannot be reached.
+            traceback.print_exc()
         if boss is None or not boss.core.announced:
             _tell_main_start_failed(main_sock, InitFailure.BOSS, describe_exception(exc))
     finally:
