@@ -302,3 +302,24 @@ def test_the_texts_main_and_workers_write_are_unchanged() -> None:
         "BossWorkerAsync: worker died (its Dask worker died: [Errno 2] gone) while running this job"
     )
     assert errors.dask_task_failed_error("E") == "BossWorkerAsync: the Dask task failed: E"
+
+
+def test_a_system_exit_keeps_its_code_whatever_reducer_pickled_it() -> None:
+    """tblib's exception reducers (installed by importing distributed, and
+    inherited by forked workers) rebuild a SystemExit without calling its
+    __init__: its args survive, its code did not.  Main restores it."""
+    import copyreg
+    import io
+
+    from tblib import pickling_support
+
+    from bossworker.outcome import rebuild_exception
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer)
+    pickler.dispatch_table = copyreg.dispatch_table.copy()
+    pickler.dispatch_table[SystemExit] = pickling_support.pickle_exception
+    pickler.dump(SystemExit(6))
+    assert pickle.loads(buffer.getvalue()).code is None  # what the reducer alone gives
+    rebuilt = rebuild_exception(buffer.getvalue(), "SystemExit: 6", "SystemExit", "tb")
+    assert type(rebuilt) is SystemExit and rebuilt.code == 6

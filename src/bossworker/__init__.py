@@ -79,7 +79,7 @@ __all__ = [
     "WrongProcessError",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # A library's logger stays silent unless the program configures logging.
 logging.getLogger("bossworker").addHandler(logging.NullHandler())

@@ -111,9 +111,10 @@ class Connection:
         # Who waits for work to be added or input to be closed: asyncio
         # tasks through callbacks; the reader through the wake-up pipe.
         self._input_callbacks: list[Callable[[], None]] = []
-        self._nudge_r, self._nudge_w = os.pipe()
-        os.set_blocking(self._nudge_r, False)
-        os.set_blocking(self._nudge_w, False)
+        # A socket pair, not os.pipe(): Windows' select() takes sockets only.
+        self._nudge_r, self._nudge_w = socket.socketpair()
+        self._nudge_r.setblocking(False)
+        self._nudge_w.setblocking(False)
 
     # -- state -------------------------------------------------------------
 
@@ -159,7 +160,7 @@ class Connection:
                 callback()
             if self._reading:
                 with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
-                    os.write(self._nudge_w, b"!")
+                    self._nudge_w.send(b"!")
 
     # -- the descriptor's lifetime -------------------------------------------
     #
@@ -192,8 +193,8 @@ class Connection:
             self._fd_closed = True
             forget_main_socket(self._sock)
             self._sock.close()
-            os.close(self._nudge_r)
-            os.close(self._nudge_w)
+            self._nudge_r.close()
+            self._nudge_w.close()
 
     # -- sending -------------------------------------------------------------
     #
@@ -378,13 +379,12 @@ class Connection:
             waiting = wait != 0 and self.ledger.phase is not Phase.LOST
         if waiting:
             sock_fd = self._sock.fileno()
-            readable, writable, _ = select.select(
-                [sock_fd, self._nudge_r], [sock_fd] if sending else [], [], wait
-            )
-            if self._nudge_r in readable:
+            nudge_fd = self._nudge_r.fileno()
+            readable, writable, _ = select.select([sock_fd, nudge_fd], [sock_fd] if sending else [], [], wait)
+            if nudge_fd in readable:
                 with contextlib.suppress(OSError):
-                    os.read(self._nudge_r, 4096)
-                readable.remove(self._nudge_r)
+                    self._nudge_r.recv(4096)
+                readable.remove(nudge_fd)
             if not readable:
                 if writable:
                     with self.lock:

@@ -165,6 +165,11 @@ def rebuild_exception(exc_pickle: Buffer | None, text: str, type_name: str, tb: 
             exc = pickle.loads(exc_pickle)
         except BaseException:  # noqa: BLE001 - even SystemExit: this job's text stands in
             exc = None
+    if isinstance(exc, SystemExit) and exc.code is None and len(exc.args) == 1:
+        # A SystemExit rebuilt without its __init__ (tblib's reducers do
+        # that, and importing distributed installs them) has its args but
+        # lost its code: restore CPython's rule, code = the one argument.
+        exc.code = exc.args[0]
     if not isinstance(exc, BaseException):
         exc = TaskError(
             f"{text} (raised in the worker; the exception itself could not be pickled, "
