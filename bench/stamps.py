@@ -120,6 +120,17 @@ def instrument(slots: int) -> Stamps:
     import bossworker.worker as worker
     from bossworker.protocol import Decoder
 
+    # Where main's sends and the worker starts live (split out of client.py
+    # and boss/local.py; older trees have them in place).
+    try:
+        import bossworker.connection as connection
+    except ImportError:
+        connection = client
+    try:
+        import bossworker.boss.starts as starts
+    except ImportError:
+        starts = local
+
     STAMPS = stamps = Stamps(slots)
     # The wrappers stamp through stamp(): nothing while STAMPS is None.
 
@@ -139,7 +150,7 @@ def instrument(slots: int) -> Stamps:
 
         module.send_chunks = send_chunks
 
-    sender(client, "main>boss")
+    sender(connection, "main>boss")
     sender(boss_main, "boss>main")
     sender(local, "boss>worker")
     sender(worker, "worker>boss")  # READY, and answers of several buffers
@@ -200,7 +211,7 @@ def instrument(slots: int) -> Stamps:
         setattr(module, name, run)
 
     body(boss_main, "run_boss", "boss", "boss run")
-    body(local, "run_worker", "worker", "worker run")
+    body(starts, "run_worker", "worker", "worker run")
 
     def after(owner: Any, name: str, tag: str) -> None:
         original = getattr(owner, name)

@@ -36,8 +36,12 @@ MAIN_ROOTS = ("bossworker", "bossworker.aio", "bossworker.cli", "bossworker.dask
 MAIN_SIDE = (
     "bossworker.pool",
     "bossworker.pool_async",
+    "bossworker.pool_map",
     "bossworker.client",
+    "bossworker.connection",
     "bossworker.ledger",
+    "bossworker.phases",
+    "bossworker.tickets",
     "bossworker.session",
     "bossworker.answers",
     "bossworker.executor",
@@ -65,6 +69,8 @@ SANS_IO = (
     "bossworker.boss.core",
     "bossworker.boss.link",
     "bossworker.ledger",
+    "bossworker.phases",
+    "bossworker.tickets",
     # Not bossworker.answers: it decodes, but reads /dev/shm segments to do it.
 )
 # The standard-library modules that mean I/O, threads or processes.
@@ -178,7 +184,7 @@ def test_the_graph_is_read_from_the_source() -> None:
     # A few edges we know, so that a broken parser cannot pass the tests below.
     assert "bossworker.session" in graph["bossworker.pool"]
     assert "bossworker.protocol" in graph["bossworker.boss.core"]
-    assert "bossworker.worker" in graph["bossworker.boss.local"]
+    assert "bossworker.worker" in graph["bossworker.boss.starts"]
     assert "bossworker.boss" in graph["bossworker.dask.plugin"]  # a module's package runs first
     assert "bossworker" not in graph["bossworker.boss.core"]  # ... and is running already
     assert "bossworker.pool" in graph["bossworker.cli.main"]
@@ -235,10 +241,19 @@ def test_main_side_layers() -> None:
     graph = import_graph()
     below = {
         "bossworker.ledger": {"bossworker.client", "bossworker.aio", "bossworker.session", "bossworker.pool"},
+        "bossworker.phases": {"bossworker.ledger", "bossworker.client", "bossworker.aio", "bossworker.pool"},
+        "bossworker.tickets": {"bossworker.ledger", "bossworker.client", "bossworker.aio", "bossworker.pool"},
         "bossworker.answers": {"bossworker.client", "bossworker.session", "bossworker.pool"},
+        "bossworker.connection": {
+            "bossworker.client",
+            "bossworker.aio",
+            "bossworker.session",
+            "bossworker.pool",
+        },
         "bossworker.client": {"bossworker.session", "bossworker.pool", "bossworker.executor"},
         "bossworker.session": {"bossworker.pool", "bossworker.executor", "bossworker.streams"},
         "bossworker.pool": {"bossworker.executor"},
+        "bossworker.pool_map": {"bossworker.pool", "bossworker.executor"},
     }
     for module, forbidden in below.items():
         paths = reachable(graph, (module,))

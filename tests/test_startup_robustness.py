@@ -35,7 +35,7 @@ import pytest
 
 import handlers
 from bossworker import BossWorkerAsync, InvalidArgumentError, SerializationError, WorkerInitError
-from bossworker import client as client_module
+from bossworker import connection as connection_module
 from bossworker.backend import LocalBackend
 from bossworker.errors import INIT_TIMEOUT_ERROR, PROTOCOL_VIOLATION_ERROR, START_FAILED_ERROR
 from bossworker.protocol import HEADER, Decoder, Kind, ProtocolError, encode
@@ -341,7 +341,7 @@ class _NoSharedMemory(LocalBackend):
 def test_add_work_refuses_a_job_too_big_for_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     with BossWorkerAsync(handlers.length_of, worker_count=1, backend=_NoSharedMemory()) as bw:
         # The real limit is 4 GiB; lowered here (in main only) to test the check.
-        monkeypatch.setattr(client_module, "MAX_PAYLOAD", 1 << 20)
+        monkeypatch.setattr(connection_module, "MAX_PAYLOAD", 1 << 20)
         with pytest.raises(InvalidArgumentError, match=r"job #1 .* above the 1048576-byte limit of a frame"):
             bw.add_work(b"small", b"x" * (2 << 20))
         assert bw.pending() == 0

@@ -3,8 +3,8 @@
 ::
 
      facade (pool, streams, Executor)        MainLedger                    driver
-     add_work ----> check_can_add()     +-------------------------+   (client.py: a socket,
-                    register_jobs()     | phase (Phase)           |    a lock, leader/followers;
+     add_work ----> check_can_add()     +-------------------------+   (client.py on connection.py:
+                    register_jobs()     | phase (Phase)           |    a socket, a lock, leader/followers;
      cancel  -----> ask_cancel()   ---> | intake (Intake)         |    aio.py: an event loop)
      stats   -----> ask_stats()    ---> | ids, pending, results   | <-- receive(frames, now)
      get_result <-- result_or_verdict() | lanes, per-job records  | <-- lost(), end_of_file(),
@@ -16,29 +16,15 @@ a driver feeds it the frames it decoded (:meth:`MainLedger.receive`, with
 the wall-clock time they arrived), tells it what happened to the connection
 (:meth:`lost`, :meth:`end_of_file`, :meth:`closed`), sends the bytes its
 methods return, and wakes whom the returned :class:`Wake` names.  The
-blocking driver (:class:`~bossworker.client.Client`) and the asyncio one
+blocking driver (:class:`~bossworker.client.Client`, on
+:class:`~bossworker.connection.Connection`) and the asyncio one
 (:mod:`bossworker.aio`) differ only in how they wait; every answer they give
 comes from here, so the twins cannot drift.  Its tests need no process
 (``tests/test_ledger.py``).
 
-Two enums hold main's state, each changed in one method:
-
-* :class:`Phase`, what main knows of the Boss and the connection
-  (:meth:`MainLedger._enter`)::
-
-      STARTING --READY--> SERVING --BYE--> DONE
-          |                  |
-          +--INIT_FAILED--> FAILED    any live phase --send failed, Boss gone--> LOST
-      any live phase (LOST too) --end of file without BYE--> DIED
-      any live phase --main closed the socket, or end of file after a forced stop--> CLOSED
-
-* :class:`Intake`, what main decided about new work (:meth:`MainLedger._decide`)::
-
-      OPEN --close_input()--> INPUT_CLOSED --shut_down()--> STOPPING
-        any --shut_down(force=True)--> FORCED
-
-  Two enums, not one: they are independent (input may be closed while the
-  Boss serves, dies or says BYE), and each verdict below reads both.
+Main's state is two enums from :mod:`bossworker.phases` (:class:`Phase`,
+:class:`Intake`), each changed in one method here (:meth:`MainLedger._enter`,
+:meth:`MainLedger._decide`); which moves are legal is that module's rule.
 
 Rules with their one home here: job ids and the pending count; where each
 answer goes (``get_result``'s queue or a map's :class:`Lane`); the per-job
@@ -52,7 +38,6 @@ stop versus a dead Boss (:class:`ShutDownError` versus
 
 from __future__ import annotations
 
-import enum
 import json
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -67,7 +52,9 @@ from .errors import (
     ShutDownError,
 )
 from .jobs import frame_text
+from .phases import Intake, Phase, Wake
 from .protocol import Flag, Frame, Kind, encode
+from .tickets import CancelTicket, JobRecord, Lane, StatsTicket
 
 __all__ = [
     "FORCED_STOP_ERROR",
@@ -82,105 +69,10 @@ __all__ = [
     "Wake",
 ]
 
-#: What main knows of one answered job beyond its answer frame (see
-#: :meth:`MainLedger.take_record`): when it was queued (wall clock) and its
-#: time limit, when its answer arrived, and the answers of the attempts that
-#: failed and were retried (each with its arrival time).
-JobRecord = tuple[float, float, float, list[tuple[float, Frame]]]
-
 #: The largest job id a frame header can carry (an unsigned 64-bit field).
 MAX_JOB_ID = 2**64 - 1
 
 FORCED_STOP_ERROR = "the pool was stopped with shut_down(force=True); its unretrieved results were discarded"
-
-
-class Phase(enum.Enum):
-    """What main knows of the Boss and of the connection to it."""
-
-    STARTING = "starting"  # waiting for READY or INIT_FAILED
-    FAILED = "failed"  # INIT_FAILED read: the session stops the Boss
-    SERVING = "serving"  # READY read: jobs come and go
-    LOST = "lost"  # the Boss is gone (a send failed, its process exited): the socket holds all that will come
-    DONE = "done"  # BYE read: every answer is in
-    DIED = "died"  # end of file without BYE: the Boss died
-    CLOSED = "closed"  # main closed the socket (or it ended after a forced stop): nothing more is read
-
-
-_LIVE = frozenset({Phase.STARTING, Phase.FAILED, Phase.SERVING, Phase.LOST})
-_MOVES: dict[Phase, frozenset[Phase]] = {
-    Phase.STARTING: frozenset(
-        {Phase.SERVING, Phase.FAILED, Phase.LOST, Phase.DONE, Phase.DIED, Phase.CLOSED}
-    ),
-    Phase.FAILED: frozenset({Phase.LOST, Phase.DONE, Phase.DIED, Phase.CLOSED}),
-    Phase.SERVING: frozenset({Phase.LOST, Phase.DONE, Phase.DIED, Phase.CLOSED}),
-    Phase.LOST: frozenset({Phase.DONE, Phase.DIED, Phase.CLOSED}),
-    Phase.DONE: frozenset(),
-    Phase.DIED: frozenset(),
-    Phase.CLOSED: frozenset(),
-}
-
-
-class Intake(enum.Enum):
-    """What main decided about new work."""
-
-    OPEN = "open"  # add_work allowed
-    INPUT_CLOSED = "input closed"  # close_input(): no more add_work; answers flow
-    STOPPING = "stopping"  # shut_down() began: no more work; the Boss finishes and says BYE
-    FORCED = "forced"  # shut_down(force=True) began: unretrieved results are discarded
-
-
-_INTAKE_ORDER = {Intake.OPEN: 0, Intake.INPUT_CLOSED: 1, Intake.STOPPING: 2, Intake.FORCED: 3}
-
-
-class Wake(enum.Flag):
-    """Whom a change concerns (the driver wakes them)."""
-
-    NONE = 0
-    WAITERS = enum.auto()  # anyone waiting for an answer, a reply or the end
-    INPUT = enum.auto()  # results(until_closed=True) waiting for work or close_input()
-
-
-class Lane:
-    """The answers to one stream's jobs (``map``), filed here instead of
-    get_result()'s queue, so a map and get_result() never take each
-    other's results.  Its jobs are not counted by ``pending``."""
-
-    __slots__ = ("abandoned", "frames", "outstanding", "queued", "received", "retried")
-
-    def __init__(self, records: bool = False) -> None:
-        self.frames: deque[Frame] = deque()  # answers read, oldest first
-        self.outstanding = 0  # jobs sent whose answer has not been read
-        self.abandoned = False  # nobody will take the answers: drop them
-        # With ``records`` (a map of outcomes), what take_lane_record hands
-        # out; kept here, so they go with the lane.
-        self.queued: dict[int, tuple[float, float]] | None = {} if records else None
-        self.received: dict[int, float] = {}
-        self.retried: dict[int, list[tuple[float, Frame]]] = {}
-
-
-class CancelTicket:
-    """One ``cancel_jobs`` call's replies, filled in as they are read."""
-
-    __slots__ = ("answers", "due", "mapped")
-
-    def __init__(self, mapped: list[bool], asked: int) -> None:
-        self.mapped = mapped  # per id asked: a map's job (never dropped from outside: False)
-        self.answers: list[bool | None] = [None] * asked  # per CANCEL sent, in order
-        self.due = asked  # replies still to come
-
-    def result(self) -> list[bool | None]:
-        """The answer per id asked: None where no reply came (Boss gone)."""
-        replies = iter(self.answers)
-        return [False if mapped else next(replies) for mapped in self.mapped]
-
-
-class StatsTicket:
-    """One ``stats()`` call's reply."""
-
-    __slots__ = ("reply",)
-
-    def __init__(self) -> None:
-        self.reply: dict[str, Any] | None = None
 
 
 # What waits for the n-th CANCEL_REPLY: (job id, the user's ticket and the
@@ -227,16 +119,14 @@ class MainLedger:
 
     def _enter(self, phase: Phase) -> bool:
         """Move to ``phase`` if that is a move; False if the phase is final."""
-        if phase is self.phase:
-            return False
-        if phase not in _MOVES[self.phase]:
+        if not self.phase.can_move_to(phase):
             return False  # DONE, DIED and CLOSED are final: later news changes nothing
         self.phase = phase
         return True
 
     def _decide(self, intake: Intake) -> bool:
         """Move the intake on (never back); False if it was there or beyond."""
-        if _INTAKE_ORDER[intake] <= _INTAKE_ORDER[self.intake]:
+        if not intake.is_beyond(self.intake):
             return False
         self.intake = intake
         return True
@@ -246,7 +136,7 @@ class MainLedger:
     @property
     def ended(self) -> bool:
         """Nothing more will be read: BYE, end of file, or main closed the socket."""
-        return self.phase not in _LIVE
+        return not self.phase.live
 
     @property
     def sending(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, overload
 
@@ -11,10 +11,11 @@ from . import answers, checks, streams
 from .backend import Backend, LocalBackend
 from .checks import StartMethod
 from .errors import InvalidArgumentError, SerializationError
-from .ledger import JobRecord, Lane
+from .ledger import JobRecord
 from .outcome import Outcome
 from .payload import Pickled, dump
 from .pool_async import AsyncFace
+from .pool_map import MapFace
 from .protocol import Frame
 from .session import DEFAULT_INIT_TIMEOUT, DEFAULT_READ_SIZE, Session
 from .stats import Stats
@@ -27,7 +28,7 @@ J = TypeVar("J")  # a job: what the work handler takes
 R = TypeVar("R")  # a result: what the work handler (or the result_handler) returns
 
 
-class BossWorkerAsync(AsyncFace[J, R]):
+class BossWorkerAsync(MapFace[J, R], AsyncFace[J, R]):
     """A Boss process and ``worker_count`` preforked workers.
 
     Generic in ``J``, the job type, and ``R``, the result type, both
@@ -276,121 +277,6 @@ class BossWorkerAsync(AsyncFace[J, R]):
         was taken, not before.
         """
         self._client.close_input()
-
-    def map(
-        self,
-        iterable: Iterable[J],
-        *,
-        ordered: bool = True,
-        max_in_flight: int | None = None,
-        timeout: float | None = None,
-        retries: int | None = None,
-        progress: streams.Progress = False,
-    ) -> Iterator[R | dict[str, str]]:
-        """Run every item of ``iterable`` as a job; yield the results.
-
-        Each result is what :meth:`get_result` would return for that job
-        (``result_handler`` applied, ``{"ERROR": ...}`` for a failure), in
-        input order with ``ordered=True`` (the default), else as they come.
-        The iterable may be endless: at most ``max_in_flight`` (default
-        1024) jobs are *in flight* (sent and not yet yielded, answers held
-        for their turn included), so memory stays flat.  It is read in the
-        consuming thread, in batches, as room frees up.  ``timeout`` and
-        ``retries`` are as in :meth:`add_work`.  ``progress=True`` (or a
-        dict of tqdm arguments) shows a bar, with ``len(iterable)`` as its
-        total when it has one.  :meth:`map_outcomes` yields outcomes instead.
-
-        Its jobs are its own: they never come out of :meth:`get_result` and
-        :meth:`pending` does not count them.  Leaving the loop early (or
-        closing the generator) drops the results still to come and cancels
-        the jobs not yet started; those a worker has run to their end.  An item
-        that cannot be pickled raises :class:`SerializationError` there.
-        """
-        plan = self._map_plan(iterable, False, ordered, max_in_flight, timeout, retries, progress)
-        return streams.map_jobs(self._client, plan, iterable)
-
-    def map_outcomes(
-        self,
-        iterable: Iterable[J],
-        *,
-        ordered: bool = True,
-        max_in_flight: int | None = None,
-        timeout: float | None = None,
-        retries: int | None = None,
-        progress: streams.Progress = False,
-    ) -> Iterator[Outcome[R]]:
-        """:meth:`map`, yielding each job's :class:`~bossworker.outcome.Outcome`
-        (as :meth:`get_outcome` makes them: the value untouched, the real
-        exception, the details) instead of its :meth:`get_result` value."""
-        plan = self._map_plan(iterable, True, ordered, max_in_flight, timeout, retries, progress)
-        return streams.map_jobs(self._client, plan, iterable)
-
-    def amap(
-        self,
-        iterable: Iterable[J] | AsyncIterable[J],
-        *,
-        ordered: bool = True,
-        max_in_flight: int | None = None,
-        timeout: float | None = None,
-        retries: int | None = None,
-        progress: streams.Progress = False,
-    ) -> AsyncIterator[R | dict[str, str]]:
-        """:meth:`map` for ``async for``, over a plain or an async iterable.
-
-        An async iterable's items are sent as they come, while results are
-        awaited, so a slow source never holds results back.  A plain
-        iterable is read in the event loop: it must not block.
-        """
-        plan = self._map_plan(iterable, False, ordered, max_in_flight, timeout, retries, progress)
-        return streams.amap(self._client, self._session.socket_waiter(), plan, iterable)
-
-    def amap_outcomes(
-        self,
-        iterable: Iterable[J] | AsyncIterable[J],
-        *,
-        ordered: bool = True,
-        max_in_flight: int | None = None,
-        timeout: float | None = None,
-        retries: int | None = None,
-        progress: streams.Progress = False,
-    ) -> AsyncIterator[Outcome[R]]:
-        """:meth:`map_outcomes` for ``async for`` (see :meth:`amap`)."""
-        plan = self._map_plan(iterable, True, ordered, max_in_flight, timeout, retries, progress)
-        return streams.amap(self._client, self._session.socket_waiter(), plan, iterable)
-
-    def _map_plan(
-        self,
-        iterable: object,
-        outcomes: bool,
-        ordered: bool,
-        max_in_flight: int | None,
-        timeout: float | None,
-        retries: int | None,
-        progress: streams.Progress,
-    ) -> streams.MapPlan[Any]:
-        """The checked options of one map; with ``outcomes``, it yields
-        Outcome objects (its lane keeps each job's details), else what
-        get_result() would return."""
-        limit = self._global_timeout if timeout is None else checks.seconds("timeout", timeout)
-        checks.progress(progress)
-        retry = self._retry(retries)
-        lane = Lane(records=outcomes)
-        deliver: Callable[[Frame], Any] = (
-            (lambda frame: self._outcome(frame, self._client.take_lane_record(lane, frame.job_id)))
-            if outcomes
-            else self._frame_result
-        )
-        return streams.MapPlan(
-            deliver,
-            lane,
-            bool(ordered),
-            streams.DEFAULT_MAX_IN_FLIGHT
-            if max_in_flight is None
-            else checks.whole_number("max_in_flight", max_in_flight),
-            limit,
-            retry,
-            lambda: streams.Bar(progress, streams.known_length(iterable)),
-        )
 
     def _frame_result(self, frame: Frame) -> R | dict[str, str]:
         """What get_result() returns for ``frame`` (without its id)."""

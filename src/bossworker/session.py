@@ -4,7 +4,7 @@ engine under both facades.
 ::
 
     BossWorkerAsync (pool.py) --+                     +--> Backend.start(config) --> Boss process
-                                +--> Session ---------+--> Client (client.py: the blocking driver)
+                                +--> Session ---------+--> Client (client.py on connection.py: blocking)
     Executor (executor.py) -----+    prepare handlers  |      MainLedger (ledger.py: the books)
                                      wait READY        +--> SocketWaiter (aio.py: the asyncio driver)
                                      stop: graceful, forced, by finalizer

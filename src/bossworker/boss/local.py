@@ -15,11 +15,15 @@ socket and pidfd), and does, on the Boss's one thread:
   result (a pidfd also sees it when a helper the handler forked still holds
   the worker's descriptors).  Its running job is answered (or retried), the
   jobs sent ahead to it go back to the front of the queue, and a new worker
-  takes its slot (with the core's back-off when it died starting);
+  takes its slot (with the core's back-off when it died starting; making
+  a worker process and the slots waiting for one are
+  :mod:`bossworker.boss.starts`'s);
 * deadlines: a job past its timeout (plus a grace for the worker's own
   SIGALRM) gets its worker killed, even in C code that ignores signals;
 * the memory cap (``max_worker_memory``): a worker past it mid-job is killed,
-  one past it after an answer is retired between jobs.
+  one past it after an answer is retired between jobs (the rules are
+  :mod:`bossworker.boss.memcap`'s; the fleet measures when they say and
+  does the kill or the leave).
 
 Exactly-once: a job is in the queue, or in exactly one worker's ``inflight``
 deque, until its answer is handed to the core.
@@ -32,47 +36,21 @@ its group before reaping it, so what its handlers started goes with it.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import logging
 import math
-import multiprocessing
 import os
 import selectors
-import signal
-import socket
-import stat
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.process import BaseProcess
-from typing import Any
 
-from ..config import BossConfig, PickledAtSpawn, WorkerSpec
-from ..errors import (
-    INIT_TIMEOUT_ERROR,
-    MEMORY_AT_START_ERROR,
-    MEMORY_LIMIT_ERROR,
-    PROTOCOL_VIOLATION_ERROR,
-    START_FAILED_ERROR,
-)
-from ..jobs import Facts, frame_text
-from ..memory import CHECK_INTERVAL, RssProbe, mib, shown_over
-from ..portable import send_chunks, socket_for_child
-from ..process import Closable, OwnedFd, kill_group, open_pidfd, signal_description
-from ..protocol import (
-    Decoder,
-    Flag,
-    Frame,
-    InitFailure,
-    Kind,
-    ProtocolError,
-    RetryOn,
-    SendQueue,
-    encode,
-    recv_frames,
-)
-from ..worker import run_worker
-from .core import RESPAWN_BACKOFF_MAX, BossCore, FleetNumbers
+from ..config import BossConfig
+from ..errors import INIT_TIMEOUT_ERROR, PROTOCOL_VIOLATION_ERROR
+from ..jobs import frame_text
+from ..memory import CHECK_INTERVAL
+from ..portable import send_chunks
+from ..process import Closable, kill_group, open_pidfd, signal_description
+from ..protocol import Frame, Kind, ProtocolError, RetryOn, encode, recv_frames
+from .core import BossCore, FleetNumbers
 from .link import (
     ANSWERED,
     DEAD,
@@ -80,10 +58,10 @@ from .link import (
     STARTING,
     STOPPING,
     TIMED_OUT,
-    HeadFate,
     OutOfTurn,
-    WorkerLink,
 )
+from .memcap import MemoryCap
+from .starts import WorkerRecord, WorkerStarts
 
 __all__ = ["EXIT_GRACE", "LocalFleet", "WorkerRecord"]
 
@@ -91,60 +69,10 @@ log = logging.getLogger("bossworker")
 
 # How long a worker may take to exit after its socket closed before it is killed.
 EXIT_GRACE = 1.0
-# Worker starts due are made for at most this long per turn of the loop:
-# the rest wait for the next turn, so READYs, answers and main's frames are
-# read while a big pool starts (a start costs a fork, or a fork and exec).
-START_BUDGET = 0.01
-# Slots that cannot get a worker (a process or file limit) are summed up in
-# one log line at most this often, not one line per failed start.
-START_REPORT_INTERVAL = 60.0
 
 # The kinds a worker's frames are compared with, bound once (see link.SERVING).
 _ANSWERS = frozenset({Kind.RESULT, Kind.ERROR, Kind.TIMED_OUT})
 _TIMED_OUT_KIND, _READY = Kind.TIMED_OUT, Kind.READY
-
-
-class WorkerRecord(WorkerLink):
-    """One worker process as the local Boss sees it: its link, and what
-    talking to it takes (process, socket, buffers, exit watch)."""
-
-    __slots__ = (
-        "decoder",
-        "events",
-        "on_io",
-        "out",
-        "pidfd",
-        "process",
-        "rss_probe",
-        "slot_failures",
-        "sock",
-    )
-
-    def __init__(
-        self,
-        process: BaseProcess,
-        sock: socket.socket,
-        read_size: int,
-        now: float,
-        init_timeout: float,
-        slot_failures: int = 0,
-    ) -> None:
-        super().__init__(process.pid or 0, now, init_timeout)
-        self.process = process
-        # How many starts of its slot failed in a row before it (its back-off).
-        self.slot_failures = slot_failures
-        self.sock = sock
-        self.decoder = Decoder(read_size)
-        self.out = SendQueue()
-        self.events = selectors.EVENT_READ  # what the selector watches its socket for
-        self.pidfd: OwnedFd | None = None  # readable once the process exited (None: its sentinel is watched)
-        # With a memory cap only: reads the worker's resident size.
-        self.rss_probe: RssProbe | None = None
-        self.on_io: Callable[[int], None] = _ignore
-
-
-def _ignore(mask: int) -> None:
-    pass
 
 
 class LocalFleet:
@@ -162,36 +90,20 @@ class LocalFleet:
         self.core = core
         self.selector = selector
         self.clock = clock
-        # What a forked worker must close besides the other workers' ends:
-        # the Boss's own descriptors (main's socket and pidfd, the selector).
-        self.boss_owned = boss_owned
-        # typeshed's BaseContext lacks Process; every concrete context has it.
-        self.ctx: Any = multiprocessing.get_context(config.start_method)
-        # What a worker process gets: the spec itself when forked; else
-        # pickled as it starts and unpickled by the worker itself, which can
-        # then report a handler it cannot import (see PickledAtSpawn).
-        self.worker_spec: WorkerSpec | PickledAtSpawn = config.worker
-        if config.start_method != "fork":
-            self.worker_spec = PickledAtSpawn(config.worker)
         self.max_jobs = config.worker.max_jobs
-        self.watch_memory = config.max_worker_memory is not None
         # Jobs waiting for a worker, as raw frames: a bytes object each and
         # nothing more, so a million queued tiny jobs stay small.
         self.queue: deque[bytes | bytearray] = deque()
         self.workers: list[WorkerRecord] = []
         # Workers given frames this turn, written to by flush() at its end.
         self.unflushed: list[WorkerRecord] = []
-        # The slots waiting for a new worker, a heap of (when, order, the
-        # slot's failures in a row): one entry per slot.
-        self.respawn_at: list[tuple[float, int, int]] = []
-        self.respawn_order = itertools.count()
-        # Starts that failed since the last summary line, and why the last one did.
-        self.start_failures_unreported = 0
-        self.start_failure_text = ""
-        self.start_report_due = 0.0
-        self.workers_started = 0
-        self.memory_kills = 0
-        self.memory_recycles = 0
+        # Worker starts: the slots waiting for a worker, their back-off,
+        # the start budget and the summary of failed starts (boss/starts.py).
+        self.starts = WorkerStarts(config, core, clock, boss_owned)
+        # The memory cap's rules (boss/memcap.py), with a cap only.
+        self.memory: MemoryCap | None = None
+        if config.max_worker_memory is not None:
+            self.memory = MemoryCap(config.max_worker_memory, core, self._kill, self._tell_to_leave)
 
     # -- the Fleet seam (see core.Fleet) --------------------------------------------------
 
@@ -225,7 +137,7 @@ class LocalFleet:
         return bool(self.queue) or any(w.inflight for w in self.workers)
 
     def has_workers(self) -> bool:
-        return bool(self.workers or self.respawn_at)
+        return bool(self.workers or self.starts.waiting)
 
     def can_serve(self) -> bool:
         return any(w.state is not DEAD for w in self.workers)
@@ -239,7 +151,7 @@ class LocalFleet:
         return job_ids
 
     def retire_all(self) -> None:
-        self.respawn_at.clear()
+        self.starts.clear()
         now = self.clock()
         for w in self.workers:
             if w.state in (STARTING, SERVING):
@@ -261,10 +173,10 @@ class LocalFleet:
             FleetNumbers(
                 running=sum(1 for w in alive if w.inflight and w.state is SERVING),
                 workers_alive=len(alive),
-                workers_started=self.workers_started,
+                workers_started=self.starts.started,
                 jobs_per_worker={w.pid: w.jobs_done for w in alive},
-                memory_kills=self.memory_kills,
-                memory_recycles=self.memory_recycles,
+                memory_kills=self.memory.kills if self.memory else 0,
+                memory_recycles=self.memory.recycles if self.memory else 0,
             )
         )
 
@@ -272,11 +184,11 @@ class LocalFleet:
 
     def start_all(self) -> None:
         """Make every slot due for a worker now.  They are started a few per
-        turn (see :data:`START_BUDGET`), so the first READY is read, and
+        turn (see :data:`~bossworker.boss.starts.START_BUDGET`), so the first READY is read, and
         the first jobs run, while the rest of a big pool starts."""
         now = self.clock()
         for _ in range(self.config.worker_count):
-            self._slot_due(now, 0)
+            self.starts.due(now, 0)
 
     def dispatch(self) -> None:
         """Hand queued jobs to workers: idle ones first, then some ahead."""
@@ -308,7 +220,7 @@ class LocalFleet:
         start-up or leave limit, a killing of a lingering process, a respawn,
         the summary of failed starts.  The Boss ticks only then."""
         soonest = math.inf
-        watch_memory = self.watch_memory
+        watch_memory = self.memory is not None
         for w in self.workers:
             soonest = min(soonest, w.deadline(), w.start_deadline())
             if watch_memory:
@@ -317,114 +229,31 @@ class LocalFleet:
                 soonest = min(soonest, w.dead_since + EXIT_GRACE)
             elif w.state is STOPPING:
                 soonest = min(soonest, w.leave_by)
-        if self.respawn_at:
-            soonest = min(soonest, self.respawn_at[0][0])
-        if self.start_failures_unreported:
-            soonest = min(soonest, self.start_report_due)
-        return soonest
+        return min(soonest, self.starts.next_due())
 
     def tick(self, now: float) -> None:
         """Do what is due at ``now`` (see next_due)."""
         self._expire_deadlines(now)
-        if self.watch_memory:
-            self._check_memory(now)
+        if self.memory is not None:
+            self.memory.check(self.workers, now)
         self._kill_overdue(now)
         self._expire_starts(now)
         self._respawn_due(now)
-        self._report_start_failures(now)
+        self.starts.report(now)
 
     # -- workers: start -----------------------------------------------------------------
 
     def _start_worker(self, slot_failures: int = 0) -> None:
-        """Start a worker for one slot (whose starts failed ``slot_failures``
-        times in a row).  A failure to create it (a process or file limit:
-        EAGAIN, EMFILE) is an init failure, retried with the slot's
-        back-off, never the Boss's death."""
-        try:
-            boss_end, worker_end = socket.socketpair()
-        except OSError as exc:
-            self._start_failed(exc, slot_failures)
-            return
-        inherited: list[Closable] = []
-        fork = self.config.start_method == "fork"
-        if fork:
-            # A forked worker inherits every descriptor the Boss has; it must
-            # drop the ones that are not its own (see process.close_inherited).
-            inherited = [*self.boss_owned(), boss_end]
-            inherited += [w.sock for w in self.workers]
-            inherited += [w.pidfd for w in self.workers if w.pidfd is not None]
-            inherited += [w.rss_probe for w in self.workers if w.rss_probe is not None]
-        process = self.ctx.Process(
-            target=run_worker,
-            args=(socket_for_child(worker_end), self.worker_spec, os.getpid(), inherited),
-            name="bossworker-worker",
-            daemon=False,
-        )
-        pipe_fds: list[int] = []
-        try:
-            if fork:
-                pipe_fds = _next_pipe_fds()
-            process.start()
-        except OSError as exc:
-            boss_end.close()
-            # multiprocessing's fork start leaks the two pipes it made when
-            # os.fork() fails: close what the failed start left open.
-            _close_pipes(pipe_fds)
-            self._start_failed(exc, slot_failures)
-            return
-        finally:
-            worker_end.close()
-        boss_end.setblocking(False)
-        spec = self.config.worker
-        w = WorkerRecord(process, boss_end, spec.read_size, self.clock(), spec.init_timeout, slot_failures)
+        """Start a worker for one slot (see WorkerStarts.start) and watch it:
+        its socket and its exit, in the fleet's selector."""
+        w = self.starts.start(slot_failures, self.workers)
+        if w is None:
+            return  # counted, and the slot retried with its back-off
         w.on_io = lambda mask: self._on_worker(w, mask)
-        if self.watch_memory:
-            try:
-                # Opened now, while the new process is our unreaped child:
-                # the descriptor can only ever describe this process.
-                w.rss_probe = RssProbe(w.pid)
-            except OSError as exc:
-                log.warning("worker %d: cannot watch its memory (%s); its cap is not enforced", w.pid, exc)
         self.workers.append(w)
-        self.workers_started += 1
-        self.selector.register(boss_end, selectors.EVENT_READ, w.on_io)
+        self.selector.register(w.sock, selectors.EVENT_READ, w.on_io)
         self._watch_exit(w)
         log.info("worker %d started", w.pid)
-
-    def _start_failed(self, exc: OSError, slot_failures: int) -> None:
-        """No process could be made for a slot: counted, and summed up in
-        the log by :meth:`_report_start_failures`."""
-        text = START_FAILED_ERROR.format(error=f"{type(exc).__name__}: {exc}")
-        self.start_failures_unreported += 1
-        self.start_failure_text = text
-        self._slot_failed(text, InitFailure.WORKERS, False, slot_failures + 1)
-
-    def _slot_failed(self, text: str, failure: int, killed: bool, attempt: int) -> None:
-        """A slot failed to get a serving worker (its ``attempt``-th failure
-        in a row): try again after the core's back-off for it."""
-        delay = self.core.worker_start_failed(text, failure, killed, attempt)
-        self._slot_due(self.clock() + delay, attempt)
-
-    def _slot_due(self, when: float, slot_failures: int) -> None:
-        heapq.heappush(self.respawn_at, (when, next(self.respawn_order), slot_failures))
-
-    def _report_start_failures(self, now: float) -> None:
-        """One WARNING for the starts that failed (how many slots wait for
-        a worker, and why), at most every START_REPORT_INTERVAL."""
-        if not self.start_failures_unreported or now < self.start_report_due:
-            return
-        waiting = sum(1 for _, _, failures in self.respawn_at if failures)
-        log.warning(
-            "%d of %d worker slot(s) could not start a worker (%d failed start(s)); "
-            "each is retried with a back-off of up to %.0f s: %s",
-            waiting,
-            self.config.worker_count,
-            self.start_failures_unreported,
-            RESPAWN_BACKOFF_MAX,
-            self.start_failure_text,
-        )
-        self.start_failures_unreported = 0
-        self.start_report_due = now + START_REPORT_INTERVAL
 
     def _watch_exit(self, w: WorkerRecord) -> None:
         """Have the selector tell when ``w``'s process exits.
@@ -453,22 +282,11 @@ class LocalFleet:
             self.selector.unregister(w.process.sentinel)
 
     def _respawn_due(self, now: float) -> None:
-        """Start workers for the slots due, for at most START_BUDGET: the
-        rest stay due, and the loop comes back at once after one look at
-        its sockets."""
-        due = self.respawn_at
-        if not due or due[0][0] > now:
-            return
-        if self.core.shutting_down and not self.queue:
-            while due and due[0][0] <= now:  # nothing left to do for them
-                heapq.heappop(due)
-            return
-        stop_at = self.clock() + START_BUDGET
-        while due and due[0][0] <= now:
-            _, _, failures = heapq.heappop(due)
+        """Start workers for the slots due (a few per turn: see
+        WorkerStarts.take_due); none when shutting down with nothing queued."""
+        needed = not (self.core.shutting_down and not self.queue)
+        for failures in self.starts.take_due(now, needed):
             self._start_worker(failures)
-            if self.clock() >= stop_at:
-                return
 
     def _expire_starts(self, now: float) -> None:
         """Kill a worker whose start-up (its init_handler) overran
@@ -553,10 +371,10 @@ class LocalFleet:
                 self.queue.appendleft(job.raw)
             if self.max_jobs is not None and w.jobs_done >= self.max_jobs:
                 w.retire(now, self.config.exit_limit)  # it exits by itself now
-            elif self.watch_memory:
-                self._recycle_if_over_memory(w, now)
+            elif self.memory is not None:
+                self.memory.recycle_if_over(w, now)
         elif kind == _READY:
-            if self.watch_memory and self._over_memory_at_start(w):
+            if self.memory is not None and self.memory.over_at_start(w):
                 return
             w.ready()
             self.core.worker_ready()
@@ -656,7 +474,7 @@ class LocalFleet:
         # Its I/O callback refers to it: break that cycle now, so the record
         # and its buffers go at once, not at some full garbage collection
         # (a pool recycling workers grew its Boss by ~0.3 MiB per worker).
-        w.on_io = _ignore
+        w.detach_io()
         w.process.close()
         if w.rss_probe is not None:
             w.rss_probe.close()
@@ -665,7 +483,7 @@ class LocalFleet:
             return  # no replacement needed to finish
         if not w.ever_ready:
             log.warning("worker %d failed to start (%s)", w.pid, reason)
-            self._slot_failed(*w.start_failure(reason, exitcode), w.slot_failures + 1)
+            self.starts.slot_failed(*w.start_failure(reason, exitcode), w.slot_failures + 1)
         else:
             self._start_worker()
 
@@ -686,113 +504,3 @@ class LocalFleet:
         ran = max(0.0, self.clock() - w.started_at)
         if self.core.fail(head, fate.cause, fate.kind, fate.text, fate.flags, w.pid, ran, fate.facts):
             self.queue.appendleft(head.raw)
-
-    # -- workers: the memory cap ------------------------------------------------------------
-
-    def _check_memory(self, now: float) -> None:
-        """Measure each worker whose running job is due a look; kill one past
-        the cap (SIGKILL: it may be deep in C code) and answer its job with
-        MEMORY_LIMIT_ERROR and Flag.MEMORY.  Its replacement, and the return
-        of the jobs sent ahead to it, happen as after any death (_on_exit)."""
-        cap = self.config.max_worker_memory
-        assert cap is not None
-        for w in list(self.workers):
-            if w.memory_check_due(CHECK_INTERVAL) > now or w.rss_probe is None:
-                continue
-            rss = w.rss_probe.rss()
-            w.memory_checked_at = now
-            if rss is None or rss <= cap:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w.pid, signal.SIGKILL)  # first: every millisecond it grows
-            head = w.inflight[0]
-            log.warning(
-                "worker %d: %.1f MiB, past max_worker_memory (%.1f MiB), running job %d; killing it",
-                w.pid,
-                mib(rss),
-                mib(cap),
-                head.job_id,
-            )
-            self.memory_kills += 1
-            text = MEMORY_LIMIT_ERROR.format(**shown_over(rss, cap))
-            facts = Facts(rss=rss, limit=cap)
-            if self.core.may_retry(head, RetryOn.MEMORY):
-                # Decided at its exit, as for a deadline (see _expire_deadlines).
-                w.head_killed(HeadFate(RetryOn.MEMORY, Kind.ERROR, text, Flag.MEMORY, facts))
-            else:
-                self.core.answer(
-                    head.job_id,
-                    Kind.ERROR,
-                    text,
-                    flags=Flag.MEMORY,
-                    pid=w.pid,
-                    ran=now - w.started_at,
-                    facts=facts,
-                )
-                w.head_killed(ANSWERED)
-            self._kill(w)
-
-    def _recycle_if_over_memory(self, w: WorkerRecord, now: float) -> None:
-        """After ``w`` answered: if it is past the cap (a leaky handler), it
-        takes no more jobs and, once the jobs sent ahead to it are done, is
-        told to leave (its exit_handler runs) and replaced, before a job of
-        its has to be killed for memory it leaked in earlier jobs.  Measured
-        after every answer that leaves it idle, else every CHECK_INTERVAL."""
-        cap = self.config.max_worker_memory
-        if w.rss_probe is None or cap is None or w.state is not SERVING:
-            return
-        # A worker with jobs sent ahead is running sub-millisecond jobs back
-        # to back: a system call after each would slow the Boss down for
-        # nothing, so it is measured at most every CHECK_INTERVAL.
-        due = not w.inflight or now - w.memory_checked_at >= CHECK_INTERVAL
-        if not w.over_memory and due:
-            rss = w.rss_probe.rss()
-            w.memory_checked_at = now
-            if rss is None or rss <= cap:
-                return
-            log.info(
-                "worker %d: %.1f MiB after its job, past max_worker_memory (%.1f MiB); recycling it",
-                w.pid,
-                mib(rss),
-                mib(cap),
-            )
-            w.over_memory = True
-        if not w.inflight:
-            self.memory_recycles += 1
-            self._tell_to_leave(w, now)
-
-    def _over_memory_at_start(self, w: WorkerRecord) -> bool:
-        """A worker past the cap as soon as it is ready would see every job
-        killed: refuse it as an init failure that names both sizes."""
-        cap = self.config.max_worker_memory
-        rss = w.rss_probe.rss() if w.rss_probe is not None else None
-        if cap is None or rss is None or rss <= cap:
-            return False
-        w.init_failed(MEMORY_AT_START_ERROR.format(**shown_over(rss, cap)))
-        log.warning("worker %d: %s", w.pid, w.init_error)
-        self._kill(w)
-        return True
-
-
-def _next_pipe_fds() -> list[int]:
-    """The descriptors two ``os.pipe()`` calls get now: the lowest free ones
-    (the Boss is single-threaded, so they stay free until its next call)."""
-    fds: list[int] = []
-    try:
-        fds.extend(os.pipe())
-        fds.extend(os.pipe())
-    finally:
-        for fd in fds:
-            os.close(fd)
-    return fds
-
-
-def _close_pipes(fds: list[int]) -> None:
-    """Close those of ``fds`` that are pipes now: after a failed fork start,
-    the two pipes multiprocessing made just before ``os.fork()`` (no
-    scan of every descriptor: a pool far bigger than a process limit
-    fails thousands of starts)."""
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.close(fd)
