@@ -60,6 +60,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"bossworker\.\w+\.(J|R|T)"),  # the TypeVars of the generic classes
     (r"py:.*", r"_pickle\..*"),  # pickle's exception classes, as the C module names them
     (r"py:.*", r"bossworker\.\w+\._\w+"),  # private helpers in signatures (a TypedDict of options)
+    # The Executor's engine (internal) in ExecutorOptions' constructor, which users never call.
+    (r"py:.*", r"bossworker\.executor_core\.\w+"),
     (r"py:.*", r"(J|R|T|P|_T|_P|_R|_J|Any|Callable|Iterable|Iterator|AsyncIterator|AsyncIterable|"
      r"Awaitable|Mapping|Sequence|Self|TracebackType|BaseException|Exception|None|NoneType|"
      r"int|float|str|bytes|bool|dict|list|tuple|object|type|TimeoutError|MemoryError|"

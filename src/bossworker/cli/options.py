@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .. import checks
-from ..checks import MAX_RETRIES, MAX_TIMEOUT, RETRY_CAUSES
+from ..checks import MAX_TIMEOUT, RETRY_CAUSES
 from ..errors import InvalidArgumentError
 from .errors import UsageError
 from .halt import HaltSpec, parse_halt
@@ -238,11 +238,7 @@ def _time_limit(text: str) -> TimeLimit:
         raise argparse.ArgumentTypeError(
             f"not a number of seconds nor a percentage like 200%: {text!r}"
         ) from None
-    if not 0 <= value <= MAX_TIMEOUT:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds from 0 (no limit) to {MAX_TIMEOUT:.0e} (about 31 years), not {text}"
-        )
-    return TimeLimit(value)
+    return TimeLimit(_checked(checks.seconds, value))  # the library's rule and refusal
 
 
 def _retries(text: str) -> int:
@@ -250,9 +246,7 @@ def _retries(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_RETRIES:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_RETRIES}, not {value}")
-    return value
+    return _checked(lambda _name, v: checks.retries(v), value)
 
 
 def _checked(check: Callable[[str, object], T], value: object) -> T:
@@ -267,11 +261,7 @@ def _checked(check: Callable[[str, object], T], value: object) -> T:
 
 def _retry_on(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(","))
-    for name in names:
-        if name not in RETRY_CAUSES:
-            raise argparse.ArgumentTypeError(
-                f"{name!r} is not a cause; use a comma-separated list out of {','.join(RETRY_CAUSES)}"
-            )
+    _checked(lambda _name, v: checks.retry_on(v), names)  # the library's rule and refusal
     return names
 
 
