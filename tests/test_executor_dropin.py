@@ -567,23 +567,28 @@ def test_mypy_checks_submits_arguments_and_the_start_method(tmp_path: Path) -> N
 _SYSTEM_EXIT_WITH_TBLIB = """
 import sys
 sys.path.insert(0, {tests!r})
+import executor_tasks as tasks  # first: tblib registers the exception classes that exist when it installs
 import distributed  # installs tblib's exception reducers; forked workers inherit them
-import executor_tasks as tasks
 from bossworker import Executor
 with Executor(1, start_method="fork") as ex:
     refused = ex.submit(tasks.return_refusing, "exit").exception(timeout=30)
     raised = ex.submit(tasks.raise_system_exit, 4).exception(timeout=30)
+    frozen = ex.submit(tasks.raise_frozen, 3).exception(timeout=30)
     print(type(refused).__name__, refused.code, type(raised).__name__, raised.code)
+    print(type(frozen).__name__, frozen.code)
 """
 
 
 @pytest.mark.timeout(120)
-def test_a_system_exit_keeps_its_code_when_distributed_is_imported(tmp_path: Path) -> None:
+def test_exceptions_survive_the_reducers_distributed_installs(tmp_path: Path) -> None:
     """Importing distributed installs tblib's exception reducers, which a
-    forked worker inherits; they rebuild a SystemExit without its code.
+    forked worker inherits; they rebuild a SystemExit without its code and
+    cannot rebuild a frozen-dataclass exception at all (it arrived as a
+    TaskError).  Exceptions travel by their own __reduce__.
     In a process of its own: those reducers stay installed once imported."""
     script = tmp_path / "exit_codes.py"
     script.write_text(_SYSTEM_EXIT_WITH_TBLIB.format(tests=str(Path(__file__).parent)))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["SystemExit", "6", "SystemExit", "4"], out.stdout + out.stderr
+    expected = ["SystemExit", "6", "SystemExit", "4", "FrozenError", "3"]
+    assert out.stdout.split() == expected, out.stdout + out.stderr

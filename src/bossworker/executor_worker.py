@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import JobAlarm
-from .payload import PICKLE_PROTOCOL
+from .payload import dump_exception
 
 __all__ = ["Raised", "call", "run_chunk"]
 
@@ -50,7 +50,7 @@ class Raised:
         type_name = f"{kind.__module__}.{kind.__qualname__}"
         exc_pickle: bytes | None
         try:
-            exc_pickle = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+            exc_pickle = dump_exception(exc)
             pickle.loads(exc_pickle)  # some exceptions pickle but cannot be rebuilt
         except Exception:  # noqa: BLE001 - any failure means: send the text instead
             exc_pickle = None

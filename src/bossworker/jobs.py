@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import result_too_big_error
-from .payload import PICKLE_PROTOCOL, THRESHOLD, Pickled, Segments, chunks_of
+from .payload import THRESHOLD, Pickled, Segments, chunks_of, dump_exception
 from .protocol import (
     HEADER,
     MAX_PAYLOAD,
@@ -306,7 +306,7 @@ def error_answer(
     pickled: bytes | None = None
     if exc is not None:
         try:
-            pickled = pickle.dumps(exc, PICKLE_PROTOCOL)
+            pickled = dump_exception(exc)
         except BaseException:  # noqa: BLE001 - any failure means: the text alone
             pickled = None
     data = text.encode("utf-8", "replace")

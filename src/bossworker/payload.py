@@ -41,7 +41,9 @@ their frames.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import glob
+import io
 import mmap
 import os
 import pickle
@@ -49,9 +51,30 @@ import secrets
 import sys
 from typing import Any, Literal
 
-__all__ = ["THRESHOLD", "Chunked", "Pickled", "Segments", "chunks_of", "dump", "new_prefix"]
+__all__ = ["THRESHOLD", "Chunked", "Pickled", "Segments", "chunks_of", "dump", "dump_exception", "new_prefix"]
 
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dump_exception(exc: BaseException) -> bytes:
+    """``exc`` pickled by its own ``__reduce__``, whatever ``copyreg``
+    reducers this process has for exception classes.
+
+    Why: importing ``distributed`` installs tblib's reducers for every
+    exception class, and a forked worker inherits them; they rebuild an
+    exception without its ``__init__`` (a ``SystemExit`` loses its
+    ``code``) and by setting attributes (a frozen-dataclass exception
+    cannot be rebuilt at all).  Reducers for other types (the exception's
+    arguments) are kept.  Raises what pickling raises."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, PICKLE_PROTOCOL)
+    pickler.dispatch_table = {
+        kind: reducer
+        for kind, reducer in copyreg.dispatch_table.items()
+        if not (isinstance(kind, type) and issubclass(kind, BaseException))
+    }
+    pickler.dump(exc)
+    return buffer.getvalue()
 
 # Below this a pickle goes inside its frame: a segment costs a few system
 # calls and page faults, which only pay off for large payloads.

@@ -238,7 +238,11 @@ def _time_limit(text: str) -> TimeLimit:
         raise argparse.ArgumentTypeError(
             f"not a number of seconds nor a percentage like 200%: {text!r}"
         ) from None
-    return TimeLimit(_checked(checks.seconds, value))  # the library's rule and refusal
+    if not 0 <= value <= MAX_TIMEOUT:  # the library's bound (checks.MAX_TIMEOUT), in the command's words
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 0 (no limit) to {MAX_TIMEOUT:.0e} (about 31 years), not {text}"
+        )
+    return TimeLimit(value)
 
 
 def _retries(text: str) -> int:
