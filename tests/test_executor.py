@@ -54,26 +54,11 @@ from bossworker.outcome import error_from_answer
 from bossworker.payload import Segments, new_prefix
 from bossworker.protocol import InitFailure
 from test_boss_core import frames, job, new_core, sent
-from waiting import wait_until
+from waiting import Gate, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Gate:
-    """Holds a ``tasks.block`` task still until :meth:`open`."""
-
-    def __init__(self, tmp_path: Path, name: str = "gate") -> None:
-        self.started = tmp_path / f"{name}.started"
-        self.release = tmp_path / f"{name}.release"
-
-    def args(self, value: Any = None) -> tuple[Any, ...]:
-        return (str(self.started), str(self.release), value)
-
-    def wait_started(self, timeout: float = 20) -> None:
-        wait_until(self.started.exists, timeout, f"{self.started.name} to start")
-
-    def open(self) -> None:
-        self.release.touch()
 
 
 def blocked(ex: Executor, gate: Gate, value: Any = None) -> cf.Future[Any]:

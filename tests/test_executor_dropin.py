@@ -43,28 +43,13 @@ from bossworker import (
     UnpicklingError,
     WorkerDiedError,
 )
-from waiting import wait_until
+from waiting import Gate, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPLOSIONS = [("error", ValueError), ("exit", SystemExit), ("interrupt", KeyboardInterrupt)]
 
 
-class Gate:
-    """Holds a ``tasks.block`` task still until :meth:`open`."""
-
-    def __init__(self, tmp_path: Path, name: str = "gate") -> None:
-        self.started = tmp_path / f"{name}.started"
-        self.release = tmp_path / f"{name}.release"
-
-    def args(self, value: Any = None) -> tuple[Any, ...]:
-        return (str(self.started), str(self.release), value)
-
-    def wait_started(self, timeout: float = 30) -> None:
-        wait_until(self.started.exists, timeout, f"{self.started.name} to start")
-
-    def open(self) -> None:
-        self.release.touch()
 
 
 # -- the collector survives what a task's data does -------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -24,3 +25,21 @@ def wait_until(
             name = what() if callable(what) else what
             raise AssertionError(f"{name} did not happen within {timeout} s")
         time.sleep(0.01)
+
+
+class Gate:
+    """Holds a ``tasks.block`` task (tests/executor_tasks.py) still until
+    :meth:`open`: the task marks ``started``, then waits for ``release``."""
+
+    def __init__(self, tmp_path: Path, name: str = "gate") -> None:
+        self.started = tmp_path / f"{name}.started"
+        self.release = tmp_path / f"{name}.release"
+
+    def args(self, value: Any = None) -> tuple[Any, ...]:
+        return (str(self.started), str(self.release), value)
+
+    def wait_started(self, timeout: float = 30) -> None:
+        wait_until(self.started.exists, timeout, f"{self.started.name} to start")
+
+    def open(self) -> None:
+        self.release.touch()
